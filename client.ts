@@ -5,6 +5,9 @@
  *
  * @module
  */
+import process from "node:process";
+import { createInterface } from "node:readline";
+import { isDisconnect, type Reader, writeAll, type Writer } from "./io.ts";
 
 /** Where and how to connect; shared by `client` and `bench`. */
 export interface ConnectOptions {
@@ -108,4 +111,144 @@ export async function connect(
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** A byte source that can be closed to interrupt a pending read (`Deno.stdin`). */
+export interface Input extends Reader {
+  close(): void;
+}
+
+/**
+ * Copies `input` to the socket and the socket to `output`, byte for byte, like
+ * `nc -N`: at input EOF the sending side is shut down (half-close), then the
+ * echo is read until the server closes. If the server closes first, `input`
+ * is closed to end the read still pending on it.
+ *
+ * @throws {Error} when the connection fails (a reset, or a write error other
+ *   than the server having gone away).
+ */
+export async function pipe(
+  conn: Deno.Conn,
+  input: Input = Deno.stdin,
+  output: Writer = Deno.stdout,
+): Promise<void> {
+  let sending = true;
+  const upload = (async () => {
+    try {
+      const buf = new Uint8Array(64 * 1024);
+      for (
+        let n = await input.read(buf);
+        n !== null;
+        n = await input.read(buf)
+      ) {
+        await writeAll(conn, buf.subarray(0, n));
+      }
+      await conn.closeWrite();
+    } finally {
+      sending = false;
+    }
+  })().then(() => undefined, (err: unknown) => err); // settled below
+  try {
+    const buf = new Uint8Array(64 * 1024);
+    for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+      await writeAll(output, buf.subarray(0, n));
+    }
+  } finally {
+    if (sending) input.close(); // the server is done: stop waiting for input
+  }
+  const err = await upload;
+  // Writes fail once the server has gone; the download said how it ended.
+  if (err !== undefined && !isDisconnect(err)) throw err;
+}
+
+/** How {@linkcode interactive} ended. */
+export type InteractiveEnd = "eof" | "server-closed" | "interrupted";
+
+/**
+ * The terminal client: reads lines with a prompt and history, sends each with
+ * `\n`, and shows each echoed line as `server say# …`. Ctrl+D ends sending and
+ * waits for the outstanding echoes; Ctrl+C ends at once.
+ */
+export async function interactive(
+  conn: Deno.Conn,
+  options: { prompt?: string } = {},
+): Promise<InteractiveEnd> {
+  const { prompt = "> " } = options;
+  const rl = createInterface({
+    input: process.stdin,
+    output: process.stdout,
+    prompt,
+    historySize: 1000,
+    terminal: true,
+  });
+  const encoder = new TextEncoder();
+  let end = "eof" as InteractiveEnd;
+  let sending = Promise.resolve();
+  const done = Promise.withResolvers<void>();
+  const show = (text: string) => {
+    // Clear the prompt line, print, then redraw the prompt and typed text.
+    process.stdout.write(`\r\x1b[K${text}\n`);
+    rl.prompt(true);
+  };
+  rl.on("line", (line: string) => {
+    const bytes = encoder.encode(line + "\n");
+    sending = sending.then(() => writeAll(conn, bytes));
+    rl.prompt();
+  });
+  rl.on("SIGINT", () => {
+    end = "interrupted";
+    rl.close();
+  });
+  rl.on("close", () => done.resolve());
+  rl.prompt();
+
+  const receiving = (async () => {
+    const decoder = new TextDecoder();
+    let pending = "";
+    const buf = new Uint8Array(64 * 1024);
+    for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+      pending += decoder.decode(buf.subarray(0, n), { stream: true });
+      let nl: number;
+      while ((nl = pending.indexOf("\n")) !== -1) {
+        show(`server say# ${forTerminal(pending.slice(0, nl))}`);
+        pending = pending.slice(nl + 1);
+      }
+    }
+    pending += decoder.decode();
+    if (pending !== "") show(`server say# ${forTerminal(pending)}`);
+  })();
+  const received = receiving.then(() => "closed" as const);
+
+  try {
+    const first = await Promise.race([done.promise, received]);
+    if (first === "closed") {
+      end = "server-closed";
+      return end;
+    }
+    if (end === "interrupted") return end;
+    // Ctrl+D: send what is queued, half-close, show the last echoes.
+    await sending;
+    await conn.closeWrite();
+    await receiving;
+    return end;
+  } finally {
+    rl.close();
+    if (end !== "eof") conn.close(); // interrupt the read still pending
+    await receiving.catch((err) => {
+      if (!isDisconnect(err)) throw err;
+    });
+    await sending.catch(() => {});
+  }
+}
+
+/** Echoed text made harmless for a terminal: control characters escaped. */
+export function forTerminal(text: string): string {
+  return text.replace(
+    // deno-lint-ignore no-control-regex
+    /[\u0000-\u0008\u000a-\u001f\u007f-\u009f]/g,
+    (c) =>
+      c === "\r"
+        ? "\\r"
+        : `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
 }

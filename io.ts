@@ -1,0 +1,80 @@
+/**
+ * Byte plumbing shared by the server, the client and the load generator.
+ *
+ * @module
+ */
+
+/** Anything with `write()` (a `Deno.Conn`, `Deno.stdout`). */
+export interface Writer {
+  write(bytes: Uint8Array): Promise<number>;
+}
+
+/** Anything with `read()`; `null` is EOF. */
+export interface Reader {
+  read(buf: Uint8Array): Promise<number | null>;
+}
+
+/**
+ * Writes all of `bytes`: one `write()` may take only part of them.
+ * Resolves once the last byte is handed to the OS, which is what gives
+ * backpressure: the caller reads again only after this.
+ */
+export async function writeAll(
+  writer: Writer,
+  bytes: Uint8Array,
+): Promise<void> {
+  let off = await writer.write(bytes);
+  while (off < bytes.length) off += await writer.write(bytes.subarray(off));
+}
+
+/** Reads until EOF and returns everything read. */
+export async function readAll(reader: Reader): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const buf = new Uint8Array(64 * 1024);
+  for (let n = await reader.read(buf); n !== null; n = await reader.read(buf)) {
+    chunks.push(buf.slice(0, n));
+    total += n;
+  }
+  const all = new Uint8Array(total);
+  let off = 0;
+  for (const c of chunks) {
+    all.set(c, off);
+    off += c.length;
+  }
+  return all;
+}
+
+/**
+ * Errors that end one connection and concern nobody else: the peer reset or
+ * went away, or we closed the socket under a pending read or write.
+ */
+export function isDisconnect(err: unknown): boolean {
+  return err instanceof Deno.errors.ConnectionReset ||
+    err instanceof Deno.errors.ConnectionAborted ||
+    err instanceof Deno.errors.BrokenPipe ||
+    err instanceof Deno.errors.NotConnected ||
+    err instanceof Deno.errors.UnexpectedEof ||
+    err instanceof Deno.errors.Interrupted ||
+    err instanceof Deno.errors.BadResource;
+}
+
+const decoder = new TextDecoder(); // non-fatal: invalid UTF-8 shows as U+FFFD
+
+/**
+ * Message bytes made safe to show in one log line: decoded leniently, control
+ * characters (newlines, `\r`, ESC…) escaped, quoted, and cut to `maxChars`
+ * (then followed by the full byte count). A client cannot forge or flood log lines.
+ */
+export function escapePreview(bytes: Uint8Array, maxChars: number): string {
+  let text = decoder.decode(bytes.subarray(0, maxChars * 4));
+  const cut = text.length > maxChars || bytes.length > maxChars * 4;
+  if (cut) text = text.slice(0, maxChars);
+  // JSON escapes quotes, backslashes and C0 controls (\n, \r, ESC…); the
+  // rest a terminal may act on (DEL, C1 such as CSI, line separators) too.
+  const quoted = JSON.stringify(text).replace(
+    /[\u007f-\u009f\u2028\u2029]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+  return cut ? `${quoted}… (${bytes.length} bytes)` : quoted;
+}

@@ -1,0 +1,469 @@
+/**
+ * `tcpecho`: a TCP echo server, interactive client and load tester.
+ *
+ * This is the CLI: it alone reads `Deno.args`, configures logging, installs
+ * signal handlers, prints `error: …` and sets the exit code.
+ *
+ * @module
+ */
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import {
+  configure,
+  getConsoleSink,
+  getJsonLinesFormatter,
+  getTextFormatter,
+  type LogLevel,
+  reset,
+} from "@logtape/logtape";
+import denoJson from "./deno.json" with { type: "json" };
+import {
+  type EchoMode,
+  removeStaleSocket,
+  serve,
+  SERVE_DEFAULTS,
+  type ServeOptions,
+} from "./server.ts";
+import {
+  connect,
+  CONNECT_DEFAULTS,
+  type ConnectOptions,
+  interactive,
+  pipe,
+  targetName,
+} from "./client.ts";
+
+/** The version in deno.json, the single source of truth. */
+export const VERSION: string = denoJson.version;
+
+/** A bad command line: exit code 2 and a usage line. */
+export class UsageError extends Error {
+  override name = "UsageError";
+  /** The usage line of the command that was misused. */
+  usage: string;
+  constructor(message: string, usage: string) {
+    super(message);
+    this.usage = usage;
+  }
+}
+
+const USAGE = {
+  main: "usage: tcpecho <server|client|bench> [options]  (tcpecho --help)",
+  server: "usage: tcpecho server [--host ADDR] [--port N | --unix PATH] " +
+    "[--mode raw|line] [options]  (tcpecho server --help)",
+  client: "usage: tcpecho client [--host ADDR] [--port N | --unix PATH] " +
+    "[--tls [--ca FILE]]  (tcpecho client --help)",
+  bench: "usage: tcpecho bench [--host ADDR] [--port N | --unix PATH] " +
+    "[-c N] [-s BYTES] [-d SECONDS] [--pattern pingpong|stream] [--json]" +
+    "  (tcpecho bench --help)",
+} as const;
+
+const MAIN_HELP =
+  `tcpecho ${VERSION}: TCP echo server, interactive client and load tester
+
+${USAGE.main}
+
+commands:
+  server    run an echo server (raw bytes or lines; TCP, TLS or unix socket)
+  client    connect and echo: readline on a terminal, a byte-exact pipe otherwise
+  bench     load-test an echo server (this one, ncat, socat, …)
+
+options:
+  -h, --help     this help (each command has its own)
+  -V, --version  print the version
+
+exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted
+`;
+
+const SERVER_HELP = `${USAGE.server}
+
+Echo every byte (raw, RFC 862) or every line (line mode) back to each client.
+
+  --host ADDR               address to bind; 0.0.0.0 or :: for other machines (default ${SERVE_DEFAULTS.hostname})
+  -p, --port N              TCP port; 0 picks a free one (default ${SERVE_DEFAULTS.port})
+  --unix PATH               listen on a unix socket instead of TCP
+  --mode raw|line           raw: bytes back as they arrive; line: answer each whole line (default ${SERVE_DEFAULTS.mode})
+  --max-line BYTES          line mode: a longer line closes that connection (default ${SERVE_DEFAULTS.maxLineBytes})
+  --max-conns N             connections at once; more are accepted and closed (default ${SERVE_DEFAULTS.maxConns})
+  --max-conns-per-ip N      the same, per client address; 0 is off (default ${SERVE_DEFAULTS.maxConnsPerIp})
+  --idle-timeout SECONDS    close a connection that moved no byte this long; 0 is off (default ${
+  SERVE_DEFAULTS.idleTimeoutMs / 1000
+})
+  --shutdown-timeout SECONDS  on SIGINT/SIGTERM wait this long for clients (default ${
+  SERVE_DEFAULTS.shutdownTimeoutMs / 1000
+})
+  --tls-cert FILE --tls-key FILE  serve TLS (PEM certificate chain and key)
+  --log-level debug|info|warn|error  (default info)
+  -v, --verbose             same as --log-level debug (each message)
+  -q, --quiet               same as --log-level warn
+  --log-format text|json    json: one JSON object a line (default text)
+  -h, --help                this help
+
+Logs go to stderr. SIGINT/SIGTERM stop gracefully; a second signal exits 130.
+`;
+
+const CLIENT_HELP = `${USAGE.client}
+
+On a terminal: type lines, see "server say# …"; Ctrl+D ends, Ctrl+C aborts.
+Otherwise a byte-exact pipe: stdin to the server, the echo to stdout.
+
+  --host ADDR                 host to connect to (default ${CONNECT_DEFAULTS.hostname})
+  -p, --port N                TCP port (default ${CONNECT_DEFAULTS.port})
+  --unix PATH                 connect to a unix socket instead
+  --tls                       speak TLS (the certificate is always verified)
+  --ca FILE                   also trust this CA (PEM), for self-signed servers
+  --connect-timeout SECONDS   give up connecting after this long (default ${
+  CONNECT_DEFAULTS.connectTimeoutMs / 1000
+})
+  -h, --help                  this help
+`;
+
+/** Options every command knows. */
+const COMMON = {
+  help: { type: "boolean", short: "h" },
+} as const satisfies ParseArgsConfig["options"];
+
+const TARGET = {
+  host: { type: "string" },
+  port: { type: "string", short: "p" },
+  unix: { type: "string" },
+} as const satisfies ParseArgsConfig["options"];
+
+const SERVER_OPTIONS = {
+  ...COMMON,
+  ...TARGET,
+  mode: { type: "string" },
+  "max-line": { type: "string" },
+  "max-conns": { type: "string" },
+  "max-conns-per-ip": { type: "string" },
+  "idle-timeout": { type: "string" },
+  "shutdown-timeout": { type: "string" },
+  "tls-cert": { type: "string" },
+  "tls-key": { type: "string" },
+  "log-level": { type: "string" },
+  "log-format": { type: "string" },
+  verbose: { type: "boolean", short: "v" },
+  quiet: { type: "boolean", short: "q" },
+} as const satisfies ParseArgsConfig["options"];
+
+const CLIENT_OPTIONS = {
+  ...COMMON,
+  ...TARGET,
+  tls: { type: "boolean" },
+  ca: { type: "string" },
+  "connect-timeout": { type: "string" },
+} as const satisfies ParseArgsConfig["options"];
+
+/** Parses a command's arguments strictly; unknown options are usage errors. */
+function parse<T extends NonNullable<ParseArgsConfig["options"]>>(
+  args: string[],
+  options: T,
+  usage: string,
+) {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: false })
+      .values;
+  } catch (err) {
+    throw new UsageError(lowerFirst((err as Error).message), usage);
+  }
+}
+
+function lowerFirst(text: string): string {
+  return text.charAt(0).toLowerCase() + text.slice(1);
+}
+
+/** A whole number in `[min, max]`, or a usage error naming the option. */
+function integer(
+  value: string | undefined,
+  name: string,
+  usage: string,
+  [min, max] = [0, Number.MAX_SAFE_INTEGER],
+): number | undefined {
+  if (value === undefined) return undefined;
+  const n = /^\d+$/.test(value) ? Number(value) : NaN;
+  if (!(n >= min && n <= max)) {
+    const range = max === Number.MAX_SAFE_INTEGER
+      ? `a whole number ≥ ${min}`
+      : `a whole number from ${min} to ${max}`;
+    throw new UsageError(`--${name} takes ${range}, not "${value}"`, usage);
+  }
+  return n;
+}
+
+/** Seconds (fractions allowed) as milliseconds, or a usage error. */
+function secondsMs(
+  value: string | undefined,
+  name: string,
+  usage: string,
+): number | undefined {
+  if (value === undefined) return undefined;
+  const s = /^\d+(\.\d+)?$/.test(value) ? Number(value) : NaN;
+  if (!(s >= 0 && s <= 1e6)) {
+    throw new UsageError(
+      `--${name} takes seconds (a number ≥ 0), not "${value}"`,
+      usage,
+    );
+  }
+  return s * 1000;
+}
+
+function oneOf<T extends string>(
+  value: string | undefined,
+  name: string,
+  choices: readonly T[],
+  usage: string,
+): T | undefined {
+  if (value === undefined || (choices as readonly string[]).includes(value)) {
+    return value as T | undefined;
+  }
+  throw new UsageError(
+    `--${name} takes ${choices.join(" or ")}, not "${value}"`,
+    usage,
+  );
+}
+
+/** Reads a PEM file, naming what it is for when it cannot. */
+async function readPem(path: string, what: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (cause) {
+    throw new Error(`cannot read ${what} "${path}"`, { cause });
+  }
+}
+
+/** Where to connect: the target options of `client` and `bench`. */
+async function connectOptions(
+  values: {
+    host?: string;
+    port?: string;
+    unix?: string;
+    tls?: boolean;
+    ca?: string;
+    "connect-timeout"?: string;
+  },
+  usage: string,
+): Promise<ConnectOptions> {
+  if (values.unix !== undefined && (values.port ?? values.host) !== undefined) {
+    throw new UsageError("--unix cannot go with --host or --port", usage);
+  }
+  if (values.ca !== undefined && !values.tls) {
+    throw new UsageError("--ca needs --tls", usage);
+  }
+  return {
+    hostname: values.host,
+    port: integer(values.port, "port", usage, [1, 65535]),
+    path: values.unix,
+    tls: values.tls,
+    caCerts: values.ca === undefined
+      ? undefined
+      : [await readPem(values.ca, "CA certificate")],
+    connectTimeoutMs: secondsMs(
+      values["connect-timeout"],
+      "connect-timeout",
+      usage,
+    ),
+  };
+}
+
+const LOG_LEVELS = {
+  debug: "debug",
+  info: "info",
+  warn: "warning",
+  error: "error",
+} as const satisfies Record<string, LogLevel>;
+
+/** Sends every level to stderr (stdout carries data), as text or JSON lines. */
+async function configureLogging(
+  level: LogLevel,
+  format: "text" | "json",
+): Promise<void> {
+  const formatter = format === "json"
+    ? getJsonLinesFormatter()
+    : getTextFormatter({
+      value: "bare",
+      timestamp: "date-time",
+      format: ({ timestamp, level, message }) =>
+        `${timestamp} ${level} ${message}`,
+    });
+  await configure({
+    sinks: {
+      stderr: getConsoleSink({
+        formatter,
+        levelMap: {
+          trace: "error",
+          debug: "error",
+          info: "error",
+          warning: "error",
+          error: "error",
+          fatal: "error",
+        },
+      }),
+    },
+    loggers: [
+      { category: ["tcpecho"], lowestLevel: level, sinks: ["stderr"] },
+      {
+        category: ["logtape", "meta"],
+        lowestLevel: "warning",
+        sinks: ["stderr"],
+      },
+    ],
+  });
+}
+
+/**
+ * Calls `onSignal` on the first SIGINT/SIGTERM and exits 130 on the second.
+ * Dispose to remove the listeners.
+ */
+function onStopSignals(onSignal: () => void): Disposable {
+  const signals: Deno.Signal[] = Deno.build.os === "windows"
+    ? ["SIGINT", "SIGBREAK"]
+    : ["SIGINT", "SIGTERM"];
+  let seen = 0;
+  const handler = () => {
+    if (++seen > 1) Deno.exit(130);
+    onSignal();
+  };
+  for (const s of signals) Deno.addSignalListener(s, handler);
+  return {
+    [Symbol.dispose]() {
+      for (const s of signals) Deno.removeSignalListener(s, handler);
+    },
+  };
+}
+
+async function runServer(args: string[]): Promise<number> {
+  const usage = USAGE.server;
+  const values = parse(args, SERVER_OPTIONS, usage);
+  if (values.help) {
+    console.log(SERVER_HELP);
+    return 0;
+  }
+  if (
+    (values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)
+  ) {
+    throw new UsageError("--tls-cert and --tls-key go together", usage);
+  }
+  if (values.unix !== undefined && (values.port ?? values.host) !== undefined) {
+    throw new UsageError("--unix cannot go with --host or --port", usage);
+  }
+  if (values.unix !== undefined && values["tls-cert"] !== undefined) {
+    throw new UsageError("TLS is served over TCP only, not --unix", usage);
+  }
+  if (values.verbose && values.quiet) {
+    throw new UsageError("-v and -q cannot go together", usage);
+  }
+  const levelName = oneOf(
+    values["log-level"],
+    "log-level",
+    ["debug", "info", "warn", "error"] as const,
+    usage,
+  ) ?? (values.verbose ? "debug" : values.quiet ? "warn" : "info");
+  const format = oneOf(
+    values["log-format"],
+    "log-format",
+    ["text", "json"] as const,
+    usage,
+  ) ?? "text";
+  const options: ServeOptions = {
+    hostname: values.host,
+    port: integer(values.port, "port", usage, [0, 65535]),
+    path: values.unix,
+    mode: oneOf<EchoMode>(values.mode, "mode", ["raw", "line"], usage),
+    maxLineBytes: integer(values["max-line"], "max-line", usage, [1, 2 ** 30]),
+    maxConns: integer(values["max-conns"], "max-conns", usage, [1, 2 ** 30]),
+    maxConnsPerIp: integer(
+      values["max-conns-per-ip"],
+      "max-conns-per-ip",
+      usage,
+    ),
+    idleTimeoutMs: secondsMs(values["idle-timeout"], "idle-timeout", usage),
+    shutdownTimeoutMs: secondsMs(
+      values["shutdown-timeout"],
+      "shutdown-timeout",
+      usage,
+    ),
+  };
+  showStacks = levelName === "debug";
+  await configureLogging(LOG_LEVELS[levelName], format);
+  if (values["tls-cert"] !== undefined && values["tls-key"] !== undefined) {
+    options.cert = await readPem(values["tls-cert"], "TLS certificate");
+    options.key = await readPem(values["tls-key"], "TLS key");
+  }
+  if (options.path !== undefined) await removeStaleSocket(options.path);
+  const server = serve(options);
+  using _signals = onStopSignals(() => void server.close());
+  await server.finished;
+  return 0;
+}
+
+async function runClient(args: string[]): Promise<number> {
+  const usage = USAGE.client;
+  const values = parse(args, CLIENT_OPTIONS, usage);
+  if (values.help) {
+    console.log(CLIENT_HELP);
+    return 0;
+  }
+  const options = await connectOptions(values, usage);
+  using conn = await connect(options);
+  if (!Deno.stdin.isTerminal()) {
+    await pipe(conn);
+    return 0;
+  }
+  console.error(`connected to ${targetName(options)}`);
+  const end = await interactive(conn);
+  if (end === "server-closed") console.error("connection closed by server");
+  return end === "interrupted" ? 130 : 0;
+}
+
+/** With debug logging, failures also print their stack. */
+let showStacks = false;
+
+/** The cause chain, `: `-joined, as the one `error:` line shows it. */
+function describe(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err; e !== undefined; e = (e as Error).cause) {
+    parts.push(e instanceof Error ? e.message : String(e));
+    if (!(e instanceof Error)) break;
+  }
+  return parts.join(": ");
+}
+
+/** Runs the CLI on `args`; resolves to the exit code. */
+export async function main(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  try {
+    switch (command) {
+      case "server":
+        return await runServer(rest);
+      case "client":
+        return await runClient(rest);
+      case "-h":
+      case "--help":
+        console.log(MAIN_HELP);
+        return 0;
+      case "-V":
+      case "--version":
+        console.log(
+          `tcpecho ${VERSION} (deno ${Deno.version.deno}, v8 ${Deno.version.v8})`,
+        );
+        return 0;
+      case undefined:
+        throw new UsageError("a command is required", USAGE.main);
+      default:
+        throw new UsageError(`unknown command "${command}"`, USAGE.main);
+    }
+  } catch (err) {
+    console.error(`error: ${describe(err)}`);
+    if (err instanceof UsageError) {
+      console.error(err.usage);
+      return 2;
+    }
+    if (showStacks) console.error(err);
+    return 1;
+  } finally {
+    await reset();
+  }
+}
+
+if (import.meta.main) {
+  Deno.exitCode = await main(Deno.args);
+}

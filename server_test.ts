@@ -1,0 +1,325 @@
+import assert from "node:assert/strict";
+import { serve } from "./server.ts";
+import {
+  captureLogs,
+  echoAll,
+  randomBytes,
+  readAll,
+  readExactly,
+  render,
+  roundTrip,
+  writeAll,
+} from "./testing.ts";
+
+const encoder = new TextEncoder();
+const bytes = (text: string) => encoder.encode(text);
+const text = (data: Uint8Array) => new TextDecoder().decode(data);
+
+Deno.test("serve() echoes 1 MiB of random binary unchanged", async () => {
+  await using server = serve({ port: 0 });
+  using conn = await Deno.connect({ port: server.addr.port });
+  const data = randomBytes(1 << 20, 7);
+  assert.deepEqual(await echoAll(conn, data), data);
+});
+
+Deno.test("serve() echoes NUL, invalid UTF-8 and \\r\\n unchanged", async () => {
+  await using server = serve({ port: 0 });
+  using conn = await Deno.connect({ port: server.addr.port });
+  const data = new Uint8Array([0, 0xff, 0xfe, 0xc3, 13, 10, 0x80, 0, 10, 13]);
+  assert.deepEqual(await echoAll(conn, data), data);
+});
+
+Deno.test("serve() gives 200 concurrent clients each its own data", async () => {
+  await using server = serve({ port: 0 });
+  await Promise.all(
+    Array.from({ length: 200 }, async (_, i) => {
+      using conn = await Deno.connect({ port: server.addr.port });
+      const data = randomBytes(4096 + i, i + 1);
+      assert.deepEqual(await echoAll(conn, data), data);
+    }),
+  );
+  assert.equal(server.stats.served, 200);
+});
+
+Deno.test("serve() echoes a stream sent one byte at a time", async () => {
+  await using server = serve({ port: 0 });
+  using conn = await Deno.connect({ port: server.addr.port });
+  const data = randomBytes(300, 3);
+  for (let i = 0; i < data.length; i++) {
+    const one = data.subarray(i, i + 1);
+    assert.deepEqual(await roundTrip(conn, one), one);
+  }
+});
+
+Deno.test("serve() finishes echoing 256 KiB after the client's half-close", async () => {
+  await using server = serve({ port: 0 });
+  using conn = await Deno.connect({ port: server.addr.port });
+  const data = randomBytes(256 * 1024, 9);
+  await writeAll(conn, data);
+  await conn.closeWrite(); // before reading a single byte back
+  assert.deepEqual(await readAll(conn), data);
+});
+
+Deno.test("serve() keeps a UTF-8 character split across writes intact", async (t) => {
+  const data = bytes("née ünïcødé ✓ 😀\n");
+  for (const mode of ["raw", "line"] as const) {
+    await t.step(mode, async () => {
+      await using logs = await captureLogs();
+      await using server = serve({ port: 0, mode });
+      using conn = await Deno.connect({ port: server.addr.port });
+      const emoji = data.indexOf(0xf0);
+      const done = readAll(conn);
+      await writeAll(conn, data.subarray(0, emoji + 2)); // half the emoji
+      await writeAll(conn, data.subarray(emoji + 2));
+      await conn.closeWrite();
+      assert.deepEqual(await done, data);
+      if (mode === "line") {
+        const req = logs.records.map(render).find((m) => m.includes("req:"));
+        assert.match(req!, /✓ 😀\\n/);
+      }
+    });
+  }
+});
+
+Deno.test("serve() in line mode answers a split line once, only after its \\n", async () => {
+  await using logs = await captureLogs();
+  await using server = serve({ port: 0, mode: "line" });
+  using conn = await Deno.connect({ port: server.addr.port });
+  const held = logs.next(/holding 3 bytes/);
+  await writeAll(conn, bytes("hel"));
+  await held;
+  assert.equal(server.stats.bytesOut, 0); // nothing of it went back yet
+  await writeAll(conn, bytes("lo"));
+  await logs.next(/holding 5 bytes/);
+  assert.equal(server.stats.bytesOut, 0);
+  await writeAll(conn, bytes("\n"));
+  assert.equal(text(await readExactly(conn, 6)), "hello\n");
+  await conn.closeWrite();
+  assert.equal((await readAll(conn)).length, 0);
+  const reqs = logs.records.map(render).filter((m) => m.includes("req:"));
+  assert.deepEqual(reqs.length, 1);
+  assert.match(reqs[0], /req: "hello\\n", resp: "hello\\n"/);
+});
+
+Deno.test("serve() in line mode answers each of 3 lines in one write", async () => {
+  await using logs = await captureLogs();
+  await using server = serve({ port: 0, mode: "line" });
+  using conn = await Deno.connect({ port: server.addr.port });
+  const data = bytes("one\ntwo\r\nthree\n");
+  assert.deepEqual(await echoAll(conn, data), data);
+  const reqs = logs.records.map(render).filter((m) => m.includes("req:"));
+  assert.deepEqual(reqs.map((m) => m.replace(/^.*req: /, "")), [
+    `"one\\n", resp: "one\\n"`,
+    `"two\\r\\n", resp: "two\\r\\n"`,
+    `"three\\n", resp: "three\\n"`,
+  ]);
+});
+
+Deno.test("serve() in line mode echoes the bytes after the last \\n at EOF", async () => {
+  await using server = serve({ port: 0, mode: "line" });
+  using conn = await Deno.connect({ port: server.addr.port });
+  const data = bytes("whole\npart without newline");
+  assert.deepEqual(await echoAll(conn, data), data);
+});
+
+Deno.test("serve() in line mode closes only the connection whose line is too long", async (t) => {
+  for (const newline of [false, true]) {
+    await t.step(newline ? "terminated" : "unterminated", async () => {
+      await using logs = await captureLogs();
+      await using server = serve({ port: 0, mode: "line", maxLineBytes: 100 });
+      using good = await Deno.connect({ port: server.addr.port });
+      using bad = await Deno.connect({ port: server.addr.port });
+      const warned = logs.next(/closing: line longer than 100 bytes/);
+      const line = "ok\n" + "x".repeat(101) + (newline ? "\n" : "");
+      await writeAll(bad, bytes(line));
+      // The whole line before it comes back, the long one does not.
+      assert.equal(text(await readAll(bad)), "ok\n");
+      await warned;
+      // Exactly at the limit is fine, and the other client is still served.
+      const limit = bytes("y".repeat(100) + "\n");
+      assert.deepEqual(await roundTrip(good, limit), limit);
+    });
+  }
+});
+
+Deno.test("serve() with maxConns closes connections past the limit", async () => {
+  await using logs = await captureLogs();
+  await using server = serve({ port: 0, maxConns: 2 });
+  const port = server.addr.port;
+  using a = await Deno.connect({ port });
+  using b = await Deno.connect({ port });
+  await roundTrip(a, bytes("a"));
+  await roundTrip(b, bytes("b"));
+  using c = await Deno.connect({ port });
+  assert.equal(await c.read(new Uint8Array(1)), null); // closed at once
+  assert.ok(logs.records.map(render).some((m) => /refused: too many/.test(m)));
+  assert.equal(server.stats.refused, 1);
+  b.close();
+  assert.equal(server.stats.active, 2); // b's task may still be ending
+  await logs.next(/offline/);
+  using d = await Deno.connect({ port });
+  assert.deepEqual(await roundTrip(d, bytes("d")), bytes("d"));
+});
+
+Deno.test("serve() with maxConnsPerIp closes one address's extra connections", async () => {
+  await using server = serve({ port: 0, maxConnsPerIp: 1 });
+  using a = await Deno.connect({ port: server.addr.port });
+  await roundTrip(a, bytes("a"));
+  using b = await Deno.connect({ port: server.addr.port });
+  assert.equal(await b.read(new Uint8Array(1)), null);
+  assert.deepEqual(await roundTrip(a, bytes("still")), bytes("still"));
+});
+
+Deno.test("serve() with idleTimeoutMs closes a silent connection, not a busy one", async () => {
+  await using logs = await captureLogs();
+  await using server = serve({ port: 0, idleTimeoutMs: 40 });
+  using idle = await Deno.connect({ port: server.addr.port });
+  using busy = await Deno.connect({ port: server.addr.port });
+  await roundTrip(idle, bytes("hi"));
+  const closed = idle.read(new Uint8Array(1));
+  // Keep busy talking until idle is gone: it must survive.
+  let gone = false;
+  closed.finally(() => gone = true);
+  let rounds = 0;
+  while (!gone) {
+    await roundTrip(busy, bytes("."));
+    rounds++;
+  }
+  assert.equal(await closed, null);
+  assert.ok(rounds > 0);
+  assert.ok(
+    logs.records.map(render).some((m) => /closing: idle for 0\.04 s/.test(m)),
+  );
+  assert.deepEqual(await roundTrip(busy, bytes("alive")), bytes("alive"));
+});
+
+Deno.test("serve() survives 300 clients resetting, then serves a new one", async () => {
+  await using logs = await captureLogs();
+  await using server = serve({ port: 0 });
+  const port = server.addr.port;
+  for (let batch = 0; batch < 6; batch++) {
+    await Promise.all(Array.from({ length: 50 }, async () => {
+      const conn = await Deno.connect({ port });
+      await writeAll(conn, randomBytes(64 * 1024, batch + 1));
+      await conn.read(new Uint8Array(1)); // the server is echoing now
+      conn.close(); // unread echo in our buffer: the kernel sends RST
+    }));
+  }
+  using conn = await Deno.connect({ port });
+  assert.deepEqual(await roundTrip(conn, bytes("after")), bytes("after"));
+  const errors = logs.records.filter((r) => r.level === "error");
+  assert.deepEqual(errors.map(render), []);
+});
+
+Deno.test("serve() frees every descriptor after 1000 connections", {
+  ignore: Deno.build.os !== "linux",
+}, async () => {
+  const fds = () => [...Deno.readDirSync("/proc/self/fd")].length;
+  const before = fds();
+  const server = serve({ port: 0 });
+  const port = server.addr.port;
+  for (let batch = 0; batch < 20; batch++) {
+    await Promise.all(Array.from({ length: 50 }, async () => {
+      using conn = await Deno.connect({ port });
+      await echoAll(conn, bytes("x"));
+    }));
+  }
+  await server.close();
+  assert.equal(server.stats.served, 1000);
+  assert.equal(fds(), before);
+});
+
+Deno.test("serve() stops reading a client that does not read (backpressure)", async () => {
+  await using server = serve({ port: 0 });
+  using conn = await Deno.connect({ port: server.addr.port });
+  const chunk = new Uint8Array(1 << 20);
+  let written = 0;
+  const writing = (async () => {
+    while (written < 64 << 20) written += await conn.write(chunk);
+  })().catch(() => {});
+  // Wait until neither side moves any more: the client's writes are blocked.
+  let last = -1;
+  while (server.stats.bytesIn !== last) {
+    last = server.stats.bytesIn;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(written < 64 << 20, `all ${written} bytes were taken`);
+  // What the server holds is one read buffer at most, beyond what the kernel
+  // buffers (loopback socket buffers are a few MiB each way).
+  assert.ok(
+    server.stats.bytesIn - server.stats.bytesOut <= 256 * 1024,
+    `server holds ${server.stats.bytesIn - server.stats.bytesOut} bytes`,
+  );
+  assert.ok(server.stats.bytesIn < 32 << 20, `${server.stats.bytesIn} read`);
+  conn.close();
+  await writing;
+});
+
+Deno.test("Server.close() waits for clients, then closes the stragglers", async () => {
+  await using logs = await captureLogs();
+  const server = serve({ port: 0, shutdownTimeoutMs: 50 });
+  using conn = await Deno.connect({ port: server.addr.port });
+  await roundTrip(conn, bytes("hi"));
+  const closing = server.close();
+  assert.equal(server.close(), closing); // idempotent
+  // Still served during the grace period.
+  assert.deepEqual(await roundTrip(conn, bytes("more")), bytes("more"));
+  await closing;
+  await server.finished;
+  assert.equal(await conn.read(new Uint8Array(1)), null);
+  const messages = logs.records.map(render);
+  assert.ok(messages.some((m) => /closing: server shutting down/.test(m)));
+  assert.ok(
+    messages.includes("stopped: 1 connections served, 6 bytes echoed"),
+  );
+  await assert.rejects(Deno.connect({ port: server.addr.port }));
+});
+
+Deno.test("serve() logs online and offline with exact counts and escaped payloads", async () => {
+  await using logs = await captureLogs();
+  await using server = serve({ port: 0, mode: "line" });
+  using conn = await Deno.connect({ port: server.addr.port });
+  const forged = "x\r2026-01-01 INF [1.2.3.4:5] offline\n\x1b[31mred\n";
+  const data = bytes(forged);
+  const offline = logs.next(/\] offline \(/);
+  assert.deepEqual(await echoAll(conn, data), data);
+  const line = await offline;
+  const peer = `127.0.0.1:${(conn.localAddr as Deno.NetAddr).port}`;
+  assert.match(
+    line,
+    new RegExp(
+      `^\\[${peer}\\] offline \\(\\d+\\.\\d\\d s, ${data.length} bytes in, ${data.length} bytes out\\)$`,
+    ),
+  );
+  const messages = logs.records.map(render);
+  assert.ok(messages.includes(`[${peer}] online`));
+  const reqs = messages.filter((m) => m.includes("req:"));
+  assert.equal(reqs.length, 2);
+  for (const m of reqs) {
+    assert.doesNotMatch(m, /[\r\n]/);
+    assert.ok(!m.includes("\x1b"), m);
+  }
+  assert.match(reqs[0], /\\r2026-01-01 INF/);
+  assert.match(reqs[1], /\\u001b\[31mred/);
+});
+
+Deno.test("serve() cuts long payloads in logs", async () => {
+  await using logs = await captureLogs();
+  await using server = serve({ port: 0, mode: "line" });
+  using conn = await Deno.connect({ port: server.addr.port });
+  const data = bytes("z".repeat(5000) + "\n");
+  assert.deepEqual(await echoAll(conn, data), data);
+  const req = logs.records.map(render).find((m) => m.includes("req:"))!;
+  assert.ok(req.length < 300, req);
+  assert.match(req, /… \(5001 bytes\)/);
+});
+
+Deno.test("serve() refuses a port in use", () => {
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  assert.throws(
+    () => serve({ port: taken.addr.port }),
+    (err: Error) =>
+      err.message === `cannot listen on 127.0.0.1:${taken.addr.port}` &&
+      err.cause instanceof Deno.errors.AddrInUse,
+  );
+});

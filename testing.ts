@@ -1,0 +1,222 @@
+/**
+ * Test helpers shared by the `*_test.ts` files: the CLI as a child process,
+ * log capture, and socket round trips. Not part of the tool.
+ *
+ * @module
+ */
+import { configure, type LogRecord, reset } from "@logtape/logtape";
+import { readAll, writeAll } from "./io.ts";
+
+export { readAll, writeAll };
+
+const MAIN = new URL("./main.ts", import.meta.url).pathname;
+
+/** `deno run -A main.ts …` as a child process, stdio piped. */
+export function cli(args: string[], stdin: "piped" | "null" = "null") {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--quiet", MAIN, ...args],
+    stdin,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  });
+}
+
+/** Runs the CLI to completion: exit code, stdout and stderr as text. */
+export async function runCli(
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const { code, stdout, stderr } = await cli(args).output();
+  const text = new TextDecoder();
+  return { code, stdout: text.decode(stdout), stderr: text.decode(stderr) };
+}
+
+/**
+ * A running `tcpecho server` child. Its stderr is read line by line from the
+ * start, so `waitFor()` sees every line and the child never blocks on a full
+ * pipe. Dispose (or `stop()`) to end it and await everything.
+ */
+export class ServerProcess implements AsyncDisposable {
+  readonly child: Deno.ChildProcess;
+  /** Every stderr line so far. */
+  readonly lines: string[] = [];
+  /** The port from the `listening on` line. */
+  port = 0;
+  #waiters: { re: RegExp; resolve: (line: string) => void }[] = [];
+  #reading: Promise<void>;
+  #stdout: Promise<Uint8Array>;
+  #closed = Promise.withResolvers<void>();
+
+  constructor(args: string[]) {
+    this.child = cli(["server", ...args]).spawn();
+    this.#stdout = new Response(this.child.stdout).bytes();
+    this.#reading = this.#readLines();
+  }
+
+  /** Starts a server with `args` (add `--port 0`) and waits until it listens. */
+  static async start(args: string[]): Promise<ServerProcess> {
+    const server = new ServerProcess(args);
+    const line = await server.waitFor(/listening on \S+:(\d+)/);
+    server.port = Number(line.match(/listening on \S+:(\d+)/)![1]);
+    return server;
+  }
+
+  async #readLines(): Promise<void> {
+    let pending = "";
+    const decoder = new TextDecoder();
+    for await (const chunk of this.child.stderr) {
+      pending += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = pending.indexOf("\n")) !== -1) {
+        this.#line(pending.slice(0, nl));
+        pending = pending.slice(nl + 1);
+      }
+    }
+    if (pending !== "") this.#line(pending);
+    this.#closed.resolve();
+  }
+
+  #line(line: string): void {
+    this.lines.push(line);
+    this.#waiters = this.#waiters.filter((w) => {
+      if (!w.re.test(line)) return true;
+      w.resolve(line);
+      return false;
+    });
+  }
+
+  /** Resolves with the first stderr line (past or future) matching `re`. */
+  waitFor(re: RegExp): Promise<string> {
+    const seen = this.lines.find((l) => re.test(l));
+    if (seen !== undefined) return Promise.resolve(seen);
+    const { promise, resolve, reject } = Promise.withResolvers<string>();
+    this.#waiters.push({ re, resolve });
+    // If stderr ends first, the line will never come.
+    this.#closed.promise.then(() =>
+      reject(
+        new Error(
+          `server never logged ${re}; it said:\n${this.lines.join("\n")}`,
+        ),
+      )
+    );
+    return promise;
+  }
+
+  /** Sends `signal` and resolves with the exit code once all output is read. */
+  async stop(signal: Deno.Signal = "SIGTERM"): Promise<number> {
+    try {
+      this.child.kill(signal);
+    } catch {
+      // already exited
+    }
+    return await this.exited();
+  }
+
+  /** Waits for the child to exit by itself; resolves with its exit code. */
+  async exited(): Promise<number> {
+    const [status] = await Promise.all([
+      this.child.status,
+      this.#reading,
+      this.#stdout,
+    ]);
+    return status.code;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop("SIGKILL");
+  }
+}
+
+/** Captures LogTape records (all levels) until disposed. */
+export async function captureLogs(): Promise<
+  AsyncDisposable & { records: LogRecord[]; next(re: RegExp): Promise<string> }
+> {
+  const records: LogRecord[] = [];
+  const waiters: { re: RegExp; resolve: (m: string) => void }[] = [];
+  await configure({
+    reset: true,
+    sinks: {
+      array(record) {
+        records.push(record);
+        const text = render(record);
+        for (const w of waiters.splice(0)) {
+          if (w.re.test(text)) w.resolve(text);
+          else waiters.push(w);
+        }
+      },
+    },
+    loggers: [
+      { category: ["tcpecho"], lowestLevel: "debug", sinks: ["array"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: [] },
+    ],
+  });
+  return {
+    records,
+    /** The first record from now on whose message matches `re`. */
+    next(re: RegExp) {
+      const { promise, resolve } = Promise.withResolvers<string>();
+      waiters.push({ re, resolve });
+      return promise;
+    },
+    async [Symbol.asyncDispose]() {
+      await reset();
+    },
+  };
+}
+
+/** A record's message with its values filled in. */
+export function render(record: LogRecord): string {
+  return record.message.map((part) => String(part)).join("");
+}
+
+/** Writes `data` and reads exactly `data.length` bytes back. */
+export async function roundTrip(
+  conn: Deno.Conn,
+  data: Uint8Array,
+): Promise<Uint8Array> {
+  const [, back] = await Promise.all([
+    writeAll(conn, data),
+    readExactly(conn, data.length),
+  ]);
+  return back;
+}
+
+/** Reads exactly `n` bytes; fails if the stream ends first. */
+export async function readExactly(
+  conn: Deno.Conn,
+  n: number,
+): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  let got = 0;
+  while (got < n) {
+    const r = await conn.read(out.subarray(got));
+    if (r === null) throw new Error(`stream ended after ${got} of ${n} bytes`);
+    got += r;
+  }
+  return out;
+}
+
+/** Writes `data`, half-closes, and returns everything until the server closes. */
+export async function echoAll(
+  conn: Deno.Conn,
+  data: Uint8Array,
+): Promise<Uint8Array> {
+  const [, back] = await Promise.all([
+    writeAll(conn, data).then(() => conn.closeWrite()),
+    readAll(conn),
+  ]);
+  return back;
+}
+
+/** Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
+export function randomBytes(n: number, seed = 1): Uint8Array {
+  const out = new Uint8Array(n);
+  let x = seed || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
