@@ -163,7 +163,9 @@ function parse<T extends NonNullable<ParseArgsConfig["options"]>>(
     return parseArgs({ args, options, strict: true, allowPositionals: false })
       .values;
   } catch (err) {
-    throw new UsageError(lowerFirst((err as Error).message), usage);
+    // node:util adds hint lines; the first one says it.
+    const [first] = (err as Error).message.split("\n");
+    throw new UsageError(lowerFirst(first), usage);
   }
 }
 
@@ -421,7 +423,13 @@ let showStacks = false;
 function describe(err: unknown): string {
   const parts: string[] = [];
   for (let e: unknown = err; e !== undefined; e = (e as Error).cause) {
-    parts.push(e instanceof Error ? e.message : String(e));
+    // Deno appends the call to OS errors ("…(os error 2): readfile 'x'"); the
+    // message already names the file.
+    parts.push(
+      e instanceof Error
+        ? e.message.replace(/( \(os error \d+\)): \w+ '.*'$/, "$1")
+        : String(e),
+    );
     if (!(e instanceof Error)) break;
   }
   return parts.join(": ");

@@ -289,6 +289,10 @@ export function serve(options: ServeOptions = {}): Server {
     listener.close();
     await accepting;
     if (tasks.size > 0) {
+      log.info("stopping: waiting up to {timeout} for {count} connections", {
+        timeout: seconds(shutdownTimeoutMs),
+        count: tasks.size,
+      });
       const deadline = Promise.withResolvers<void>();
       const timer = setTimeout(deadline.resolve, shutdownTimeoutMs);
       try {

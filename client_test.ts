@@ -1,0 +1,188 @@
+import assert from "node:assert/strict";
+import { connect, forTerminal } from "./client.ts";
+import { serve } from "./server.ts";
+import { cli, randomBytes, runCli, writeAll } from "./testing.ts";
+
+const bytes = (text: string) => new TextEncoder().encode(text);
+
+Deno.test("tcpecho client pipes 1 MiB byte-exact and exits 0", async () => {
+  await using server = serve({ port: 0 });
+  const child = cli(["client", "-p", `${server.addr.port}`], "piped").spawn();
+  const data = randomBytes(1 << 20, 5);
+  const [, out] = await Promise.all([
+    (async () => {
+      const writer = child.stdin.getWriter();
+      await writer.write(data);
+      await writer.close();
+    })(),
+    child.output(),
+  ]);
+  assert.equal(new TextDecoder().decode(out.stderr), "");
+  assert.equal(out.code, 0);
+  assert.deepEqual(out.stdout, data);
+});
+
+Deno.test("tcpecho client exits 0 when the server closes before stdin ends", async () => {
+  await using server = serve({ port: 0, shutdownTimeoutMs: 0 });
+  const child = cli(["client", "-p", `${server.addr.port}`], "piped").spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(bytes("ping"));
+  const reader = child.stdout.getReader();
+  const first = await reader.read(); // the echo: the session is up
+  assert.equal(new TextDecoder().decode(first.value), "ping");
+  // stdin stays open; the server going away must still end the client.
+  await server.close();
+  assert.equal((await reader.read()).done, true);
+  const [status] = await Promise.all([child.status, child.stderr.cancel()]);
+  assert.equal(status.code, 0);
+  await writer.close().catch(() => {}); // the child has gone
+});
+
+Deno.test("tcpecho client exits 1 when nothing listens", async () => {
+  const port = (() => {
+    using l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    return l.addr.port;
+  })();
+  const { code, stdout, stderr } = await runCli(["client", "-p", `${port}`]);
+  assert.equal(code, 1);
+  assert.equal(stdout, "");
+  assert.equal(
+    stderr,
+    `error: cannot connect to 127.0.0.1:${port}: Connection refused (os error 111)\n`,
+  );
+});
+
+Deno.test("connect() gives up after connectTimeoutMs", async () => {
+  // Backlog 1 with two connections nobody accepts: a third connect hangs.
+  using listener = Deno.listen({
+    hostname: "127.0.0.1",
+    port: 0,
+    tcpBacklog: 1,
+  });
+  const port = listener.addr.port;
+  using _a = await Deno.connect({ port });
+  using _b = await Deno.connect({ port });
+  await assert.rejects(
+    connect({ port, connectTimeoutMs: 50 }),
+    (err: Error) =>
+      err.message === `cannot connect to 127.0.0.1:${port}` &&
+      (err.cause as Error).message === "timed out after 0.05 s",
+  );
+});
+
+Deno.test("forTerminal() escapes control characters but keeps text", () => {
+  assert.equal(forTerminal("héllo\tok"), "héllo\tok");
+  assert.equal(forTerminal("a\x1b[2Jb\rc\x07"), "a\\u001b[2Jb\\rc\\u0007");
+});
+
+/** The client under a real pseudo-terminal, via script(1). */
+function underPty(port: number) {
+  const main = new URL("./main.ts", import.meta.url).pathname;
+  const command = `${Deno.execPath()} run -A --quiet ${main} client -p ${port}`;
+  const child = new Deno.Command("script", {
+    args: ["-qefc", command, "/dev/null"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", TERM: "dumb" },
+  }).spawn();
+  let screen = "";
+  const waiters: { text: string; resolve: () => void }[] = [];
+  const reading = (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stdout) {
+      screen += decoder.decode(chunk, { stream: true });
+      for (const w of waiters.splice(0)) {
+        if (screen.includes(w.text)) w.resolve();
+        else waiters.push(w);
+      }
+    }
+  })();
+  const writer = child.stdin.getWriter();
+  return {
+    get screen() {
+      return screen;
+    },
+    type: (text: string) => writer.write(bytes(text)),
+    see(text: string): Promise<void> {
+      if (screen.includes(text)) return Promise.resolve();
+      const { promise, resolve } = Promise.withResolvers<void>();
+      waiters.push({ text, resolve });
+      return promise;
+    },
+    async exit(): Promise<number> {
+      await writer.close().catch(() => {});
+      const [status] = await Promise.all([
+        child.status,
+        reading,
+        child.stderr.cancel(),
+      ]);
+      return status.code;
+    },
+  };
+}
+
+const hasScript = (() => {
+  try {
+    return new Deno.Command("script", { args: ["--version"] }).outputSync()
+      .success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name: "tcpecho client on a terminal shows server say# and ends on Ctrl+D",
+  ignore: !hasScript,
+  async fn() {
+    await using server = serve({ port: 0, mode: "line" });
+    const pty = underPty(server.addr.port);
+    await pty.see(`connected to 127.0.0.1:${server.addr.port}`);
+    await pty.type("hello\r");
+    await pty.see("server say# hello");
+    await pty.type("second line\r");
+    await pty.see("server say# second line");
+    await pty.type("\x04"); // Ctrl+D
+    assert.equal(await pty.exit(), 0, pty.screen);
+    assert.equal(server.stats.bytesIn, "hello\nsecond line\n".length);
+  },
+});
+
+Deno.test({
+  name: "tcpecho client on a terminal exits 130 on Ctrl+C",
+  ignore: !hasScript,
+  async fn() {
+    await using server = serve({ port: 0 });
+    const pty = underPty(server.addr.port);
+    await pty.see("connected to");
+    await pty.type("\x03"); // Ctrl+C
+    assert.equal(await pty.exit(), 130, pty.screen);
+  },
+});
+
+Deno.test({
+  name: "tcpecho client on a terminal reports the server closing",
+  ignore: !hasScript,
+  async fn() {
+    await using server = serve({ port: 0, shutdownTimeoutMs: 0 });
+    const pty = underPty(server.addr.port);
+    await pty.see("connected to");
+    await pty.type("x\r");
+    await pty.see("server say# x");
+    await server.close();
+    await pty.see("connection closed by server");
+    assert.equal(await pty.exit(), 0, pty.screen);
+  },
+});
+
+Deno.test("writeAll() hands over every byte", async () => {
+  const chunks: number[] = [];
+  await writeAll({
+    write(p: Uint8Array) {
+      const n = Math.min(3, p.length);
+      chunks.push(n);
+      return Promise.resolve(n);
+    },
+  }, new Uint8Array(10));
+  assert.deepEqual(chunks, [3, 3, 3, 1]);
+});
