@@ -174,7 +174,10 @@ Deno.test("tcpecho server -v logs each line escaped; --log-format json parses", 
   const records = server.lines.map((l) => JSON.parse(l));
   const reqs = records.filter((r) => r.message.includes("req:"));
   assert.equal(reqs.length, 2);
-  assert.ok(reqs.every((r) => !/[\r\n\x1b]/.test(r.message)));
+  for (const { message } of reqs) {
+    assert.doesNotMatch(message, /[\r\n]/);
+    assert.ok(!message.includes("\x1b"), message);
+  }
   assert.ok(reqs[1].message.includes(String.raw`\u001b[2J2026-01-01`));
   const offline = records.find((r) => /\] offline \(/.test(r.message));
   assert.equal(offline.level, "INFO");
