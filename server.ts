@@ -82,9 +82,11 @@ export interface Server<
   close(): Promise<void>;
 }
 
-/** Read buffers start small (idle connections stay cheap) and double while reads fill them. */
-const MIN_READ_BYTES = 2048;
+/** Read buffer bounds: see {@linkcode ReadBuffer}. */
+const MIN_READ_BYTES = 1024;
 const MAX_READ_BYTES = 256 * 1024;
+/** Small reads in a row (under a quarter of the buffer) before it halves. */
+const SHRINK_AFTER_READS = 4;
 /** How much of a message a log line shows. */
 const PREVIEW_CHARS = 80;
 /** Accept-error backoff (EMFILE and the like): first and longest wait. */
@@ -351,15 +353,20 @@ async function echoRaw(
 ): Promise<void> {
   const { conn } = session;
   const debug = ctx.log.isEnabledFor("debug");
-  let buf: Uint8Array = new Uint8Array(MIN_READ_BYTES);
-  for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+  const rb = new ReadBuffer();
+  for (
+    let n = await conn.read(rb.bytes);
+    n !== null;
+    n = await conn.read(rb.bytes)
+  ) {
     counts.bytesIn += n;
     ctx.onIn(n);
+    const buf = rb.bytes;
     await writeAll(conn, n === buf.length ? buf : buf.subarray(0, n));
     counts.bytesOut += n;
     ctx.onOut(n);
     if (debug) ctx.log.debug("[{peer}] echoed {n} bytes", { n });
-    buf = resize(buf, n);
+    rb.adapt(n);
   }
   await conn.closeWrite(); // the client sent EOF and has everything back
 }
@@ -379,17 +386,18 @@ async function echoLines(
   const debug = ctx.log.isEnabledFor("debug");
   const tooLong = () =>
     new LimitError(`line longer than ${maxLineBytes} bytes (max-line)`);
-  let buf: Uint8Array = new Uint8Array(MIN_READ_BYTES);
-  let end = 0; // bytes held in buf; buf[0..end) has no "\n"
+  const rb = new ReadBuffer();
+  let end = 0; // bytes held in rb.bytes; they hold no "\n"
   const send = async (bytes: Uint8Array) => {
     await writeAll(conn, bytes);
     counts.bytesOut += bytes.length;
     ctx.onOut(bytes.length);
   };
   for (;;) {
-    if (end === buf.length) buf = grow(buf, end, maxLineBytes + 1);
-    const n = await conn.read(buf.subarray(end));
+    if (end === rb.bytes.length) rb.grow(end);
+    const n = await conn.read(end === 0 ? rb.bytes : rb.bytes.subarray(end));
     if (n === null) break;
+    const buf = rb.bytes;
     counts.bytesIn += n;
     ctx.onIn(n);
     // Lines end in the new bytes only; a "\n" in buf[0..end) was handled.
@@ -413,11 +421,12 @@ async function echoLines(
         end,
       });
     }
-    if (end === 0) buf = resize(buf, n);
+    if (end === 0) rb.adapt(n);
   }
   if (end > 0) { // bytes after the last "\n" at EOF are echoed too
-    if (debug) logLine(ctx.log, buf.subarray(0, end));
-    await send(buf.subarray(0, end));
+    const tail = rb.bytes.subarray(0, end);
+    if (debug) logLine(ctx.log, tail);
+    await send(tail);
   }
   await conn.closeWrite();
 }
@@ -428,24 +437,38 @@ function logLine(log: Logger, line: Uint8Array): void {
 }
 
 /**
- * The adaptive read buffer: a read that filled the buffer doubles it (up to
- * {@linkcode MAX_READ_BYTES}); a read that used under an eighth of it drops
- * back to {@linkcode MIN_READ_BYTES}. A connection at rest holds a small
- * buffer; a streaming one reads big chunks.
+ * The adaptive read buffer. An idle connection's pending read holds the whole
+ * buffer, so it starts at {@linkcode MIN_READ_BYTES} (an idle connection costs
+ * ~7.5 KiB of server memory in all); a read that fills it doubles it, up to
+ * {@linkcode MAX_READ_BYTES} (big reads are what make streaming fast);
+ * {@linkcode SHRINK_AFTER_READS} small reads in a row halve it again.
  */
-function resize(buf: Uint8Array, n: number): Uint8Array {
-  if (n === buf.length && n < MAX_READ_BYTES) return new Uint8Array(n * 2);
-  if (n < buf.length >> 3 && buf.length > MIN_READ_BYTES) {
-    return new Uint8Array(MIN_READ_BYTES);
-  }
-  return buf;
-}
+class ReadBuffer {
+  bytes: Uint8Array = new Uint8Array(MIN_READ_BYTES);
+  #smallReads = 0;
 
-/** A bigger buffer (doubling, capped) holding the first `used` bytes of `buf`. */
-function grow(buf: Uint8Array, used: number, cap: number): Uint8Array {
-  const bigger = new Uint8Array(Math.min(buf.length * 2, Math.max(cap, used)));
-  bigger.set(buf.subarray(0, used));
-  return bigger;
+  /** Resizes after a read of `n` bytes whose data has been used up. */
+  adapt(n: number): void {
+    const size = this.bytes.length;
+    if (n === size) {
+      this.#smallReads = 0;
+      if (size < MAX_READ_BYTES) this.bytes = new Uint8Array(size * 2);
+    } else if (n < size >> 2 && size > MIN_READ_BYTES) {
+      if (++this.#smallReads >= SHRINK_AFTER_READS) {
+        this.#smallReads = 0;
+        this.bytes = new Uint8Array(size >> 1);
+      }
+    } else {
+      this.#smallReads = 0;
+    }
+  }
+
+  /** Doubles the buffer, keeping its first `used` bytes (a partial line). */
+  grow(used: number): void {
+    const bigger = new Uint8Array(this.bytes.length * 2);
+    bigger.set(this.bytes.subarray(0, used));
+    this.bytes = bigger;
+  }
 }
 
 function listen(
