@@ -223,10 +223,22 @@ function oneOf<T extends string>(
   );
 }
 
-/** Reads a PEM file, naming what it is for when it cannot. */
-async function readPem(path: string, what: string): Promise<string> {
+/**
+ * Reads a PEM file holding a `label` block ("CERTIFICATE", "PRIVATE KEY"),
+ * naming what it is for when it cannot. Deno ignores a CA file with no
+ * certificate in it, so an unusable file is caught here.
+ */
+async function readPem(
+  path: string,
+  what: string,
+  label: string,
+): Promise<string> {
   try {
-    return await Deno.readTextFile(path);
+    const pem = await Deno.readTextFile(path);
+    if (!new RegExp(`-----BEGIN [A-Z ]*${label}-----`).test(pem)) {
+      throw new Error(`no PEM ${label.toLowerCase()} in it`);
+    }
+    return pem;
   } catch (cause) {
     throw new Error(`cannot read ${what} "${path}"`, { cause });
   }
@@ -257,7 +269,7 @@ async function connectOptions(
     tls: values.tls,
     caCerts: values.ca === undefined
       ? undefined
-      : [await readPem(values.ca, "CA certificate")],
+      : [await readPem(values.ca, "CA certificate", "CERTIFICATE")],
     connectTimeoutMs: secondsMs(
       values["connect-timeout"],
       "connect-timeout",
@@ -387,8 +399,12 @@ async function runServer(args: string[]): Promise<number> {
   showStacks = levelName === "debug";
   await configureLogging(LOG_LEVELS[levelName], format);
   if (values["tls-cert"] !== undefined && values["tls-key"] !== undefined) {
-    options.cert = await readPem(values["tls-cert"], "TLS certificate");
-    options.key = await readPem(values["tls-key"], "TLS key");
+    options.cert = await readPem(
+      values["tls-cert"],
+      "TLS certificate",
+      "CERTIFICATE",
+    );
+    options.key = await readPem(values["tls-key"], "TLS key", "PRIVATE KEY");
   }
   if (options.path !== undefined) await removeStaleSocket(options.path);
   const server = serve(options);

@@ -35,6 +35,11 @@ export interface ServeOptions {
   idleTimeoutMs?: number;
   /** On {@linkcode Server.close}: wait this long for clients, then close them. @default {5000} */
   shutdownTimeoutMs?: number;
+  /**
+   * TLS: close a connection whose handshake has not finished after this long
+   * (or after `idleTimeoutMs`, when shorter). @default {10000}
+   */
+  handshakeTimeoutMs?: number;
   /** Listen backlog (tests use `1` to make connects hang). */
   tcpBacklog?: number;
 }
@@ -49,6 +54,7 @@ export const SERVE_DEFAULTS = {
   maxConnsPerIp: 0,
   idleTimeoutMs: 0,
   shutdownTimeoutMs: 5000,
+  handshakeTimeoutMs: 10000,
 } as const;
 
 /** Live counters of a running {@linkcode Server}. */
@@ -131,8 +137,13 @@ export function serve(options: ServeOptions = {}): Server {
     maxConnsPerIp = SERVE_DEFAULTS.maxConnsPerIp,
     idleTimeoutMs = SERVE_DEFAULTS.idleTimeoutMs,
     shutdownTimeoutMs = SERVE_DEFAULTS.shutdownTimeoutMs,
+    handshakeTimeoutMs = SERVE_DEFAULTS.handshakeTimeoutMs,
     tcpBacklog,
   } = options;
+  const tls = cert !== undefined && key !== undefined;
+  const handshakeMs = idleTimeoutMs > 0
+    ? Math.min(idleTimeoutMs, handshakeTimeoutMs)
+    : handshakeTimeoutMs;
   const log = getLogger(["tcpecho", "server"]);
   const listener = listen({ hostname, port, path, cert, key, tcpBacklog });
   const addr = listener.addr as Deno.NetAddr | Deno.UnixAddr;
@@ -178,6 +189,7 @@ export function serve(options: ServeOptions = {}): Server {
     const counts = { bytesIn: 0, bytesOut: 0 };
     clog.info("[{peer}] online");
     try {
+      if (tls) await handshake(session, handshakeMs);
       await echo(session, counts, {
         maxLineBytes,
         log: clog,
@@ -195,7 +207,7 @@ export function serve(options: ServeOptions = {}): Server {
         clog.info("[{peer}] closing: {reason}", {
           reason: session.closeReason,
         });
-      } else if (err instanceof LimitError) {
+      } else if (err instanceof LimitError || err instanceof HandshakeError) {
         clog.warn("[{peer}] closing: {reason}", { reason: err.message });
       } else if (isDisconnect(err)) {
         clog.debug("[{peer}] {err}", { err: String(err) });
@@ -343,6 +355,35 @@ interface EchoContext {
 /** A per-connection limit was passed; the connection is closed with a warning. */
 class LimitError extends Error {
   override name = "LimitError";
+}
+
+/** A TLS client that could not complete the handshake (plaintext, bad CA…). */
+class HandshakeError extends Error {
+  override name = "HandshakeError";
+}
+
+/**
+ * Completes a TLS handshake within `timeoutMs`. Deno would do it lazily on the
+ * first read; doing it here bounds how long a client that never finishes it
+ * (or sends plaintext) holds a connection.
+ */
+async function handshake(session: Session, timeoutMs: number): Promise<void> {
+  const conn = session.conn as Deno.TlsConn;
+  const timer = setTimeout(() => {
+    session.closeReason ??= `no TLS handshake within ${seconds(timeoutMs)}`;
+    conn.close();
+  }, timeoutMs);
+  try {
+    await conn.handshake();
+  } catch (cause) {
+    if (session.closeReason !== undefined || isDisconnect(cause)) throw cause;
+    throw new HandshakeError(
+      `TLS handshake failed: ${(cause as Error).message}`,
+      { cause },
+    );
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Raw mode (RFC 862): every byte back as it arrives. */

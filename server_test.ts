@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { serve } from "./server.ts";
+import { removeStaleSocket, serve } from "./server.ts";
 import {
   captureLogs,
   echoAll,
@@ -348,4 +348,208 @@ Deno.test("serve() refuses a port in use", () => {
       err.message === `cannot listen on 127.0.0.1:${taken.addr.port}` &&
       err.cause instanceof Deno.errors.AddrInUse,
   );
+});
+
+// ---- transports: TLS, Unix sockets, IPv6 ----------------------------------
+
+const testdata = (name: string) =>
+  Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
+const CERT = testdata("server.pem");
+const KEY = testdata("server-key.pem");
+const CA = testdata("ca.pem");
+const posix = Deno.build.os !== "windows";
+
+/** True when this machine has an IPv6 loopback to bind. */
+const hasIpv6 = (() => {
+  try {
+    Deno.listen({ hostname: "::1", port: 0 }).close();
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+/**
+ * A socket file left behind by a process that died without cleaning up
+ * (closing a Deno listener removes its file; exiting does not).
+ */
+async function leaveStaleSocket(path: string): Promise<void> {
+  const code = `Deno.listen({ transport: "unix", path: ${
+    JSON.stringify(path)
+  } }); Deno.exit(0);`;
+  const { success } = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+  }).output();
+  assert.ok(success);
+}
+
+/** Reads until the server closes; a reset counts as closing too. */
+async function drainUntilClosed(conn: Deno.Conn): Promise<void> {
+  try {
+    await readAll(conn);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.ConnectionReset)) throw err;
+  }
+}
+
+Deno.test("serve() with TLS echoes in raw and line mode", async (t) => {
+  for (const mode of ["raw", "line"] as const) {
+    await t.step(mode, async () => {
+      await using server = serve({ port: 0, cert: CERT, key: KEY, mode });
+      using conn = await Deno.connectTls({
+        hostname: "localhost",
+        port: server.addr.port,
+        caCerts: [CA],
+      });
+      const data = mode === "raw"
+        ? randomBytes(200_000, 11)
+        : bytes("tls line one\ntls line two\n");
+      assert.deepEqual(await echoAll(conn, data), data);
+    });
+  }
+});
+
+Deno.test("serve() with TLS echoes 256 KiB after the client's close_notify", async () => {
+  await using server = serve({ port: 0, cert: CERT, key: KEY });
+  using conn = await Deno.connectTls({
+    hostname: "127.0.0.1",
+    port: server.addr.port,
+    caCerts: [CA],
+  });
+  const data = randomBytes(256 * 1024, 12);
+  await writeAll(conn, data);
+  await conn.closeWrite(); // TLS close_notify, then FIN
+  assert.deepEqual(await readAll(conn), data);
+});
+
+Deno.test("serve() with TLS survives plaintext, garbage and a silent client", async () => {
+  await using logs = await captureLogs();
+  await using server = serve({
+    port: 0,
+    cert: CERT,
+    key: KEY,
+    handshakeTimeoutMs: 50,
+  });
+  const port = server.addr.port;
+  // Plaintext where a ClientHello belongs.
+  using plain = await Deno.connect({ port });
+  await writeAll(plain, bytes("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+  await drainUntilClosed(plain); // a TLS alert, then the close
+  // Random bytes.
+  using garbage = await Deno.connect({ port });
+  await writeAll(garbage, randomBytes(4096, 13));
+  await drainUntilClosed(garbage);
+  // A client that opens TCP and never says anything: its connection ends at
+  // the handshake timeout. (Deno 2.9.6 keeps the TCP socket of a TLS conn
+  // closed mid-handshake open until the peer sends or closes, so the client
+  // sees no FIN; the server's task, limits and counts are freed all the same.)
+  const timedOut = logs.next(/closing: no TLS handshake within 0\.05 s/);
+  using _silent = await Deno.connect({ port });
+  await timedOut;
+  const messages = logs.records.map(render);
+  assert.ok(messages.some((m) => /closing: TLS handshake failed/.test(m)));
+  assert.ok(
+    messages.some((m) => /closing: no TLS handshake within 0\.05 s/.test(m)),
+  );
+  // Everyone else is still served.
+  using good = await Deno.connectTls({
+    hostname: "localhost",
+    port,
+    caCerts: [CA],
+  });
+  assert.deepEqual(await roundTrip(good, bytes("fine")), bytes("fine"));
+});
+
+Deno.test(
+  "serve() on a Unix socket echoes, tags peers unix#N and removes the file",
+  {
+    ignore: !posix,
+  },
+  async () => {
+    await using logs = await captureLogs();
+    const dir = Deno.makeTempDirSync();
+    const path = `${dir}/echo.sock`;
+    try {
+      const server = serve({ path, mode: "line" });
+      assert.equal(server.addr.path, path);
+      assert.ok(logs.records.map(render).includes(`listening on unix:${path}`));
+      for (let i = 0; i < 2; i++) {
+        using conn = await Deno.connect({ transport: "unix", path });
+        assert.deepEqual(
+          await echoAll(conn, bytes("over unix\n")),
+          bytes("over unix\n"),
+        );
+      }
+      await server.close();
+      const messages = logs.records.map(render);
+      assert.ok(messages.includes("[unix#1] online"));
+      assert.ok(messages.some((m) => m.startsWith("[unix#2] offline (")));
+      assert.throws(() => Deno.lstatSync(path), Deno.errors.NotFound);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
+
+Deno.test(
+  "removeStaleSocket() replaces a dead socket, keeps a live one and other files",
+  {
+    ignore: !posix,
+  },
+  async () => {
+    const dir = Deno.makeTempDirSync();
+    const path = `${dir}/echo.sock`;
+    try {
+      await leaveStaleSocket(path);
+      assert.ok(Deno.lstatSync(path).isSocket);
+      assert.equal(await removeStaleSocket(path), true);
+      await using live = serve({ path });
+      assert.equal(await removeStaleSocket(path), false);
+      assert.throws(
+        () => serve({ path }),
+        (err: Error) =>
+          err.message === `cannot listen on unix:${path}` &&
+          err.cause instanceof Deno.errors.AddrInUse,
+      );
+      using conn = await Deno.connect({ transport: "unix", path });
+      assert.deepEqual(await roundTrip(conn, bytes("x")), bytes("x"));
+      const file = `${dir}/not-a-socket`;
+      Deno.writeTextFileSync(file, "keep me");
+      assert.equal(await removeStaleSocket(file), false);
+      assert.throws(
+        () => serve({ path: file }),
+        (err: Error) => String(err.cause).includes(`"${file}" is not a socket`),
+      );
+      assert.equal(Deno.readTextFileSync(file), "keep me");
+      void live;
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
+
+Deno.test({
+  name: "serve() on ::1 echoes and writes IPv6 peers as [[::1]:PORT]",
+  ignore: !hasIpv6,
+  async fn() {
+    await using logs = await captureLogs();
+    await using server = serve({ hostname: "::1", port: 0 });
+    assert.equal(server.addr.hostname, "::1");
+    assert.ok(
+      logs.records.map(render).includes(
+        `listening on [::1]:${server.addr.port}`,
+      ),
+    );
+    using conn = await Deno.connect({
+      hostname: "::1",
+      port: server.addr.port,
+    });
+    const offline = logs.next(/offline/);
+    assert.deepEqual(await echoAll(conn, bytes("six")), bytes("six"));
+    const local = (conn.localAddr as Deno.NetAddr).port;
+    assert.match(
+      await offline,
+      new RegExp(`^\\[\\[::1\\]:${local}\\] offline \\(`),
+    );
+  },
 });
