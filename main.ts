@@ -24,6 +24,13 @@ import {
   type ServeOptions,
 } from "./server.ts";
 import {
+  BENCH_DEFAULTS,
+  formatProgress,
+  formatReport,
+  runBench,
+  spawnServer,
+} from "./bench.ts";
+import {
   connect,
   CONNECT_DEFAULTS,
   type ConnectOptions,
@@ -117,6 +124,27 @@ Otherwise a byte-exact pipe: stdin to the server, the echo to stdout.
   -h, --help                  this help
 `;
 
+const BENCH_HELP = `${USAGE.bench}
+
+Load-test an echo server and check every echoed byte (a mismatch is an error,
+exit 1). Reports messages/s, MiB/s, round-trip latency and errors.
+
+  --host ADDR, -p, --port N, --unix PATH, --tls, --ca FILE, --connect-timeout SECONDS
+                              the target, as for client (default ${CONNECT_DEFAULTS.hostname}:${CONNECT_DEFAULTS.port})
+  -c, --connections N         concurrent connections (default ${BENCH_DEFAULTS.connections})
+  -s, --size BYTES            message size (default ${BENCH_DEFAULTS.sizeBytes})
+  -d, --duration SECONDS      measuring time, after a ${
+  BENCH_DEFAULTS.warmupMs / 1000
+} s warm-up (default ${BENCH_DEFAULTS.durationMs / 1000})
+  --pattern pingpong|stream   one message in flight per connection, or continuous streaming (default ${BENCH_DEFAULTS.pattern})
+  --json                      one JSON object on stdout instead of the table
+  --spawn-server              start "tcpecho server --port 0" as a child, measure it, stop it
+  -h, --help                  this help
+
+A progress line goes to stderr when it is a terminal. Ctrl+C stops early and
+still prints what was measured (exit 130).
+`;
+
 /** Options every command knows. */
 const COMMON = {
   help: { type: "boolean", short: "h" },
@@ -151,6 +179,16 @@ const CLIENT_OPTIONS = {
   tls: { type: "boolean" },
   ca: { type: "string" },
   "connect-timeout": { type: "string" },
+} as const satisfies ParseArgsConfig["options"];
+
+const BENCH_OPTIONS = {
+  ...CLIENT_OPTIONS,
+  connections: { type: "string", short: "c" },
+  size: { type: "string", short: "s" },
+  duration: { type: "string", short: "d" },
+  pattern: { type: "string" },
+  json: { type: "boolean" },
+  "spawn-server": { type: "boolean" },
 } as const satisfies ParseArgsConfig["options"];
 
 /** Parses a command's arguments strictly; unknown options are usage errors. */
@@ -435,6 +473,83 @@ async function runClient(args: string[]): Promise<number> {
 /** With debug logging, failures also print their stack. */
 let showStacks = false;
 
+/** How many error lines `bench` prints before it only counts them. */
+const BENCH_ERRORS_SHOWN = 5;
+
+async function runBenchCommand(args: string[]): Promise<number> {
+  const usage = USAGE.bench;
+  const values = parse(args, BENCH_OPTIONS, usage);
+  if (values.help) {
+    console.log(BENCH_HELP);
+    return 0;
+  }
+  const spawn = values["spawn-server"] ?? false;
+  if (spawn && (values.host ?? values.port ?? values.unix) !== undefined) {
+    throw new UsageError(
+      "--spawn-server measures its own server: no --host, --port or --unix",
+      usage,
+    );
+  }
+  const target = await connectOptions(values, usage);
+  const connections = integer(values.connections, "connections", usage, [
+    1,
+    100_000,
+  ]) ?? BENCH_DEFAULTS.connections;
+  const sizeBytes = integer(values.size, "size", usage, [1, 16 << 20]);
+  const durationMs = secondsMs(values.duration, "duration", usage);
+  if (durationMs === 0) {
+    throw new UsageError("--duration must be more than 0", usage);
+  }
+  const pattern = oneOf(
+    values.pattern,
+    "pattern",
+    ["pingpong", "stream"] as const,
+    usage,
+  );
+  const stop = new AbortController();
+  using _signals = onStopSignals(() => stop.abort());
+  await using server = spawn
+    ? await spawnServer(
+      connections > SERVE_DEFAULTS.maxConns
+        ? ["--max-conns", `${connections}`]
+        : [],
+    )
+    : undefined;
+  if (server) {
+    target.hostname = "127.0.0.1";
+    target.port = server.port;
+  }
+  const progress = Deno.stderr.isTerminal();
+  const stderr = new TextEncoder();
+  let errorsShown = 0;
+  const result = await runBench({
+    ...target,
+    connections,
+    sizeBytes,
+    durationMs,
+    pattern,
+    signal: stop.signal,
+    onProgress: progress
+      ? (p) =>
+        Deno.stderr.writeSync(stderr.encode(`\r${formatProgress(p)}\x1b[K`))
+      : undefined,
+    onError(err) {
+      if (errorsShown++ < BENCH_ERRORS_SHOWN) {
+        console.error(`${progress ? "\r\x1b[K" : ""}warning: ${describe(err)}`);
+      }
+    },
+  });
+  if (progress) Deno.stderr.writeSync(stderr.encode("\r\x1b[K"));
+  console.log(values.json ? JSON.stringify(result) : formatReport(result));
+  if (result.errors > 0) {
+    console.error(
+      `error: ${result.errors} errors during the run (wrong echoes, resets or failed connections)`,
+    );
+    return 1;
+  }
+  return stop.signal.aborted ? 130 : 0;
+}
+
 /** The cause chain, `: `-joined, as the one `error:` line shows it. */
 function describe(err: unknown): string {
   const parts: string[] = [];
@@ -460,6 +575,8 @@ export async function main(args: string[]): Promise<number> {
         return await runServer(rest);
       case "client":
         return await runClient(rest);
+      case "bench":
+        return await runBenchCommand(rest);
       case "-h":
       case "--help":
         console.log(MAIN_HELP);
