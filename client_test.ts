@@ -186,3 +186,117 @@ Deno.test("writeAll() hands over every byte", async () => {
   }, new Uint8Array(10));
   assert.deepEqual(chunks, [3, 3, 3, 1]);
 });
+
+// ---- transports -----------------------------------------------------------
+
+const testdata = (name: string) =>
+  new URL(`./testdata/${name}`, import.meta.url).pathname;
+const TLS = {
+  cert: Deno.readTextFileSync(testdata("server.pem")),
+  key: Deno.readTextFileSync(testdata("server-key.pem")),
+};
+
+/** Runs `tcpecho client ARGS` with `data` on stdin; returns its output. */
+async function pipeThroughClient(args: string[], data: Uint8Array) {
+  const child = cli(["client", ...args], "piped").spawn();
+  const [, out] = await Promise.all([
+    (async () => {
+      const writer = child.stdin.getWriter();
+      await writer.write(data);
+      await writer.close();
+    })().catch(() => {}), // a client that failed to connect reads nothing
+    child.output(),
+  ]);
+  return { ...out, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+Deno.test("tcpecho client --tls --ca pipes byte-exact to a TLS server", async () => {
+  await using server = serve({ port: 0, ...TLS });
+  const data = randomBytes(256 * 1024, 21);
+  const out = await pipeThroughClient([
+    "--tls",
+    "--ca",
+    testdata("ca.pem"),
+    "--host",
+    "localhost",
+    "-p",
+    `${server.addr.port}`,
+  ], data);
+  assert.equal(out.stderr, "");
+  assert.equal(out.code, 0);
+  assert.deepEqual(out.stdout, data);
+});
+
+Deno.test("tcpecho client --tls refuses a server it cannot verify", async (t) => {
+  await using server = serve({ port: 0, ...TLS });
+  const port = `${server.addr.port}`;
+  await t.step("no CA given", async () => {
+    const out = await pipeThroughClient(["--tls", "-p", port], bytes("x"));
+    assert.equal(out.code, 1);
+    assert.equal(
+      out.stderr,
+      `error: cannot connect to 127.0.0.1:${port}: invalid peer certificate: UnknownIssuer\n`,
+    );
+  });
+  await t.step("another CA", async () => {
+    const out = await pipeThroughClient(
+      ["--tls", "--ca", testdata("other-ca.pem"), "-p", port],
+      bytes("x"),
+    );
+    assert.equal(out.code, 1);
+    assert.match(out.stderr, /invalid peer certificate: UnknownIssuer\n$/);
+  });
+  await t.step("a CA file that holds no certificate", async () => {
+    const out = await pipeThroughClient(
+      ["--tls", "--ca", testdata("not-a-cert.pem"), "-p", port],
+      bytes("x"),
+    );
+    assert.equal(out.code, 1);
+    assert.equal(
+      out.stderr,
+      `error: cannot read CA certificate "${
+        testdata("not-a-cert.pem")
+      }": no PEM certificate in it\n`,
+    );
+  });
+});
+
+Deno.test({
+  name: "tcpecho client --unix pipes byte-exact over a unix socket",
+  ignore: Deno.build.os === "windows",
+  async fn() {
+    const dir = Deno.makeTempDirSync();
+    try {
+      const path = `${dir}/s.sock`;
+      await using _server = serve({ path });
+      const data = randomBytes(300_000, 22);
+      const out = await pipeThroughClient(["--unix", path], data);
+      assert.equal(out.code, 0, out.stderr);
+      assert.deepEqual(out.stdout, data);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "tcpecho client --host ::1 pipes over IPv6",
+  ignore: (() => {
+    try {
+      Deno.listen({ hostname: "::1", port: 0 }).close();
+      return false;
+    } catch {
+      return true; // no IPv6 loopback on this machine
+    }
+  })(),
+  async fn() {
+    await using server = serve({ hostname: "::1", port: 0 });
+    const data = bytes("over IPv6\n");
+    const out = await pipeThroughClient(
+      ["--host", "::1", "-p", `${server.addr.port}`],
+      data,
+    );
+    assert.equal(out.code, 0, out.stderr);
+    assert.deepEqual(out.stdout, data);
+  },
+});

@@ -10,9 +10,9 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import {
   configure,
   getConsoleSink,
-  getJsonLinesFormatter,
   getTextFormatter,
   type LogLevel,
+  type LogRecord,
   reset,
 } from "@logtape/logtape";
 import denoJson from "./deno.json" with { type: "json" };
@@ -323,19 +323,32 @@ const LOG_LEVELS = {
   error: "error",
 } as const satisfies Record<string, LogLevel>;
 
+/**
+ * One JSON object a line, like LogTape's JSON Lines formatter, but with the
+ * message's values bare (`listening on 127.0.0.1:8080`, not quoted), as in
+ * the text format; they are in `properties` too.
+ */
+function jsonLine(record: LogRecord): string {
+  return JSON.stringify({
+    "@timestamp": new Date(record.timestamp).toISOString(),
+    level: record.level.toUpperCase(),
+    message: record.message.map(String).join(""),
+    logger: record.category.join("."),
+    properties: record.properties,
+  }, (_key, value) => value instanceof Error ? String(value) : value) + "\n";
+}
+
 /** Sends every level to stderr (stdout carries data), as text or JSON lines. */
 async function configureLogging(
   level: LogLevel,
   format: "text" | "json",
 ): Promise<void> {
-  const formatter = format === "json"
-    ? getJsonLinesFormatter()
-    : getTextFormatter({
-      value: "bare",
-      timestamp: "date-time",
-      format: ({ timestamp, level, message }) =>
-        `${timestamp} ${level} ${message}`,
-    });
+  const formatter = format === "json" ? jsonLine : getTextFormatter({
+    value: "bare",
+    timestamp: "date-time",
+    format: ({ timestamp, level, message }) =>
+      `${timestamp} ${level} ${message}`,
+  });
   await configure({
     sinks: {
       stderr: getConsoleSink({

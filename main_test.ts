@@ -183,3 +183,207 @@ Deno.test("tcpecho server -v logs each line escaped; --log-format json parses", 
   assert.equal(offline.level, "INFO");
   assert.equal(offline.properties.bytesIn, forged.length);
 });
+
+// ---- transports -----------------------------------------------------------
+
+const testdata = (name: string) =>
+  new URL(`./testdata/${name}`, import.meta.url).pathname;
+
+Deno.test("tcpecho server exits 1 on a file that holds no certificate", async () => {
+  const { code, stderr } = await runCli([
+    "server",
+    "--tls-cert",
+    testdata("not-a-cert.pem"),
+    "--tls-key",
+    testdata("server-key.pem"),
+  ]);
+  assert.equal(code, 1);
+  assert.equal(
+    stderr,
+    `error: cannot read TLS certificate "${
+      testdata("not-a-cert.pem")
+    }": no PEM certificate in it\n`,
+  );
+});
+
+Deno.test("tcpecho server --unix with TLS is a usage error", async () => {
+  const { code, stderr } = await runCli([
+    "server",
+    "--unix",
+    "/tmp/x.sock",
+    "--tls-cert",
+    testdata("server.pem"),
+    "--tls-key",
+    testdata("server-key.pem"),
+  ]);
+  assert.equal(code, 2);
+  assert.match(
+    stderr,
+    /^error: TLS is served over TCP only, not --unix\nusage:/,
+  );
+});
+
+Deno.test({
+  name:
+    "tcpecho server --unix replaces a stale socket, refuses others, removes its file",
+  ignore: !posix,
+  async fn() {
+    const dir = Deno.makeTempDirSync();
+    const path = `${dir}/echo.sock`;
+    try {
+      // A stale socket file: its process died without removing it.
+      const stale = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "eval",
+          `Deno.listen({ transport: "unix", path: ${
+            JSON.stringify(path)
+          } }); Deno.exit(0);`,
+        ],
+      }).output();
+      assert.ok(stale.success && Deno.lstatSync(path).isSocket);
+      await using server = await ServerProcess.start(["--unix", path]);
+      assert.match(server.lines[0], new RegExp(`listening on unix:${path}$`));
+      // A second server on the live socket: address in use.
+      const second = await runCli(["server", "--unix", path]);
+      assert.equal(second.code, 1);
+      assert.match(
+        second.stderr,
+        /^error: cannot listen on unix:.*echo\.sock: Address already in use/,
+      );
+      using conn = await Deno.connect({ transport: "unix", path });
+      assert.deepEqual(await echoAll(conn, bytes("unix")), bytes("unix"));
+      // (unix#1 was the second server's probe: is anybody listening?)
+      await server.waitFor(/\[unix#2\] offline \(.*4 bytes in, 4 bytes out\)/);
+      assert.equal(await server.stop(), 0);
+      assert.throws(() => Deno.lstatSync(path), Deno.errors.NotFound);
+      // A path that is not a socket is never deleted.
+      Deno.writeTextFileSync(path, "precious");
+      const refused = await runCli(["server", "--unix", path]);
+      assert.equal(refused.code, 1);
+      assert.equal(
+        refused.stderr,
+        `error: cannot listen on unix:${path}: "${path}" is not a socket\n`,
+      );
+      assert.equal(Deno.readTextFileSync(path), "precious");
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("tcpecho server --tls-cert/--tls-key serves TLS", async () => {
+  await using server = await ServerProcess.start([
+    "--port",
+    "0",
+    "--tls-cert",
+    testdata("server.pem"),
+    "--tls-key",
+    testdata("server-key.pem"),
+  ]);
+  using conn = await Deno.connectTls({
+    hostname: "localhost",
+    port: server.port,
+    caCerts: [Deno.readTextFileSync(testdata("ca.pem"))],
+  });
+  assert.deepEqual(await echoAll(conn, bytes("secret")), bytes("secret"));
+  await server.waitFor(/offline \(.*6 bytes in, 6 bytes out\)/);
+});
+
+// ---- bench ----------------------------------------------------------------
+
+Deno.test("tcpecho bench --spawn-server --json prints the spec's object", async () => {
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "--spawn-server",
+    "-c",
+    "4",
+    "-d",
+    "0.3",
+    "--json",
+  ]);
+  assert.equal(code, 0, stderr);
+  const result = JSON.parse(stdout);
+  assert.deepEqual(Object.keys(result), [
+    "pattern",
+    "connections",
+    "size",
+    "duration_s",
+    "messages",
+    "messages_per_s",
+    "bytes",
+    "mib_per_s",
+    "latency_us",
+    "errors",
+  ]);
+  assert.deepEqual(Object.keys(result.latency_us), [
+    "p50",
+    "p90",
+    "p99",
+    "max",
+  ]);
+  assert.equal(result.errors, 0);
+  assert.ok(result.messages > 0);
+});
+
+Deno.test("tcpecho bench exits 1 when a server corrupts an echo", async () => {
+  // An echo server that flips one bit of the 1000th byte it echoes.
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const serving = (async () => {
+    let total = 0;
+    const tasks: Promise<void>[] = [];
+    for await (const conn of listener) {
+      conns.add(conn);
+      tasks.push((async () => {
+        const buf = new Uint8Array(4096);
+        try {
+          for (
+            let n = await conn.read(buf);
+            n !== null;
+            n = await conn.read(buf)
+          ) {
+            const at = 1000 - total;
+            if (at >= 0 && at < n) buf[at] ^= 1;
+            total += n;
+            await conn.write(buf.subarray(0, n));
+          }
+        } catch { /* the bench closed it */ }
+        conns.delete(conn);
+        conn.close();
+      })());
+    }
+    await Promise.all(tasks);
+  })().catch(() => {});
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "-p",
+    `${listener.addr.port}`,
+    "-c",
+    "1",
+    "-d",
+    "0.2",
+    "--json",
+  ]);
+  assert.equal(code, 1, stderr);
+  assert.ok(JSON.parse(stdout).errors >= 1);
+  assert.match(stderr, /^warning: .*mismatch/m);
+  assert.match(stderr, /^error: \d+ errors during the run/m);
+  listener.close();
+  for (const conn of conns) conn.close();
+  await serving;
+});
+
+Deno.test("tcpecho bench usage errors exit 2", async () => {
+  for (
+    const args of [
+      ["bench", "--pattern", "burst"],
+      ["bench", "-c", "0"],
+      ["bench", "-d", "0"],
+      ["bench", "--spawn-server", "-p", "9"],
+    ]
+  ) {
+    const { code, stderr } = await runCli(args);
+    assert.equal(code, 2, args.join(" "));
+    assert.match(stderr, /^error: .*\nusage: tcpecho bench/);
+  }
+});

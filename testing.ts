@@ -56,8 +56,8 @@ export class ServerProcess implements AsyncDisposable {
   /** Starts a server with `args` (add `--port 0`) and waits until it listens. */
   static async start(args: string[]): Promise<ServerProcess> {
     const server = new ServerProcess(args);
-    const line = await server.waitFor(/listening on \S+:(\d+)/);
-    server.port = Number(line.match(/listening on \S+:(\d+)/)![1]);
+    const line = await server.waitFor(/listening on /);
+    server.port = Number(line.match(/listening on [^\s"]*:(\d+)/)?.[1] ?? 0);
     return server;
   }
 
@@ -85,21 +85,28 @@ export class ServerProcess implements AsyncDisposable {
     });
   }
 
-  /** Resolves with the first stderr line (past or future) matching `re`. */
-  waitFor(re: RegExp): Promise<string> {
+  /**
+   * Resolves with the first stderr line (past or future) matching `re`;
+   * rejects if stderr ends first, or after `timeoutMs` (a broken feature
+   * fails its test instead of hanging the suite).
+   */
+  async waitFor(re: RegExp, timeoutMs = 20_000): Promise<string> {
     const seen = this.lines.find((l) => re.test(l));
-    if (seen !== undefined) return Promise.resolve(seen);
+    if (seen !== undefined) return seen;
     const { promise, resolve, reject } = Promise.withResolvers<string>();
     this.#waiters.push({ re, resolve });
-    // If stderr ends first, the line will never come.
-    this.#closed.promise.then(() =>
-      reject(
-        new Error(
-          `server never logged ${re}; it said:\n${this.lines.join("\n")}`,
-        ),
-      )
+    const fail = (why: string) =>
+      reject(new Error(`${why} ${re}; it said:\n${this.lines.join("\n")}`));
+    this.#closed.promise.then(() => fail("server exited without logging"));
+    const timer = setTimeout(
+      () => fail(`no line in ${timeoutMs / 1000} s matched`),
+      timeoutMs,
     );
-    return promise;
+    try {
+      return await promise;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Sends `signal` and resolves with the exit code once all output is read. */
