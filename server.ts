@@ -172,9 +172,8 @@ export function serve(options: ServeOptions = {}): Server {
     ? setInterval(() => {
       tick++;
       for (const s of sessions) {
-        if (tick - s.tick >= 5 && s.closeReason === undefined) {
-          s.closeReason = `idle for ${seconds(idleTimeoutMs)}`;
-          s.conn.close();
+        if (tick - s.tick >= 5) {
+          interrupt(s, `idle for ${seconds(idleTimeoutMs)}`);
         }
       }
     }, tickMs)
@@ -314,10 +313,7 @@ export function serve(options: ServeOptions = {}): Server {
       } finally {
         clearTimeout(timer);
       }
-      for (const s of sessions) {
-        s.closeReason ??= "server shutting down";
-        s.conn.close();
-      }
+      for (const s of sessions) interrupt(s, "server shutting down");
       await Promise.allSettled(tasks);
     }
     if (sweep !== undefined) clearInterval(sweep);
@@ -357,6 +353,21 @@ class LimitError extends Error {
   override name = "LimitError";
 }
 
+/**
+ * Ends someone else's connection from outside (idle sweep, handshake timer,
+ * shutdown): its owner's pending read or write rejects and the owner logs
+ * `reason`. Only the first reason counts, and the conn is closed only once.
+ */
+function interrupt(session: Session, reason: string): void {
+  if (session.closeReason !== undefined) return;
+  session.closeReason = reason;
+  try {
+    session.conn.close();
+  } catch {
+    // its owner closed it a moment ago and is about to leave the session set
+  }
+}
+
 /** A TLS client that could not complete the handshake (plaintext, bad CA…). */
 class HandshakeError extends Error {
   override name = "HandshakeError";
@@ -369,10 +380,10 @@ class HandshakeError extends Error {
  */
 async function handshake(session: Session, timeoutMs: number): Promise<void> {
   const conn = session.conn as Deno.TlsConn;
-  const timer = setTimeout(() => {
-    session.closeReason ??= `no TLS handshake within ${seconds(timeoutMs)}`;
-    conn.close();
-  }, timeoutMs);
+  const timer = setTimeout(
+    () => interrupt(session, `no TLS handshake within ${seconds(timeoutMs)}`),
+    timeoutMs,
+  );
   try {
     await conn.handshake();
   } catch (cause) {
