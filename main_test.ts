@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import denoJson from "./deno.json" with { type: "json" };
-import { echoAll, runCli, ServerProcess } from "./testing.ts";
+import { serve } from "./server.ts";
+import { captureLogs, cli, echoAll, runCli, ServerProcess } from "./testing.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 const posix = Deno.build.os !== "windows";
@@ -386,4 +387,31 @@ Deno.test("tcpecho bench usage errors exit 2", async () => {
     assert.equal(code, 2, args.join(" "));
     assert.match(stderr, /^error: .*\nusage: tcpecho bench/);
   }
+});
+
+Deno.test({
+  name: "tcpecho bench stops on Ctrl+C, prints what it measured, exits 130",
+  ignore: !posix,
+  async fn() {
+    await using logs = await captureLogs();
+    await using server = serve({ port: 0 });
+    const online = logs.next(/online/);
+    const child = cli([
+      "bench",
+      "-p",
+      `${server.addr.port}`,
+      "-c",
+      "1",
+      "-d",
+      "60",
+      "--json",
+    ]).spawn();
+    await online; // the run has started
+    child.kill("SIGINT");
+    const { code, stdout } = await child.output();
+    assert.equal(code, 130);
+    const result = JSON.parse(new TextDecoder().decode(stdout));
+    assert.equal(result.errors, 0);
+    assert.ok(result.duration_s < 60);
+  },
 });
