@@ -282,6 +282,16 @@ async function readPem(
   }
 }
 
+/** A Unix socket path or a host and port, not both. */
+function checkTarget(
+  values: { host?: string; port?: string; unix?: string },
+  usage: string,
+): void {
+  if (values.unix !== undefined && (values.port ?? values.host) !== undefined) {
+    throw new UsageError("--unix cannot go with --host or --port", usage);
+  }
+}
+
 /** Where to connect: the target options of `client` and `bench`. */
 async function connectOptions(
   values: {
@@ -294,9 +304,7 @@ async function connectOptions(
   },
   usage: string,
 ): Promise<ConnectOptions> {
-  if (values.unix !== undefined && (values.port ?? values.host) !== undefined) {
-    throw new UsageError("--unix cannot go with --host or --port", usage);
-  }
+  checkTarget(values, usage);
   if (values.ca !== undefined && !values.tls) {
     throw new UsageError("--ca needs --tls", usage);
   }
@@ -407,9 +415,7 @@ async function runServer(args: string[]): Promise<number> {
   ) {
     throw new UsageError("--tls-cert and --tls-key go together", usage);
   }
-  if (values.unix !== undefined && (values.port ?? values.host) !== undefined) {
-    throw new UsageError("--unix cannot go with --host or --port", usage);
-  }
+  checkTarget(values, usage);
   if (values.unix !== undefined && values["tls-cert"] !== undefined) {
     throw new UsageError("TLS is served over TCP only, not --unix", usage);
   }
