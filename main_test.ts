@@ -66,6 +66,11 @@ Deno.test("tcpecho usage errors exit 2 with error and usage lines", async (t) =>
     [["server", "--idle-timeout", "-1"], /argument is ambiguous/],
     [["server", "extra"], /unexpected argument 'extra'/],
     [["client", "--port", "0"], /--port takes a whole number from 1 to 65535/],
+    [
+      ["client", "--unix", "/tmp/x.sock", "-p", "1"],
+      /^error: --unix cannot go with --host or --port$/,
+    ],
+    [["client", "--ca", "ca.pem"], /^error: --ca needs --tls$/],
   ];
   for (const [args, message] of cases) {
     await t.step(args.join(" ") || "(no args)", async () => {
