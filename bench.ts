@@ -28,6 +28,13 @@ export interface BenchOptions extends ConnectOptions {
    * @default {"pingpong"}
    */
   pattern?: BenchPattern;
+  /**
+   * Send lines, for a line-mode server: every message is `sizeBytes - 1`
+   * printable bytes (space to `~`) and a `\n`, still different per message
+   * and connection; `stream` sends such lines back to back.
+   * @default {false}
+   */
+  lines?: boolean;
   /** Stop early (Ctrl+C); {@linkcode runBench} still returns what it measured. */
   signal?: AbortSignal;
   /**
@@ -53,6 +60,7 @@ export const BENCH_DEFAULTS = {
   durationMs: 10_000,
   warmupMs: 1_000,
   pattern: "pingpong",
+  lines: false,
   drainTimeoutMs: 2_000,
 } as const;
 
@@ -205,24 +213,72 @@ const PATTERN_BYTES = 1_048_573;
 const PATTERN_TAIL_BYTES = 64 * 1024;
 /** Distinct messages per connection before they repeat (a prime). */
 const MESSAGE_SLOTS = 4093;
+/** Lines mode: the line pattern holds fewer distinct lines past this size. */
+const LINE_PATTERN_MAX_BYTES = 4 * 1024 * 1024;
 /** Below this, a JS loop compares faster than a call into native code. */
 const NATIVE_COMPARE_BYTES = 256;
+const NEWLINE = 10;
 
 let sharedPattern: Uint8Array | undefined;
 
-/** The pattern (built on first use, ~1 MiB, shared by every payload). */
-function pattern(): Uint8Array {
-  if (sharedPattern) return sharedPattern;
-  const bytes = new Uint8Array(PATTERN_BYTES + PATTERN_TAIL_BYTES);
-  let x = 0x9e3779b9 | 0; // xorshift32
-  for (let i = 0; i < PATTERN_BYTES; i++) {
+/** `length` pseudo-random bytes (xorshift32 from `seed`), `map`ped. */
+function randomBytes(
+  length: number,
+  seed: number,
+  map: (byte: number) => number,
+): Uint8Array<ArrayBuffer> {
+  const bytes = new Uint8Array(length);
+  let x = seed | 0;
+  for (let i = 0; i < length; i++) {
     x ^= x << 13;
     x ^= x >>> 17;
     x ^= x << 5;
-    bytes[i] = x >>> 24;
+    bytes[i] = map(x >>> 24);
   }
-  bytes.copyWithin(PATTERN_BYTES, 0, PATTERN_TAIL_BYTES);
+  return bytes;
+}
+
+/** Fills `bytes[period, end)` by repeating `bytes[0, period)`. */
+function repeatTail(bytes: Uint8Array, period: number): void {
+  for (let at = period; at < bytes.length; at += period) {
+    bytes.copyWithin(at, 0, Math.min(period, bytes.length - at));
+  }
+}
+
+/** The pattern (built on first use, ~1 MiB, shared by every raw payload). */
+function pattern(): Uint8Array {
+  if (sharedPattern) return sharedPattern;
+  const bytes = randomBytes(
+    PATTERN_BYTES + PATTERN_TAIL_BYTES,
+    0x9e3779b9,
+    (byte) => byte,
+  );
+  repeatTail(bytes, PATTERN_BYTES);
   return sharedPattern = bytes;
+}
+
+/**
+ * The line pattern for `sizeBytes`-byte lines: `slots` lines back to back,
+ * each printable bytes then `\n`, followed by a copy of its start.
+ */
+function linePattern(sizeBytes: number, slots: number): Uint8Array {
+  const period = sizeBytes * slots;
+  const bytes = randomBytes(
+    period + PATTERN_TAIL_BYTES,
+    0x2545f491,
+    (byte) => 0x20 + byte % 95, // space to "~"
+  );
+  for (let end = sizeBytes - 1; end < period; end += sizeBytes) {
+    bytes[end] = NEWLINE;
+  }
+  repeatTail(bytes, period);
+  return bytes;
+}
+
+/** Options for {@linkcode Payload}. */
+export interface PayloadOptions {
+  /** Lines: printable bytes, each message ending in its only `\n`. @default {false} */
+  lines?: boolean;
 }
 
 /**
@@ -235,31 +291,61 @@ function pattern(): Uint8Array {
  * check (unless exactly 4093 messages apart). Stream: connection `c` sends
  * the pattern from its own offset on, endlessly; a byte is checked against
  * its position in that stream.
+ *
+ * With `lines`, the pattern is lines of `sizeBytes` (printable bytes, then
+ * `\n`), and messages and streams start at line boundaries. Lines over
+ * 1 KiB have fewer slots (4 MiB of pattern at most, at least 2 slots).
  */
 export class Payload {
   /** Message size in bytes. */
   readonly sizeBytes: number;
-  #pattern = pattern();
+  /** Whether messages are lines (see {@linkcode PayloadOptions.lines}). */
+  readonly lines: boolean;
+  #pattern: Uint8Array;
+  /** Where the pattern repeats (positions are taken modulo this). */
+  #period: number;
+  /** Distinct messages per connection. */
+  #slots: number;
   // Filled on use; allocated whole so the array stays packed (fast elements).
-  #views = new Array<Uint8Array | undefined>(MESSAGE_SLOTS).fill(undefined);
+  #views: (Uint8Array | undefined)[];
 
   /**
    * @param sizeBytes message size (pingpong); any positive integer.
    * @throws {RangeError} if `sizeBytes` is not a positive safe integer.
    */
-  constructor(sizeBytes: number) {
+  constructor(sizeBytes: number, options: PayloadOptions = {}) {
+    const { lines = false } = options;
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 1) {
       throw new RangeError(
         `invalid message size ${sizeBytes}: expected a positive integer`,
       );
     }
     this.sizeBytes = sizeBytes;
+    this.lines = lines;
+    if (lines) {
+      this.#slots = Math.max(
+        2,
+        Math.min(
+          MESSAGE_SLOTS,
+          Math.floor(LINE_PATTERN_MAX_BYTES / sizeBytes),
+        ),
+      );
+      this.#period = sizeBytes * this.#slots;
+      this.#pattern = linePattern(sizeBytes, this.#slots);
+    } else {
+      this.#slots = MESSAGE_SLOTS;
+      this.#period = PATTERN_BYTES;
+      this.#pattern = pattern();
+    }
+    this.#views = new Array<Uint8Array | undefined>(this.#slots).fill(
+      undefined,
+    );
   }
 
   /** Pattern position of byte 0 of message `k` of `connection`. */
   #messagePosition(connection: number, k: number): number {
-    const slot = (connection * 7919 + k) % MESSAGE_SLOTS;
-    return (slot * this.sizeBytes) % PATTERN_BYTES;
+    const slot = (connection * 7919 + k) % this.#slots;
+    return (slot * this.sizeBytes) % this.#period;
   }
 
   /**
@@ -268,8 +354,8 @@ export class Payload {
    * write to it. Larger messages are a fresh copy.
    */
   message(connection: number, k: number): Uint8Array {
-    const slot = (connection * 7919 + k) % MESSAGE_SLOTS;
-    const position = (slot * this.sizeBytes) % PATTERN_BYTES;
+    const slot = (connection * 7919 + k) % this.#slots;
+    const position = (slot * this.sizeBytes) % this.#period;
     if (this.sizeBytes <= PATTERN_TAIL_BYTES) {
       return this.#views[slot] ??= this.#pattern.subarray(
         position,
@@ -293,7 +379,7 @@ export class Payload {
     length: number = received.length,
   ): number {
     const position = this.#messagePosition(connection, k) + offset;
-    return this.#compare(position % PATTERN_BYTES, received, length);
+    return this.#compare(position % this.#period, received, length);
   }
 
   /**
@@ -308,7 +394,7 @@ export class Payload {
         `invalid stream chunk ${length}: expected at most ${PATTERN_TAIL_BYTES} bytes`,
       );
     }
-    const position = streamPosition(connection, offset);
+    const position = this.#streamPosition(connection, offset);
     return this.#pattern.subarray(position, position + length);
   }
 
@@ -324,7 +410,19 @@ export class Payload {
     received: Uint8Array,
     length: number = received.length,
   ): number {
-    return this.#compare(streamPosition(connection, offset), received, length);
+    return this.#compare(
+      this.#streamPosition(connection, offset),
+      received,
+      length,
+    );
+  }
+
+  /** Pattern position of byte `offset` of the stream of `connection`. */
+  #streamPosition(connection: number, offset: number): number {
+    const start = this.lines
+      ? ((connection * 104_729 + 7919) % this.#slots) * this.sizeBytes
+      : connection * 104_729 + 7919;
+    return (start + offset) % this.#period;
   }
 
   /** A copy of `length` pattern bytes from `position`, wrapping around. */
@@ -334,7 +432,7 @@ export class Payload {
       const take = Math.min(length - done, PATTERN_TAIL_BYTES);
       bytes.set(this.#pattern.subarray(position, position + take), done);
       done += take;
-      position = (position + take) % PATTERN_BYTES;
+      position = (position + take) % this.#period;
     }
     return bytes;
   }
@@ -366,15 +464,10 @@ export class Payload {
         }
       }
       done += take;
-      position = (position + take) % PATTERN_BYTES;
+      position = (position + take) % this.#period;
     }
     return -1;
   }
-}
-
-/** Pattern position of byte `offset` of the stream of `connection`. */
-function streamPosition(connection: number, offset: number): number {
-  return (connection * 104_729 + 7919 + offset) % PATTERN_BYTES;
 }
 
 // ---- the run ------------------------------------------------------------------
@@ -466,6 +559,7 @@ export async function runBench(
     durationMs = BENCH_DEFAULTS.durationMs,
     warmupMs = BENCH_DEFAULTS.warmupMs,
     pattern = BENCH_DEFAULTS.pattern,
+    lines = BENCH_DEFAULTS.lines,
     drainTimeoutMs = BENCH_DEFAULTS.drainTimeoutMs,
     signal,
     onProgress,
@@ -484,7 +578,7 @@ export async function runBench(
       `invalid pattern "${pattern}": expected pingpong or stream`,
     );
   }
-  const run = new Run(new Payload(sizeBytes), onError);
+  const run = new Run(new Payload(sizeBytes, { lines }), onError);
   const loop = pattern === "pingpong" ? pingpong : stream;
   const tasks: Promise<void>[] = [];
   const start = (conn: Deno.Conn, index: number) => {

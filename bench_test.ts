@@ -11,6 +11,7 @@ import {
   spawnServer,
 } from "./bench.ts";
 import { writeAll } from "./io.ts";
+import { serve } from "./server.ts";
 
 // ---- helpers --------------------------------------------------------------------
 
@@ -241,6 +242,42 @@ Deno.test("Payload.verifyStream() checks bytes by their position in the stream",
   assert.throws(() => new Payload(0), RangeError);
 });
 
+Deno.test("Payload with lines: each message is printable bytes and its only \\n", () => {
+  const isPrintable = (byte: number) => byte >= 0x20 && byte <= 0x7e;
+  for (const size of [1, 2, 64, 4096, 70_000]) {
+    const payload = new Payload(size, { lines: true });
+    for (const [conn, k] of [[0, 0], [0, 1], [5, 4092], [7, 100_000]]) {
+      const message = payload.message(conn, k);
+      assert.equal(message.length, size);
+      assert.equal(message[size - 1], 10, `size ${size}: ends in \\n`);
+      assert.ok(
+        message.subarray(0, size - 1).every(isPrintable),
+        `size ${size}`,
+      );
+      assert.equal(payload.verifyMessage(conn, k, 0, message), -1);
+    }
+    if (size === 1) continue; // "\n" only: nothing to vary
+    const m0 = payload.message(0, 0);
+    assert.notEqual(payload.verifyMessage(0, 1, 0, m0), -1, "duplicated");
+    assert.notEqual(payload.verifyMessage(1, 0, 0, m0), -1, "foreign");
+    assert.notEqual(
+      payload.verifyMessage(0, 0, 0, payload.message(0, 1)),
+      -1,
+      "reordered",
+    );
+  }
+  // a stream is whole lines back to back, from the first byte on
+  const payload = new Payload(100, { lines: true });
+  const chunk = payload.stream(3, 1_000_000, 65_536);
+  chunk.forEach((byte, i) =>
+    assert.equal(byte === 10, (1_000_000 + i) % 100 === 99, `byte ${i}`)
+  );
+  assert.ok(chunk.every((byte) => byte === 10 || isPrintable(byte)));
+  assert.equal(payload.verifyStream(3, 1_000_000, chunk), -1);
+  assert.notEqual(payload.verifyStream(4, 1_000_000, chunk), -1);
+  assert.notEqual(payload.verifyStream(3, 1_000_100, chunk), -1, "a line late");
+});
+
 // ---- runBench ---------------------------------------------------------------------
 
 Deno.test("runBench() pingpong measures round trips with no error", async () => {
@@ -285,6 +322,23 @@ Deno.test("runBench() stream counts echoed bytes with no error", async () => {
   assertSane(result);
   assert.equal(result.latency_us, null);
   assert.equal(result.messages, Math.floor(result.bytes / 64));
+});
+
+Deno.test("runBench() with lines drives a line-mode serve(), both patterns", async () => {
+  // A line server holds a message without its \n: the run would see no echo.
+  await using server = serve({ port: 0, mode: "line", maxLineBytes: 99 });
+  for (const pattern of ["pingpong", "stream"] as const) {
+    const result = await runBench({
+      port: server.addr.port,
+      connections: 4,
+      sizeBytes: 100,
+      lines: true,
+      pattern,
+      ...SHORT,
+    });
+    assertSane(result);
+    assert.equal(result.pattern, pattern);
+  }
 });
 
 Deno.test("runBench() works over a Unix socket", async () => {

@@ -137,8 +137,10 @@ exit 1). Reports messages/s, MiB/s, round-trip latency and errors.
   BENCH_DEFAULTS.warmupMs / 1000
 } s warm-up (default ${BENCH_DEFAULTS.durationMs / 1000})
   --pattern pingpong|stream   one message in flight per connection, or continuous streaming (default ${BENCH_DEFAULTS.pattern})
+  --lines                     each message is printable text ending in "\\n" (for line-mode servers)
   --json                      one JSON object on stdout instead of the table
-  --spawn-server              start "tcpecho server --port 0" as a child, measure it, stop it
+  --spawn-server              start "tcpecho server --port 0" (with --lines: --mode line)
+                              as a child, measure it, stop it
   -h, --help                  this help
 
 A progress line goes to stderr when it is a terminal. Ctrl+C stops early and
@@ -187,6 +189,7 @@ const BENCH_OPTIONS = {
   size: { type: "string", short: "s" },
   duration: { type: "string", short: "d" },
   pattern: { type: "string" },
+  lines: { type: "boolean" },
   json: { type: "boolean" },
   "spawn-server": { type: "boolean" },
 } as const satisfies ParseArgsConfig["options"];
@@ -527,12 +530,14 @@ async function runBenchCommand(args: string[]): Promise<number> {
   );
   const stop = new AbortController();
   using _signals = onStopSignals(() => stop.abort());
+  // The spawned server speaks what we send: lines get a line-mode server.
   await using server = spawn
-    ? await spawnServer(
-      connections > SERVE_DEFAULTS.maxConns
+    ? await spawnServer([
+      ...(values.lines ? ["--mode", "line"] : []),
+      ...(connections > SERVE_DEFAULTS.maxConns
         ? ["--max-conns", `${connections}`]
-        : [],
-    )
+        : []),
+    ])
     : undefined;
   if (server) {
     target.hostname = "127.0.0.1";
@@ -547,6 +552,7 @@ async function runBenchCommand(args: string[]): Promise<number> {
     sizeBytes,
     durationMs,
     pattern,
+    lines: values.lines,
     signal: stop.signal,
     onProgress: progress
       ? (p) =>

@@ -331,6 +331,23 @@ Deno.test("tcpecho bench --spawn-server --json prints the spec's object", async 
   assert.ok(result.messages > 0);
 });
 
+Deno.test("tcpecho bench --lines --spawn-server measures a line-mode server", async () => {
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "--spawn-server",
+    "--lines",
+    "-c",
+    "2",
+    "-d",
+    "0.3",
+    "--json",
+  ]);
+  assert.equal(code, 0, stderr);
+  const result = JSON.parse(stdout);
+  assert.equal(result.errors, 0);
+  assert.ok(result.messages > 0);
+});
+
 Deno.test("tcpecho bench exits 1 when a server corrupts an echo", async () => {
   // An echo server that flips one bit of the 1000th byte it echoes.
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
