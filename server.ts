@@ -264,26 +264,37 @@ export function serve(options: ServeOptions = {}): Server {
 
   async function acceptLoop(): Promise<void> {
     let backoffMs = 0;
+    let failures = 0; // since the last warning
+    let warnedAt = -Infinity;
     while (!stopping.signal.aborted) {
       let conn: Deno.Conn;
       try {
         conn = await listener.accept();
       } catch (err) {
-        if (stopping.signal.aborted) break;
-        if (isDisconnect(err) || err instanceof Deno.errors.NotConnected) {
+        // Closed: by close(), or (never expected) by someone else.
+        if (stopping.signal.aborted || err instanceof Deno.errors.BadResource) {
+          break;
+        }
+        if (isDisconnect(err)) {
           // The client gave up before we accepted it: nothing to serve.
           log.debug("accept: {err}", { err: String(err) });
           continue;
         }
-        // EMFILE, ENFILE, ENOBUFS…: keep listening, retry after a pause.
+        // EMFILE, ENFILE, ENOBUFS…: keep listening, retry after a pause;
+        // warn at most once a second, however often it fails.
         backoffMs = Math.min(
           ACCEPT_BACKOFF_MS[1],
           Math.max(ACCEPT_BACKOFF_MS[0], backoffMs * 2),
         );
-        log.warn("cannot accept a connection: {err}; retrying in {ms} ms", {
-          err: String(err),
-          ms: backoffMs,
-        });
+        failures++;
+        if (performance.now() - warnedAt >= 1000) {
+          warnedAt = performance.now();
+          log.warn(
+            "cannot accept a connection: {err}; retrying ({failures} failed since the last warning)",
+            { err: String(err), failures },
+          );
+          failures = 0;
+        }
         await delay(backoffMs, stopping.signal);
         continue;
       }

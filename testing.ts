@@ -47,15 +47,38 @@ export class ServerProcess implements AsyncDisposable {
   #stdout: Promise<Uint8Array>;
   #closed = Promise.withResolvers<void>();
 
-  constructor(args: string[]) {
-    this.child = cli(["server", ...args]).spawn();
+  /**
+   * `tcpecho server ARGS`, run through `wrapper` when one is given (such as
+   * `prlimit --nofile=64:64 --`).
+   */
+  constructor(args: string[], wrapper: string[] = []) {
+    const [command, ...rest] = [
+      ...wrapper,
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--quiet",
+      MAIN,
+      "server",
+      ...args,
+    ];
+    this.child = new Deno.Command(command, {
+      args: rest,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
     this.#stdout = new Response(this.child.stdout).bytes();
     this.#reading = this.#readLines();
   }
 
   /** Starts a server with `args` (add `--port 0`) and waits until it listens. */
-  static async start(args: string[]): Promise<ServerProcess> {
-    const server = new ServerProcess(args);
+  static async start(
+    args: string[],
+    wrapper: string[] = [],
+  ): Promise<ServerProcess> {
+    const server = new ServerProcess(args, wrapper);
     const line = await server.waitFor(/listening on /);
     server.port = Number(line.match(/listening on [^\s"]*:(\d+)/)?.[1] ?? 0);
     return server;
@@ -217,13 +240,84 @@ export async function echoAll(
 
 /** Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
 export function randomBytes(n: number, seed = 1): Uint8Array {
-  const out = new Uint8Array(n);
-  let x = seed || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
+  return new RandomStream(seed).next(n);
+}
+
+// ---- appended for the property, fault and soak tests ----------------------
+
+/**
+ * The byte stream of {@linkcode randomBytes} with the same `seed`, produced a
+ * piece at a time: a sender and a checker each keep one, so a long stream is
+ * verified without being stored.
+ */
+export class RandomStream {
+  #x: number;
+  /** Bytes produced so far. */
+  offset = 0;
+
+  constructor(seed = 1) {
+    this.#x = seed || 1;
   }
-  return out;
+
+  /** The next `n` bytes of the stream. */
+  next(n: number): Uint8Array {
+    const out = new Uint8Array(n);
+    let x = this.#x;
+    for (let i = 0; i < n; i++) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      out[i] = x & 0xff;
+    }
+    this.#x = x;
+    this.offset += n;
+    return out;
+  }
+}
+
+/**
+ * Calls `onTimeout` (typically closing the test's sockets, so every pending
+ * read and write rejects) if `ms` pass before disposal: a broken feature then
+ * fails its test instead of hanging the suite. `fired` says whether it did.
+ */
+export function watchdog(
+  ms: number,
+  onTimeout: () => void,
+): Disposable & { readonly fired: boolean } {
+  let fired = false;
+  const timer = setTimeout(() => {
+    fired = true;
+    onTimeout();
+  }, ms);
+  return {
+    get fired() {
+      return fired;
+    },
+    [Symbol.dispose]() {
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Closes `closable`, ignoring "already closed". */
+export function closeQuietly(closable: { close(): void }): void {
+  try {
+    closable.close();
+  } catch {
+    // already closed
+  }
+}
+
+/**
+ * The soft limit on open descriptors of this process (from
+ * `/proc/self/limits`), or `undefined` where that cannot be read.
+ */
+export function openFilesLimit(): number | undefined {
+  try {
+    const limits = Deno.readTextFileSync("/proc/self/limits");
+    const soft = limits.match(/^Max open files\s+(\S+)/m)?.[1];
+    return soft === "unlimited" ? Infinity : Number(soft);
+  } catch {
+    return undefined;
+  }
 }

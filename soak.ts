@@ -1,0 +1,564 @@
+/**
+ * Soak test: runs `tcpecho server` as children (plain TCP and TLS) for a
+ * bounded time under many clients that send random amounts in random writes,
+ * verify every byte echoed, and reconnect as they finish. Prints what was
+ * echoed, the errors, and each server's open descriptors and memory at the
+ * start, the peak and the end. Exits 1 on any error, mismatch, server error
+ * log, descriptor leak or unclean server exit.
+ *
+ * ```sh
+ * deno run -A soak.ts --duration 600 --clients 100
+ * ```
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { closeQuietly, RandomStream, watchdog, writeAll } from "./testing.ts";
+import { isDisconnect } from "./io.ts";
+
+const MAIN = new URL("./main.ts", import.meta.url).pathname;
+const testdata = (name: string) =>
+  new URL(`./testdata/${name}`, import.meta.url).pathname;
+
+const USAGE = `usage: deno run -A soak.ts [options]
+  --duration SECONDS   how long clients keep starting connections (default 60)
+  --clients N          concurrent clients (default 100)
+  --tls-share F        share of the clients that use TLS, 0..1 (default 0.5)
+  --max-size BYTES     largest stream one connection sends (default 1048576)
+  --abort-share F      share of connections a client drops mid-stream (default 0.02)
+  --mode raw|line      server mode (default raw; line sends \\n-ended lines)
+  --seed N             random seed, for a rerun (default: time)
+  --port N             soak a server already on 127.0.0.1:N (plain TCP) instead
+  --json               one JSON object on stdout instead of the text report`;
+
+/** Gives up on a connection that moved nothing for this long. */
+const STALL_MS = 30_000;
+/** How often the servers' descriptors and memory are sampled. */
+const SAMPLE_MS = 1000;
+/** After the clients stop, how long a server may take to close their sockets. */
+const SETTLE_MS = 10_000;
+
+interface Options {
+  durationS: number;
+  clients: number;
+  tlsShare: number;
+  maxSize: number;
+  abortShare: number;
+  mode: "raw" | "line";
+  seed: number;
+  port?: number;
+  json: boolean;
+}
+
+function parse(args: string[]): Options {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: {
+      duration: { type: "string", default: "60" },
+      clients: { type: "string", default: "100" },
+      "tls-share": { type: "string", default: "0.5" },
+      "max-size": { type: "string", default: String(1 << 20) },
+      "abort-share": { type: "string", default: "0.02" },
+      mode: { type: "string", default: "raw" },
+      seed: { type: "string" },
+      port: { type: "string" },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  const num = (name: string, v: string, min: number, max = Infinity) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < min || n > max) {
+      throw new RangeError(`--${name} must be a number in ${min}..${max}`);
+    }
+    return n;
+  };
+  if (values.mode !== "raw" && values.mode !== "line") {
+    throw new RangeError(`--mode must be raw or line, not "${values.mode}"`);
+  }
+  const port = values.port === undefined
+    ? undefined
+    : num("port", values.port, 1, 65535);
+  return {
+    durationS: num("duration", values.duration, 0.1),
+    clients: Math.floor(num("clients", values.clients, 1, 20_000)),
+    tlsShare: port === undefined
+      ? num("tls-share", values["tls-share"], 0, 1)
+      : 0,
+    maxSize: Math.floor(num("max-size", values["max-size"], 1)),
+    abortShare: num("abort-share", values["abort-share"], 0, 1),
+    mode: values.mode,
+    seed: values.seed === undefined
+      ? Date.now() % 0x7fffffff
+      : Math.floor(num("seed", values.seed, 0)),
+    port,
+    json: values.json,
+  };
+}
+
+/** mulberry32: small, seeded, good enough to pick sizes. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Log-uniform integer in [min, max]: small and large values alike. */
+const logUniform = (rand: () => number, min: number, max: number) =>
+  Math.min(max, Math.floor(min * Math.pow(max / min, rand())));
+
+/** Descriptors and memory of a process, sampled from /proc. */
+interface Usage {
+  fds: number;
+  rssKiB: number;
+}
+
+function usage(pid: number): Usage | undefined {
+  try {
+    const fds = [...Deno.readDirSync(`/proc/${pid}/fd`)].length;
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const rssKiB = Number(status.match(/^VmRSS:\s+(\d+) kB/m)?.[1] ?? NaN);
+    return { fds, rssKiB };
+  } catch {
+    return undefined; // exited, or not Linux
+  }
+}
+
+/** What each descriptor of a process points to (`socket:[123]`, a path…). */
+function fdTargets(pid: number): Map<string, string> {
+  const out = new Map<string, string>();
+  try {
+    for (const e of Deno.readDirSync(`/proc/${pid}/fd`)) {
+      try {
+        out.set(e.name, Deno.readLinkSync(`/proc/${pid}/fd/${e.name}`));
+      } catch {
+        // closed meanwhile
+      }
+    }
+  } catch {
+    // exited, or not Linux
+  }
+  return out;
+}
+
+/** A `tcpecho server` child, its log counted by level as it runs. */
+class Child {
+  readonly name: string;
+  readonly child: Deno.ChildProcess;
+  port = 0;
+  start?: Usage;
+  startFds = new Map<string, string>();
+  peak?: Usage;
+  end?: Usage;
+  levels: Record<string, number> = {};
+  /** Warning, error and unexpected lines, the first ones. */
+  notable: string[] = [];
+  lastLine = "";
+  exitCode?: number;
+  #listening = Promise.withResolvers<number>();
+  #reading: Promise<void>;
+
+  constructor(name: string, args: string[]) {
+    this.name = name;
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--quiet", MAIN, "server", "--port", "0", ...args],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    this.#reading = this.#read();
+  }
+
+  async #read(): Promise<void> {
+    let pending = "";
+    const decoder = new TextDecoder();
+    const line = (text: string) => {
+      this.lastLine = text;
+      const level = text.match(/^\S+ \S+ (DBG|INF|WRN|ERR|FTL) /)?.[1] ??
+        "other";
+      this.levels[level] = (this.levels[level] ?? 0) + 1;
+      if (level !== "INF" && level !== "DBG" && this.notable.length < 20) {
+        this.notable.push(text);
+      }
+      const port = text.match(/INF listening on [^\s]*:(\d+)$/)?.[1];
+      if (port !== undefined) this.#listening.resolve(Number(port));
+    };
+    for await (const chunk of this.child.stderr) {
+      pending += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = pending.indexOf("\n")) !== -1) {
+        line(pending.slice(0, nl));
+        pending = pending.slice(nl + 1);
+      }
+    }
+    if (pending !== "") line(pending);
+    this.#listening.reject(new Error(`${this.name} server exited first`));
+  }
+
+  async listening(): Promise<void> {
+    using _dog = watchdog(20_000, () => {
+      this.#listening.reject(new Error(`${this.name} server did not start`));
+    });
+    this.port = await this.#listening.promise;
+  }
+
+  /**
+   * Takes the starting figures after one connection was served (the runtime
+   * opens a few descriptors lazily), as the lowest of a few samples (that
+   * connection's socket closes just after the client sees its EOF).
+   */
+  async baseline(connect: () => Promise<Deno.Conn>): Promise<void> {
+    {
+      using conn = await connect();
+      await writeAll(conn, new Uint8Array([120]));
+      await conn.closeWrite();
+      const buf = new Uint8Array(16);
+      while (await conn.read(buf) !== null) {
+        // until the server's EOF
+      }
+    }
+    for (let i = 0; i < 5; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      const u = usage(this.child.pid);
+      if (u && (!this.start || u.fds < this.start.fds)) {
+        this.start = u;
+        this.startFds = fdTargets(this.child.pid);
+      }
+    }
+    this.peak = this.start;
+  }
+
+  sample(): Usage | undefined {
+    const u = usage(this.child.pid);
+    if (u && this.peak) {
+      this.peak = {
+        fds: Math.max(this.peak.fds, u.fds),
+        rssKiB: Math.max(this.peak.rssKiB, u.rssKiB),
+      };
+    }
+    return u;
+  }
+
+  /** SIGTERM, then the exit code (SIGKILL if it takes over 20 s). */
+  async stop(): Promise<number> {
+    try {
+      this.child.kill("SIGTERM");
+    } catch {
+      // already gone
+    }
+    using _dog = watchdog(20_000, () => {
+      try {
+        this.child.kill("SIGKILL");
+      } catch {
+        // gone meanwhile
+      }
+    });
+    const [status] = await Promise.all([this.child.status, this.#reading]);
+    this.exitCode = status.code;
+    return status.code;
+  }
+}
+
+interface Totals {
+  connections: number;
+  aborted: number;
+  bytes: number;
+  errors: number;
+  firstErrors: string[];
+}
+
+/**
+ * One connection: sends `size` bytes of a random stream in random writes,
+ * checks each echoed byte as it comes, half-closes and reads to the end.
+ * With `abortAt`, closes the socket after sending that many bytes instead.
+ * Line mode needs nothing special: random bytes hold a `\n` every 256 bytes
+ * or so, and the stream comes back whole either way.
+ */
+async function oneConnection(
+  connect: () => Promise<Deno.Conn>,
+  seed: number,
+  size: number,
+  abortAt: number | undefined,
+  rand: () => number,
+): Promise<number> {
+  using conn = await connect();
+  const send = new RandomStream(seed);
+  const check = new RandomStream(seed);
+  let moved = performance.now();
+  let stalled = false;
+  const timer = setInterval(() => {
+    if (performance.now() - moved > STALL_MS) {
+      stalled = true;
+      closeQuietly(conn);
+    }
+  }, 1000);
+  const limit = abortAt ?? size;
+  let received = 0;
+  try {
+    const writing = (async () => {
+      let sent = 0;
+      while (sent < limit) {
+        const n = Math.min(limit - sent, logUniform(rand, 1, 64 * 1024));
+        await writeAll(conn, send.next(n));
+        sent += n;
+        moved = performance.now();
+        if (rand() < 0.1) await null;
+      }
+      // Dropped: close with the echo unread (the server sees a reset).
+      if (abortAt === undefined) await conn.closeWrite();
+      else conn.close();
+    })();
+    const reading = (async () => {
+      const buf = new Uint8Array(64 * 1024);
+      while (received < size) {
+        const n = await conn.read(
+          buf.subarray(0, Math.min(buf.length, size - received)),
+        );
+        if (n === null) {
+          throw new Error(`server closed after ${received} of ${size} bytes`);
+        }
+        const expected = check.next(n);
+        for (let i = 0; i < n; i++) {
+          if (buf[i] !== expected[i]) {
+            throw new Error(
+              `mismatch at byte ${received + i} of ${size} (seed ${seed})`,
+            );
+          }
+        }
+        received += n;
+        moved = performance.now();
+      }
+      if (await conn.read(buf) !== null) {
+        throw new Error(`more than the ${size} bytes sent came back`);
+      }
+    })();
+    await Promise.all([writing, reading]);
+  } catch (err) {
+    if (stalled) throw new Error(`no progress for ${STALL_MS / 1000} s`);
+    throw err;
+  } finally {
+    clearInterval(timer);
+  }
+  return received;
+}
+
+/** A client: connection after connection until `deadline`. */
+async function client(
+  index: number,
+  opts: Options,
+  connect: () => Promise<Deno.Conn>,
+  deadline: number,
+  totals: Totals,
+): Promise<void> {
+  const rand = prng(opts.seed * 7919 + index);
+  while (performance.now() < deadline) {
+    const seed = 1 + Math.floor(rand() * 0x7ffffffe);
+    const size = logUniform(rand, 1, opts.maxSize);
+    const abortAt = rand() < opts.abortShare
+      ? Math.floor(rand() * size)
+      : undefined;
+    try {
+      // (Not `totals.bytes += await …`: that reads totals.bytes first.)
+      const echoed = await oneConnection(connect, seed, size, abortAt, rand);
+      totals.bytes += echoed;
+      totals.connections++;
+      if (abortAt !== undefined) totals.aborted++;
+    } catch (err) {
+      totals.connections++;
+      // A dropped connection's own close is no error.
+      if (abortAt !== undefined && isDisconnect(err)) {
+        totals.aborted++;
+        continue;
+      }
+      totals.errors++;
+      if (totals.firstErrors.length < 10) {
+        totals.firstErrors.push(`client ${index}: ${err}`);
+      }
+    }
+  }
+}
+
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+const fmtUsage = (u?: Usage) =>
+  u ? `${u.fds} fds, VmRSS ${mib(u.rssKiB * 1024)}` : "n/a";
+
+async function main(): Promise<number> {
+  let opts: Options;
+  try {
+    opts = parse(Deno.args);
+  } catch (err) {
+    console.error(`error: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const servers: Child[] = [];
+  const modeArgs = ["--mode", opts.mode, "--max-line", String(1 << 20)];
+  if (opts.port === undefined) {
+    servers.push(new Child("tcp", modeArgs));
+    if (opts.tlsShare > 0) {
+      servers.push(
+        new Child("tls", [
+          ...modeArgs,
+          "--tls-cert",
+          testdata("server.pem"),
+          "--tls-key",
+          testdata("server-key.pem"),
+        ]),
+      );
+    }
+  }
+  const totals: Totals = {
+    connections: 0,
+    aborted: 0,
+    bytes: 0,
+    errors: 0,
+    firstErrors: [],
+  };
+  const leaks: string[] = [];
+  const started = performance.now();
+  try {
+    await Promise.all(servers.map((s) => s.listening()));
+    const ca = Deno.readTextFileSync(testdata("ca.pem"));
+    const tcpPort = opts.port ?? servers[0].port;
+    const connectTcp = () =>
+      Deno.connect({ hostname: "127.0.0.1", port: tcpPort });
+    const connectTls = () =>
+      Deno.connectTls({
+        hostname: "localhost",
+        port: servers[1].port,
+        caCerts: [ca],
+      });
+    for (const s of servers) {
+      await s.baseline(s.name === "tls" ? connectTls : connectTcp);
+    }
+    const tlsClients = Math.round(opts.clients * opts.tlsShare);
+    const deadline = performance.now() + opts.durationS * 1000;
+    const sampler = setInterval(() => {
+      for (const s of servers) s.sample();
+    }, SAMPLE_MS);
+    try {
+      await Promise.all(
+        Array.from(
+          { length: opts.clients },
+          (_, i) =>
+            client(
+              i,
+              opts,
+              i < tlsClients ? connectTls : connectTcp,
+              deadline,
+              totals,
+            ),
+        ),
+      );
+    } finally {
+      clearInterval(sampler);
+    }
+    // The servers close their side as the clients' EOFs arrive: give them a
+    // moment to come back to their starting descriptor count.
+    for (const s of servers) {
+      const settleBy = performance.now() + SETTLE_MS;
+      for (;;) {
+        s.end = s.sample();
+        if (!s.end || !s.start || s.end.fds <= s.start.fds) break;
+        if (performance.now() > settleBy) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      if (s.end && s.start && s.end.fds > s.start.fds) {
+        const extra = [...fdTargets(s.child.pid)]
+          .filter(([fd, target]) => s.startFds.get(fd) !== target)
+          .map(([fd, target]) => `${fd} -> ${target}`);
+        leaks.push(
+          `${s.name}: ${s.end.fds - s.start.fds} more fds than at start (${
+            extra.join(", ")
+          })`,
+        );
+      }
+    }
+  } catch (err) {
+    totals.errors++;
+    totals.firstErrors.push(String(err));
+  } finally {
+    await Promise.all(servers.map((s) => s.stop()));
+  }
+  const elapsedS = (performance.now() - started) / 1000;
+  const failures = [
+    ...(totals.errors > 0 ? [`${totals.errors} client errors`] : []),
+    ...leaks,
+    ...servers.flatMap((s) => [
+      ...(s.exitCode !== 0 ? [`${s.name} server exited ${s.exitCode}`] : []),
+      ...((s.levels.ERR ?? 0) + (s.levels.FTL ?? 0) + (s.levels.other ?? 0) > 0
+        ? [`${s.name} server logged errors or unexpected lines`]
+        : []),
+      ...(/stopped: \d+ connections served/.test(s.lastLine)
+        ? []
+        : [`${s.name} server's last line is not "stopped: …"`]),
+    ]),
+  ];
+  if (totals.connections === 0) failures.push("no connection completed");
+  const report = {
+    seed: opts.seed,
+    duration_s: opts.durationS,
+    elapsed_s: Number(elapsedS.toFixed(1)),
+    clients: opts.clients,
+    mode: opts.mode,
+    connections: totals.connections,
+    aborted: totals.aborted,
+    bytes_verified: totals.bytes,
+    mib_per_s: Number((totals.bytes / 2 ** 20 / elapsedS).toFixed(1)),
+    errors: totals.errors,
+    first_errors: totals.firstErrors,
+    servers: servers.map((s) => ({
+      name: s.name,
+      pid: s.child.pid,
+      start: s.start ?? null,
+      peak: s.peak ?? null,
+      end: s.end ?? null,
+      log_levels: s.levels,
+      notable: s.notable,
+      last_line: s.lastLine,
+      exit_code: s.exitCode ?? null,
+    })),
+    failures,
+  };
+  if (opts.json) {
+    console.log(JSON.stringify(report));
+  } else {
+    const out = [
+      `soak: ${opts.durationS} s, ${opts.clients} clients (${
+        Math.round(opts.clients * opts.tlsShare)
+      } TLS), ${opts.mode} mode, seed ${opts.seed}`,
+      `connections: ${totals.connections} (${totals.aborted} dropped on purpose)`,
+      `bytes echoed and verified: ${totals.bytes} (${
+        mib(totals.bytes)
+      }, ${report.mib_per_s} MiB/s)`,
+      `errors: ${totals.errors}`,
+      ...totals.firstErrors.map((e) => `  ${e}`),
+      ...servers.flatMap((s) => [
+        `${s.name} server (pid ${s.child.pid}): start ${
+          fmtUsage(s.start)
+        }; peak ${fmtUsage(s.peak)}; end ${fmtUsage(s.end)}`,
+        `  log lines by level: ${
+          JSON.stringify(s.levels)
+        }; exit ${s.exitCode}; last: ${s.lastLine}`,
+        ...s.notable.slice(0, 5).map((l) => `  ${l}`),
+      ]),
+      failures.length === 0
+        ? "result: ok"
+        : `result: FAILED: ${failures.join("; ")}`,
+    ];
+    console.log(out.join("\n"));
+  }
+  return failures.length === 0 ? 0 : 1;
+}
+
+if (import.meta.main) Deno.exitCode = await main();
