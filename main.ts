@@ -60,7 +60,7 @@ const USAGE = {
   client: "usage: tcpecho client [--host ADDR] [--port N | --unix PATH] " +
     "[--tls [--ca FILE]]  (tcpecho client --help)",
   bench: "usage: tcpecho bench [--host ADDR] [--port N | --unix PATH] " +
-    "[-c N] [-s BYTES] [-d SECONDS] [--pattern pingpong|stream] [--json]" +
+    "[-c N] [-s BYTES] [-d SECONDS] [--pattern pingpong|stream] [--lines] [--json]" +
     "  (tcpecho bench --help)",
 } as const;
 
