@@ -10,7 +10,7 @@
 
 import { Buffer } from "node:buffer";
 import { connect, type ConnectOptions } from "./client.ts";
-import { writeAll } from "./io.ts";
+import { delay, writeAll } from "./io.ts";
 
 /** Options for {@linkcode runBench}; the target is a {@linkcode ConnectOptions}. */
 export interface BenchOptions extends ConnectOptions {
@@ -732,20 +732,6 @@ function result(
 function round(value: number, digits: number): number {
   const scale = 10 ** digits;
   return Math.round(value * scale) / scale;
-}
-
-/** Resolves after `ms` or as soon as `signal` aborts; leaves no timer behind. */
-function delay(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  const { promise, resolve } = Promise.withResolvers<void>();
-  const done = () => {
-    clearTimeout(timer);
-    signal.removeEventListener("abort", done);
-    resolve();
-  };
-  const timer = setTimeout(done, ms);
-  signal.addEventListener("abort", done, { once: true });
-  return promise;
 }
 
 /** Owns one connection: runs its loop, counts its failure, closes it. Never rejects. */

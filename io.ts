@@ -78,3 +78,20 @@ export function escapePreview(bytes: Uint8Array, maxChars: number): string {
   );
   return cut ? `${quoted}… (${bytes.length} bytes)` : quoted;
 }
+
+/**
+ * Resolves after `ms`, or as soon as `signal` aborts; its timer and listener
+ * are always cleaned up, so nothing is left behind either way.
+ */
+export function delay(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}

@@ -6,7 +6,7 @@
  */
 import { getLogger, type Logger } from "@logtape/logtape";
 import { formatAddr } from "./client.ts";
-import { escapePreview, isDisconnect, writeAll } from "./io.ts";
+import { delay, escapePreview, isDisconnect, writeAll } from "./io.ts";
 
 /** How the server answers: bytes as they arrive, or whole lines. */
 export type EchoMode = "raw" | "line";
@@ -601,19 +601,6 @@ function removeSocketFile(path: string): void {
   } catch {
     // already gone: nothing to clean up
   }
-}
-
-/** A pause that ends early when `signal` aborts; its timer is always cleared. */
-function delay(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
 }
 
 /** `1.23 s`, as the offline line shows durations. */
