@@ -9,6 +9,7 @@
  */
 
 import { Buffer } from "node:buffer";
+import { fileURLToPath } from "node:url";
 import { connect, type ConnectOptions } from "./client.ts";
 import { delay, writeAll } from "./io.ts";
 
@@ -997,7 +998,7 @@ export async function spawnServer(
     "run",
     ...SERVER_PERMISSIONS,
     "--no-prompt",
-    mainModule instanceof URL ? fromFileUrl(mainModule) : mainModule,
+    mainModule instanceof URL ? fileURLToPath(mainModule) : mainModule,
     ...serverArgs,
   ];
   const child = new Deno.Command(Deno.execPath(), {
@@ -1074,12 +1075,4 @@ export async function spawnServer(
       await stop();
     },
   };
-}
-
-/** A `file:` URL as a path (no `@std/path`: JSR is out of reach). */
-function fromFileUrl(url: URL): string {
-  if (url.protocol !== "file:") {
-    throw new TypeError(`cannot run "${url.href}": not a local file`);
-  }
-  return decodeURIComponent(url.pathname);
 }
