@@ -425,7 +425,10 @@ async function echoRaw(
     counts.bytesIn += n;
     ctx.onIn(n);
     const buf = rb.bytes;
-    await writeAll(conn, n === buf.length ? buf : buf.subarray(0, n));
+    const out = n === buf.length ? buf : buf.subarray(0, n);
+    // One write takes it all almost always; writeAll only for the rest.
+    const written = await conn.write(out);
+    if (written < n) await writeAll(conn, out.subarray(written));
     counts.bytesOut += n;
     ctx.onOut(n);
     if (debug) ctx.log.debug("[{peer}] echoed {n} bytes", { n });
