@@ -7,14 +7,7 @@
  * @module
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import {
-  configure,
-  getConsoleSink,
-  getTextFormatter,
-  type LogLevel,
-  type LogRecord,
-  reset,
-} from "@logtape/logtape";
+import { reset } from "@logtape/logtape";
 import denoJson from "./deno.json" with { type: "json" };
 import {
   type EchoMode,
@@ -38,6 +31,7 @@ import {
   pipe,
   targetName,
 } from "./client.ts";
+import { configureLogging } from "./log.ts";
 
 /** The version in deno.json, the single source of truth. */
 export const VERSION: string = denoJson.version;
@@ -327,64 +321,6 @@ async function connectOptions(
   };
 }
 
-const LOG_LEVELS = {
-  debug: "debug",
-  info: "info",
-  warn: "warning",
-  error: "error",
-} as const satisfies Record<string, LogLevel>;
-
-/**
- * One JSON object a line, like LogTape's JSON Lines formatter, but with the
- * message's values bare (`listening on 127.0.0.1:8080`, not quoted), as in
- * the text format; they are in `properties` too.
- */
-function jsonLine(record: LogRecord): string {
-  return JSON.stringify({
-    "@timestamp": new Date(record.timestamp).toISOString(),
-    level: record.level.toUpperCase(),
-    message: record.message.map(String).join(""),
-    logger: record.category.join("."),
-    properties: record.properties,
-  }, (_key, value) => value instanceof Error ? String(value) : value) + "\n";
-}
-
-/** Sends every level to stderr (stdout carries data), as text or JSON lines. */
-async function configureLogging(
-  level: LogLevel,
-  format: "text" | "json",
-): Promise<void> {
-  const formatter = format === "json" ? jsonLine : getTextFormatter({
-    value: "bare",
-    timestamp: "date-time",
-    format: ({ timestamp, level, message }) =>
-      `${timestamp} ${level} ${message}`,
-  });
-  await configure({
-    sinks: {
-      stderr: getConsoleSink({
-        formatter,
-        levelMap: {
-          trace: "error",
-          debug: "error",
-          info: "error",
-          warning: "error",
-          error: "error",
-          fatal: "error",
-        },
-      }),
-    },
-    loggers: [
-      { category: ["tcpecho"], lowestLevel: level, sinks: ["stderr"] },
-      {
-        category: ["logtape", "meta"],
-        lowestLevel: "warning",
-        sinks: ["stderr"],
-      },
-    ],
-  });
-}
-
 /**
  * Calls `onSignal` on the first SIGINT/SIGTERM and exits 130 on the second.
  * Dispose to remove the listeners.
@@ -457,7 +393,7 @@ async function runServer(args: string[]): Promise<number> {
     ),
   };
   showStacks = levelName === "debug";
-  await configureLogging(LOG_LEVELS[levelName], format);
+  await configureLogging(levelName, format);
   if (values["tls-cert"] !== undefined && values["tls-key"] !== undefined) {
     options.cert = await readPem(
       values["tls-cert"],
