@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
 import denoJson from "./deno.json" with { type: "json" };
 import { serve } from "./server.ts";
+import { type Command, findCommand } from "./_cli.ts";
+import { benchCommand } from "./_bench_command.ts";
+import { clientCommand } from "./_client_command.ts";
+import { serverCommand } from "./_server_command.ts";
 import { captureLogs, cli, echoAll, runCli, ServerProcess } from "./testing.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
@@ -48,6 +52,52 @@ Deno.test("tcpecho server --help lists every option with its default", async () 
   const client = await runCli(["client", "--help"]);
   assert.equal(client.code, 0);
   assert.match(client.stdout, /--connect-timeout SECONDS .*\(default 5\)/);
+});
+
+Deno.test("tcpecho --help lists each command; each answers --help from its table", async () => {
+  const commands = [serverCommand, clientCommand, benchCommand];
+  const main = await runCli(["--help"]);
+  const list = main.stdout.split("\ncommands:\n")[1].split("\n\n")[0];
+  assert.deepEqual(
+    list.split("\n").map((line) => line.trim().split(" ")[0]),
+    commands.map(({ name }) => name),
+  );
+  for (const { name, usage, help, options } of commands) {
+    for (const args of [["--help"], ["-h"], ["--port", "x", "--help"]]) {
+      const { code, stdout, stderr } = await runCli([name, ...args]);
+      assert.equal(code, 0, stderr);
+      assert.equal(stderr, "");
+      assert.equal(stdout, `${help}\n`);
+      assert.ok(stdout.startsWith(`${usage}\n\n`), stdout);
+    }
+    for (const [option, { short }] of Object.entries(options)) {
+      const flag = short ? `-${short}, --${option}` : `--${option}`;
+      assert.ok(help.includes(flag), `${name} --help: missing ${flag}`);
+    }
+    assert.match(help, /\n {2}-h, --help +this help\n/);
+    const bad = await runCli([name, "--bogus"]);
+    assert.equal(bad.code, 2);
+    assert.equal(bad.stderr, `error: unknown option '--bogus'\n${usage}\n`);
+  }
+});
+
+Deno.test("findCommand() follows subcommands and leaves their arguments", () => {
+  const stub = { summary: "", usage: "", help: "", options: {} };
+  const run = () => Promise.resolve(0);
+  const merge: Command = { ...stub, name: "merge", run };
+  const bench: Command = { ...stub, name: "bench", commands: [merge], run };
+  const table = [bench];
+  assert.deepEqual(findCommand(table, ["bench", "merge", "a", "b"]), {
+    command: merge,
+    args: ["a", "b"],
+  });
+  assert.deepEqual(findCommand(table, ["bench", "-c", "1", "merge"]), {
+    command: bench,
+    args: ["-c", "1", "merge"],
+  });
+  assert.deepEqual(findCommand(table, ["bench"]), { command: bench, args: [] });
+  assert.equal(findCommand(table, ["merge"]), undefined);
+  assert.equal(findCommand(table, []), undefined);
 });
 
 Deno.test("tcpecho usage errors exit 2 with error and usage lines", async (t) => {
