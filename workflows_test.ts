@@ -188,6 +188,7 @@ Deno.test("ci.yml checks and tests on Linux, macOS and Windows", async () => {
   );
   assert.match(scripts(ci), /^deno task check$/m);
   assert.match(scripts(ci), /^deno task test$/m);
+  assert.match(scripts(ci), /^deno task check:package$/m);
 });
 
 Deno.test("release.yml builds every deno compile target on v* tags", async () => {
@@ -283,7 +284,7 @@ Deno.test("deno.json and README write the binary's permissions once: the tcpecho
     // Any task that runs tcpecho goes through `deno task tcpecho`.
     assert.doesNotMatch(
       command(task),
-      /\bmain\.ts\b/,
+      /\bdeno (run|compile|install)\b[^&|;]*\bmain\.ts\b/,
       `task "${name}" runs main.ts itself`,
     );
   }
