@@ -6,11 +6,13 @@
 
 /** Anything with `write()` (a `Deno.Conn`, `Deno.stdout`). */
 export interface Writer {
+  /** Writes some of `bytes` (maybe not all) and resolves with how many. */
   write(bytes: Uint8Array): Promise<number>;
 }
 
 /** Anything with `read()`; `null` is EOF. */
 export interface Reader {
+  /** Reads into `buf` and resolves with the byte count, or `null` at EOF. */
   read(buf: Uint8Array): Promise<number | null>;
 }
 
