@@ -5,8 +5,13 @@
  * @module
  */
 import { getLogger, type Logger } from "@logtape/logtape";
-import { formatAddr } from "./client.ts";
-import { delay, escapePreview, isDisconnect, writeAll } from "./io.ts";
+import {
+  delay,
+  escapePreview,
+  formatAddr,
+  isDisconnect,
+  writeAll,
+} from "./io.ts";
 
 /** How the server answers: bytes as they arrive, or whole lines. */
 export type EchoMode = "raw" | "line";
