@@ -7,8 +7,11 @@
 import { getLogger } from "@logtape/logtape";
 import { IdleSweep } from "./_idle.ts";
 import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
+import { listen, removeSocketFile } from "./_listen.ts";
 import { type Echo, echoLines, echoRaw, seconds, Session } from "./_session.ts";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
+
+export { removeStaleSocket } from "./_listen.ts";
 
 /** How the server answers: bytes as they arrive, or whole lines. */
 export type EchoMode = "raw" | "line";
@@ -312,74 +315,5 @@ class EchoServer implements Server {
       bytesOut: this.stats.bytesOut,
     });
     this.#markFinished();
-  }
-}
-
-function listen(
-  options: Pick<
-    ServeOptions,
-    "hostname" | "port" | "path" | "cert" | "key" | "tcpBacklog"
-  >,
-): Deno.Listener {
-  const { hostname, port, path, cert, key, tcpBacklog } = options;
-  const where = path !== undefined
-    ? `unix:${path}`
-    : formatAddr({ transport: "tcp", hostname: hostname!, port: port! });
-  try {
-    if (path !== undefined) {
-      checkSocketPath(path);
-      const unix = Deno.listen({ transport: "unix", path });
-      if (cert === undefined || key === undefined) return unix;
-      unix.close();
-      throw new TypeError("TLS over a Unix socket is not supported");
-    }
-    if (cert !== undefined && key !== undefined) {
-      return Deno.listenTls({ hostname, port, cert, key, tcpBacklog });
-    }
-    return Deno.listen({ hostname, port, tcpBacklog });
-  } catch (cause) {
-    throw new Error(`cannot listen on ${where}`, { cause });
-  }
-}
-
-/** Refuses a path that exists and is not a socket: such a file is never deleted. */
-function checkSocketPath(path: string): void {
-  try {
-    if (!Deno.lstatSync(path).isSocket) {
-      throw new Deno.errors.AlreadyExists(`"${path}" is not a socket`);
-    }
-  } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
-  }
-}
-
-/**
- * Removes a stale Unix socket file at `path`: one nobody listens on (a
- * connect is refused). A live socket, or a path that is not a socket, is left
- * alone (then {@linkcode serve} reports it). Call before `serve({ path })`.
- *
- * @returns whether a stale socket was removed
- */
-export async function removeStaleSocket(path: string): Promise<boolean> {
-  try {
-    if (!Deno.lstatSync(path).isSocket) return false;
-  } catch {
-    return false; // nothing there (or unreadable: serve() will say)
-  }
-  try {
-    using _conn = await Deno.connect({ transport: "unix", path });
-    return false; // somebody answers: in use
-  } catch (err) {
-    if (!(err instanceof Deno.errors.ConnectionRefused)) return false;
-  }
-  Deno.removeSync(path);
-  return true;
-}
-
-function removeSocketFile(path: string): void {
-  try {
-    if (Deno.lstatSync(path).isSocket) Deno.removeSync(path);
-  } catch {
-    // already gone: nothing to clean up
   }
 }
