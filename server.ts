@@ -47,7 +47,50 @@ export interface ServeOptions {
   handshakeTimeoutMs?: number;
   /** Listen backlog (tests use `1` to make connects hang). */
   tcpBacklog?: number;
+  /**
+   * Called as each connection changes state (see {@linkcode ConnEvent}):
+   * once per connection per state, never per message. What it throws is
+   * logged at error and goes no further.
+   */
+  onConnState?: (event: ConnEvent) => void;
 }
+
+/**
+ * A connection changed state, as {@linkcode ServeOptions.onConnState} hears
+ * it (Go's `http.ConnState`): `open` once admitted; `closed` once it is
+ * closed and no longer counted in {@linkcode ServerStats.active}; `refused`
+ * when a limit turned it away (it was closed at once and never opened).
+ */
+export type ConnEvent =
+  | {
+    state: "open";
+    /** The peer tag logs show: `ip:port`, `[::1]:port` or `unix#N`. */
+    peer: string;
+  }
+  | {
+    state: "closed";
+    /** The peer tag, as in `open`. */
+    peer: string;
+    /** Bytes received on this connection. */
+    bytesIn: number;
+    /** Bytes echoed on this connection. */
+    bytesOut: number;
+    /** Milliseconds from accept to close. */
+    durationMs: number;
+    /**
+     * Why the server closed it (`idle for 1.00 s`, `line longer than …`,
+     * `TLS handshake failed: …`, `server shutting down`…); absent when the
+     * client ended it or it failed.
+     */
+    reason?: string;
+  }
+  | {
+    state: "refused";
+    /** The peer tag, as in `open`. */
+    peer: string;
+    /** Which limit refused it: `too many connections (max-conns 10000)`… */
+    reason: string;
+  };
 
 /** Defaults of {@linkcode ServeOptions}; also printed by `--help`. */
 export const SERVE_DEFAULTS = {
@@ -141,6 +184,7 @@ class EchoServer implements Server {
   readonly #shutdownTimeoutMs: number;
   readonly #limits: ConnLimits;
   readonly #idle: IdleSweep<Session>;
+  readonly #onConnState: ((event: ConnEvent) => void) | undefined;
   readonly #sessions = new Set<Session>();
   readonly #tasks = new Set<Promise<void>>();
   readonly #stopping = new AbortController();
@@ -164,6 +208,7 @@ class EchoServer implements Server {
       shutdownTimeoutMs = SERVE_DEFAULTS.shutdownTimeoutMs,
       handshakeTimeoutMs = SERVE_DEFAULTS.handshakeTimeoutMs,
       tcpBacklog,
+      onConnState,
     } = options;
     // Listen first: if it throws, nothing else (no timer) was started.
     this.#listener = listen({ hostname, port, path, cert, key, tcpBacklog });
@@ -182,6 +227,7 @@ class EchoServer implements Server {
       ? Math.min(idleTimeoutMs, handshakeTimeoutMs)
       : handshakeTimeoutMs;
     this.#shutdownTimeoutMs = shutdownTimeoutMs;
+    this.#onConnState = onConnState;
     this.#limits = new LocalConnLimits(maxConns, maxConnsPerIp);
     const idle = `idle for ${seconds(idleTimeoutMs)}`;
     this.#idle = new IdleSweep(
@@ -261,6 +307,7 @@ class EchoServer implements Server {
       this.stats.refused++;
       this.#log.warn("[{peer}] refused: {refusal}", { peer, refusal });
       conn.close();
+      this.#emit({ state: "refused", peer, reason: refusal });
       return;
     }
     this.stats.active++;
@@ -273,6 +320,7 @@ class EchoServer implements Server {
         this.#sessions.delete(session);
         this.#tasks.delete(task);
         this.stats.active--;
+        if (this.#onConnState !== undefined) this.#emitClosed(session);
       });
     this.#tasks.add(task);
   }
@@ -280,7 +328,32 @@ class EchoServer implements Server {
   /** The connection task: holds the permit for as long as the session runs. */
   async #handle(session: Session, permit: Disposable): Promise<void> {
     using _permit = permit;
+    this.#emit({ state: "open", peer: session.peer });
     await session.run(this.#echo, this.#handshakeTimeoutMs);
+  }
+
+  /** Tells `onConnState` how `session` ended. */
+  #emitClosed(session: Session): void {
+    const { peer, bytesIn, bytesOut, durationMs, closeReason } = session;
+    const event: ConnEvent = {
+      state: "closed",
+      peer,
+      bytesIn,
+      bytesOut,
+      durationMs,
+    };
+    if (closeReason !== undefined) event.reason = closeReason;
+    this.#emit(event);
+  }
+
+  /** Tells `onConnState`, if any; what it throws stops here. */
+  #emit(event: ConnEvent): void {
+    if (this.#onConnState === undefined) return;
+    try {
+      this.#onConnState(event);
+    } catch (err) {
+      this.#log.error("onConnState failed: {err}", { err });
+    }
   }
 
   /**
