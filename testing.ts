@@ -160,10 +160,14 @@ export class ServerProcess implements AsyncDisposable {
 
 /** Captures LogTape records (all levels) until disposed. */
 export async function captureLogs(): Promise<
-  AsyncDisposable & { records: LogRecord[]; next(re: RegExp): Promise<string> }
+  AsyncDisposable & {
+    records: LogRecord[];
+    next(re: RegExp, timeoutMs?: number): Promise<string>;
+  }
 > {
   const records: LogRecord[] = [];
   const waiters: { re: RegExp; resolve: (m: string) => void }[] = [];
+  const timers = new Set<ReturnType<typeof setTimeout>>();
   await configure({
     reset: true,
     sinks: {
@@ -183,13 +187,35 @@ export async function captureLogs(): Promise<
   });
   return {
     records,
-    /** The first record from now on whose message matches `re`. */
-    next(re: RegExp) {
-      const { promise, resolve } = Promise.withResolvers<string>();
-      waiters.push({ re, resolve });
-      return promise;
+    /**
+     * The first record from now on whose message matches `re`; rejects after
+     * `timeoutMs`, with what was logged (a broken feature fails its test
+     * instead of hanging the suite).
+     */
+    async next(re: RegExp, timeoutMs = 20_000) {
+      const { promise, resolve, reject } = Promise.withResolvers<string>();
+      const waiter = { re, resolve };
+      waiters.push(waiter);
+      const timer = setTimeout(() => {
+        waiters.splice(waiters.indexOf(waiter), 1);
+        const seen = records.map(render).join("\n");
+        reject(
+          new Error(
+            `no log record in ${timeoutMs / 1000} s matched ${re}; ` +
+              `it logged:\n${seen}`,
+          ),
+        );
+      }, timeoutMs);
+      timers.add(timer);
+      try {
+        return await promise;
+      } finally {
+        clearTimeout(timer);
+        timers.delete(timer);
+      }
     },
     async [Symbol.asyncDispose]() {
+      for (const timer of timers) clearTimeout(timer); // waits not awaited
       await reset();
     },
   };
