@@ -7,7 +7,13 @@
  */
 import process from "node:process";
 import { createInterface } from "node:readline";
-import { isDisconnect, type Reader, writeAll, type Writer } from "./io.ts";
+import {
+  formatAddr,
+  isDisconnect,
+  type Reader,
+  writeAll,
+  type Writer,
+} from "./io.ts";
 
 /** Where and how to connect; shared by `client` and `bench`. */
 export interface ConnectOptions {
@@ -33,16 +39,6 @@ export const CONNECT_DEFAULTS = {
   port: 8080,
   connectTimeoutMs: 5000,
 } as const;
-
-/** `HOST:PORT` (`[::1]:PORT` for IPv6) or `unix:PATH`, as logs and errors show it. */
-export function formatAddr(addr: Deno.Addr): string {
-  if (!("hostname" in addr)) {
-    return "path" in addr ? `unix:${addr.path}` : addr.transport;
-  }
-  return addr.hostname.includes(":")
-    ? `[${addr.hostname}]:${addr.port}`
-    : `${addr.hostname}:${addr.port}`;
-}
 
 /** The address {@linkcode connect} would use, formatted like {@linkcode formatAddr}. */
 export function targetName(options: ConnectOptions = {}): string {

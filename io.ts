@@ -61,6 +61,16 @@ export function isDisconnect(err: unknown): boolean {
     err instanceof Deno.errors.BadResource;
 }
 
+/** `HOST:PORT` (`[::1]:PORT` for IPv6) or `unix:PATH`, as logs and errors show it. */
+export function formatAddr(addr: Deno.Addr): string {
+  if (!("hostname" in addr)) {
+    return "path" in addr ? `unix:${addr.path}` : addr.transport;
+  }
+  return addr.hostname.includes(":")
+    ? `[${addr.hostname}]:${addr.port}`
+    : `${addr.hostname}:${addr.port}`;
+}
+
 const decoder = new TextDecoder(); // non-fatal: invalid UTF-8 shows as U+FFFD
 
 /**

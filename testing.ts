@@ -5,7 +5,8 @@
  * @module
  */
 import { configure, type LogRecord, reset } from "@logtape/logtape";
-import { readAll, writeAll } from "./io.ts";
+import { formatAddr, readAll, writeAll } from "./io.ts";
+import type { ConnEvent } from "./server.ts";
 
 export { readAll, writeAll };
 
@@ -159,10 +160,14 @@ export class ServerProcess implements AsyncDisposable {
 
 /** Captures LogTape records (all levels) until disposed. */
 export async function captureLogs(): Promise<
-  AsyncDisposable & { records: LogRecord[]; next(re: RegExp): Promise<string> }
+  AsyncDisposable & {
+    records: LogRecord[];
+    next(re: RegExp, timeoutMs?: number): Promise<string>;
+  }
 > {
   const records: LogRecord[] = [];
   const waiters: { re: RegExp; resolve: (m: string) => void }[] = [];
+  const timers = new Set<ReturnType<typeof setTimeout>>();
   await configure({
     reset: true,
     sinks: {
@@ -182,13 +187,35 @@ export async function captureLogs(): Promise<
   });
   return {
     records,
-    /** The first record from now on whose message matches `re`. */
-    next(re: RegExp) {
-      const { promise, resolve } = Promise.withResolvers<string>();
-      waiters.push({ re, resolve });
-      return promise;
+    /**
+     * The first record from now on whose message matches `re`; rejects after
+     * `timeoutMs`, with what was logged (a broken feature fails its test
+     * instead of hanging the suite).
+     */
+    async next(re: RegExp, timeoutMs = 20_000) {
+      const { promise, resolve, reject } = Promise.withResolvers<string>();
+      const waiter = { re, resolve };
+      waiters.push(waiter);
+      const timer = setTimeout(() => {
+        waiters.splice(waiters.indexOf(waiter), 1);
+        const seen = records.map(render).join("\n");
+        reject(
+          new Error(
+            `no log record in ${timeoutMs / 1000} s matched ${re}; ` +
+              `it logged:\n${seen}`,
+          ),
+        );
+      }, timeoutMs);
+      timers.add(timer);
+      try {
+        return await promise;
+      } finally {
+        clearTimeout(timer);
+        timers.delete(timer);
+      }
     },
     async [Symbol.asyncDispose]() {
+      for (const timer of timers) clearTimeout(timer); // waits not awaited
       await reset();
     },
   };
@@ -320,4 +347,87 @@ export function openFilesLimit(): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Records a server's connection events: pass `onConnState` to `serve()`,
+ * then wait on `find()` / `count()` instead of on log wording. Every wait
+ * is bounded. Dispose to clear the timers of waits nobody awaited.
+ */
+export class ConnEvents implements Disposable {
+  /** Every event so far, in order. */
+  readonly events: ConnEvent[] = [];
+  #waiters = new Set<() => void>();
+  #timers = new Set<ReturnType<typeof setTimeout>>();
+
+  /** The hook for `serve({ onConnState })`. */
+  readonly onConnState = (event: ConnEvent): void => {
+    this.events.push(event);
+    for (const check of this.#waiters) check();
+  };
+
+  /**
+   * The first `state` event (past or future) that `match` accepts; rejects
+   * after `timeoutMs` with the events seen.
+   */
+  async find<S extends ConnEvent["state"]>(
+    state: S,
+    match: (event: Extract<ConnEvent, { state: S }>) => boolean = () => true,
+    timeoutMs = 20_000,
+  ): Promise<Extract<ConnEvent, { state: S }>> {
+    const [event] = await this.count(state, 1, match, timeoutMs);
+    return event;
+  }
+
+  /**
+   * Resolves with the `state` events that `match` accepts once there are at
+   * least `n` of them (past or future); rejects after `timeoutMs` with the
+   * events seen.
+   */
+  count<S extends ConnEvent["state"]>(
+    state: S,
+    n: number,
+    match: (event: Extract<ConnEvent, { state: S }>) => boolean = () => true,
+    timeoutMs = 20_000,
+  ): Promise<Extract<ConnEvent, { state: S }>[]> {
+    type E = Extract<ConnEvent, { state: S }>;
+    const matching = () =>
+      this.events.filter((e): e is E => e.state === state && match(e as E));
+    const { promise, resolve, reject } = Promise.withResolvers<E[]>();
+    const check = () => {
+      const found = matching();
+      if (found.length < n) return;
+      done();
+      resolve(found);
+    };
+    const timer = setTimeout(() => {
+      done();
+      const seen = this.events.map((e) => JSON.stringify(e)).join("\n");
+      reject(
+        new Error(
+          `${matching().length} of ${n} ${state} events in ` +
+            `${timeoutMs / 1000} s; events:\n${seen}`,
+        ),
+      );
+    }, timeoutMs);
+    const done = () => {
+      clearTimeout(timer);
+      this.#timers.delete(timer);
+      this.#waiters.delete(check);
+    };
+    this.#timers.add(timer);
+    this.#waiters.add(check);
+    check();
+    return promise;
+  }
+
+  /** Clears the timers of waits nobody awaited. */
+  [Symbol.dispose](): void {
+    for (const timer of this.#timers) clearTimeout(timer);
+  }
+}
+
+/** The peer tag the server gives a client's TCP connection: `ip:port`. */
+export function peerOf(conn: Deno.Conn): string {
+  return formatAddr(conn.localAddr);
 }
