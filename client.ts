@@ -111,6 +111,7 @@ export async function connect(
 
 /** A byte source that can be closed to interrupt a pending read (`Deno.stdin`). */
 export interface Input extends Reader {
+  /** Closes the source; a pending `read()` then rejects or returns EOF. */
   close(): void;
 }
 

@@ -26,6 +26,7 @@
  */
 
 export {
+  type ConnEvent,
   type EchoMode,
   removeStaleSocket,
   serve,
