@@ -12,6 +12,7 @@ import {
 } from "./bench.ts";
 import { writeAll } from "./io.ts";
 import { serve } from "./server.ts";
+import { stubServer } from "./testing.ts";
 
 // ---- helpers --------------------------------------------------------------------
 
@@ -567,102 +568,60 @@ Deno.test("formatReport() shows rates, latency and errors", () => {
 
 // ---- spawnServer ------------------------------------------------------------------
 
-const STUB_SERVER = `
-const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-console.error("starting");
-console.error(
-  Deno.args.includes("json")
-    ? JSON.stringify({ message: 'listening on "127.0.0.1:' + listener.addr.port + '"' })
-    : "listening on 127.0.0.1:" + listener.addr.port,
-);
-console.error("args: " + Deno.args.join(" "));
-Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
-for await (const conn of listener) {
-  (async () => {
-    const buf = new Uint8Array(65536);
-    try {
-      for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
-        for (let d = 0; d < n;) d += await conn.write(buf.subarray(d, n));
-      }
-      await conn.closeWrite();
-    } catch {}
-    try { conn.close(); } catch {}
-  })();
-}
-`;
-
 Deno.test("spawnServer() runs main.ts server --port 0 and stops it with SIGTERM", async () => {
-  const dir = await Deno.makeTempDir();
+  await using stub = await stubServer();
+  const logs: string[] = [];
+  const server = await spawnServer(["--mode", "raw"], {
+    mainModule: stub.stub,
+    onLog: (line) => logs.push(line),
+  });
+  let code: number;
   try {
-    const stub = `${dir}/stub.ts`;
-    await Deno.writeTextFile(stub, STUB_SERVER);
-    const logs: string[] = [];
-    const server = await spawnServer(["--mode", "raw"], {
-      mainModule: stub,
-      onLog: (line) => logs.push(line),
+    assert.ok(server.port > 0);
+    assert.equal(server.address, `127.0.0.1:${server.port}`);
+    const result = await runBench({
+      port: server.port,
+      connections: 2,
+      ...SHORT,
     });
-    let code: number;
-    try {
-      assert.ok(server.port > 0);
-      assert.equal(server.address, `127.0.0.1:${server.port}`);
-      const result = await runBench({
-        port: server.port,
-        connections: 2,
-        ...SHORT,
-      });
-      assertSane(result);
-    } finally {
-      code = await server.stop();
-    }
-    assert.equal(code, 0);
-    assert.equal(await server.stop(), 0, "stop() is idempotent");
-    assert.deepEqual(logs, ["args: server --port 0 --mode raw"]);
+    assertSane(result);
   } finally {
-    await Deno.remove(dir, { recursive: true });
+    code = await server.stop();
   }
+  assert.equal(code, 0);
+  assert.equal(await server.stop(), 0, "stop() is idempotent");
+  assert.deepEqual(logs, ["args: server --port 0 --mode raw"]);
 });
 
 Deno.test("spawnServer() reads the JSON log format and refuses -q", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const stub = `${dir}/stub.ts`;
-    await Deno.writeTextFile(stub, STUB_SERVER);
-    await using server = await spawnServer(["--log-format", "json"], {
-      mainModule: stub,
-    });
-    assert.equal(server.address, `127.0.0.1:${server.port}`);
-    await assert.rejects(spawnServer(["-q"], { mainModule: stub }), TypeError);
-    await assert.rejects(
-      spawnServer(["--log-level", "warn"], { mainModule: stub }),
-      TypeError,
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using stub = await stubServer();
+  const mainModule = stub.stub;
+  await using server = await spawnServer(["--log-format", "json"], {
+    mainModule,
+  });
+  assert.equal(server.address, `127.0.0.1:${server.port}`);
+  await assert.rejects(spawnServer(["-q"], { mainModule }), TypeError);
+  await assert.rejects(
+    spawnServer(["--log-level", "warn"], { mainModule }),
+    TypeError,
+  );
 });
 
 Deno.test("spawnServer() fails with the child's stderr when it exits first", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const stub = `${dir}/bad.ts`;
-    await Deno.writeTextFile(
-      stub,
-      `console.error("error: port in use"); Deno.exit(1);`,
-    );
-    await assert.rejects(
-      spawnServer([], { mainModule: stub }),
-      (err: Error) => {
-        assert.equal(err.message, "cannot start server");
-        assert.match(
-          (err.cause as Error).message,
-          /^exited with code 1: .*error: port in use/,
-        );
-        return true;
-      },
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using stub = await stubServer(
+    `console.error("error: port in use"); Deno.exit(1);`,
+  );
+  await assert.rejects(
+    spawnServer([], { mainModule: stub.stub }),
+    (err: Error) => {
+      assert.equal(err.message, "cannot start server");
+      assert.match(
+        (err.cause as Error).message,
+        /^exited with code 1: .*error: port in use/,
+      );
+      return true;
+    },
+  );
 });
 
 const hasMain = await Deno.stat(new URL("./main.ts", import.meta.url)).then(

@@ -6,6 +6,7 @@
  */
 import { configure, type LogRecord, reset } from "@logtape/logtape";
 import { readAll, writeAll } from "./io.ts";
+import { ServerChild } from "./spawn.ts";
 
 export { readAll, writeAll };
 
@@ -32,45 +33,23 @@ export async function runCli(
 }
 
 /**
- * A running `tcpecho server` child. Its stderr is read line by line from the
- * start, so `waitFor()` sees every line and the child never blocks on a full
- * pipe. Dispose (or `stop()`) to end it and await everything.
+ * A running `tcpecho server` child (`deno run -A main.ts server ARGS`, logs
+ * uncoloured): a {@linkcode ServerChild} that keeps every stderr line and is
+ * killed (SIGKILL) on disposal.
  */
-export class ServerProcess implements AsyncDisposable {
-  readonly child: Deno.ChildProcess;
-  /** Every stderr line so far. */
-  readonly lines: string[] = [];
-  /** The port from the `listening on` line. */
-  port = 0;
-  #waiters: { re: RegExp; resolve: (line: string) => void }[] = [];
-  #reading: Promise<void>;
-  #stdout: Promise<Uint8Array>;
-  #closed = Promise.withResolvers<void>();
-
+export class ServerProcess extends ServerChild {
   /**
    * `tcpecho server ARGS`, run through `wrapper` when one is given (such as
    * `prlimit --nofile=64:64 --`).
    */
   constructor(args: string[], wrapper: string[] = []) {
-    const [command, ...rest] = [
-      ...wrapper,
-      Deno.execPath(),
-      "run",
-      "-A",
-      "--quiet",
-      MAIN,
-      "server",
-      ...args,
-    ];
-    this.child = new Deno.Command(command, {
-      args: rest,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
+    super(args, {
+      mainModule: MAIN,
+      runFlags: ["-A", "--quiet"],
+      wrapper,
       env: { NO_COLOR: "1" },
-    }).spawn();
-    this.#stdout = new Response(this.child.stdout).bytes();
-    this.#reading = this.#readLines();
+      startTimeoutMs: 20_000,
+    });
   }
 
   /** Starts a server with `args` (add `--port 0`) and waits until it listens. */
@@ -79,82 +58,71 @@ export class ServerProcess implements AsyncDisposable {
     wrapper: string[] = [],
   ): Promise<ServerProcess> {
     const server = new ServerProcess(args, wrapper);
-    const line = await server.waitFor(/listening on /);
-    server.port = Number(line.match(/listening on [^\s"]*:(\d+)/)?.[1] ?? 0);
+    await server.ready;
     return server;
   }
 
-  async #readLines(): Promise<void> {
-    let pending = "";
-    const decoder = new TextDecoder();
-    for await (const chunk of this.child.stderr) {
-      pending += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = pending.indexOf("\n")) !== -1) {
-        this.#line(pending.slice(0, nl));
-        pending = pending.slice(nl + 1);
-      }
-    }
-    if (pending !== "") this.#line(pending);
-    this.#closed.resolve();
-  }
-
-  #line(line: string): void {
-    this.lines.push(line);
-    this.#waiters = this.#waiters.filter((w) => {
-      if (!w.re.test(line)) return true;
-      w.resolve(line);
-      return false;
-    });
-  }
-
-  /**
-   * Resolves with the first stderr line (past or future) matching `re`;
-   * rejects if stderr ends first, or after `timeoutMs` (a broken feature
-   * fails its test instead of hanging the suite).
-   */
-  async waitFor(re: RegExp, timeoutMs = 20_000): Promise<string> {
-    const seen = this.lines.find((l) => re.test(l));
-    if (seen !== undefined) return seen;
-    const { promise, resolve, reject } = Promise.withResolvers<string>();
-    this.#waiters.push({ re, resolve });
-    const fail = (why: string) =>
-      reject(new Error(`${why} ${re}; it said:\n${this.lines.join("\n")}`));
-    this.#closed.promise.then(() => fail("server exited without logging"));
-    const timer = setTimeout(
-      () => fail(`no line in ${timeoutMs / 1000} s matched`),
-      timeoutMs,
-    );
-    try {
-      return await promise;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /** Sends `signal` and resolves with the exit code once all output is read. */
-  async stop(signal: Deno.Signal = "SIGTERM"): Promise<number> {
-    try {
-      this.child.kill(signal);
-    } catch {
-      // already exited
-    }
-    return await this.exited();
-  }
-
-  /** Waits for the child to exit by itself; resolves with its exit code. */
-  async exited(): Promise<number> {
-    const [status] = await Promise.all([
-      this.child.status,
-      this.#reading,
-      this.#stdout,
-    ]);
-    return status.code;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
+  /** Kills the child (SIGKILL) and waits for it. */
+  override async [Symbol.asyncDispose](): Promise<void> {
     await this.stop("SIGKILL");
   }
+}
+
+// ---- a stand-in for main.ts ----------------------------------------------------
+
+/**
+ * A stand-in for `main.ts` (a {@linkcode ServerChild} `mainModule`) that
+ * logs as `tcpecho server` does and echoes: `starting`, the ready line
+ * (JSON with `--log-format json`), `args: ARGS`. `--silent` leaves out the
+ * ready line, `--env` adds `env: $STUB_ENV`, `--ignore-sigterm` keeps it
+ * running on SIGTERM (else it exits 0).
+ */
+export const STUB_SERVER = `
+const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+console.error("starting");
+if (!Deno.args.includes("--silent")) {
+  console.error(
+    Deno.args.includes("json")
+      ? JSON.stringify({ message: 'listening on "127.0.0.1:' + listener.addr.port + '"' })
+      : "listening on 127.0.0.1:" + listener.addr.port,
+  );
+}
+console.error("args: " + Deno.args.join(" "));
+if (Deno.args.includes("--env")) console.error("env: " + Deno.env.get("STUB_ENV"));
+Deno.addSignalListener("SIGTERM", () => {
+  if (!Deno.args.includes("--ignore-sigterm")) Deno.exit(0);
+});
+for await (const conn of listener) {
+  (async () => {
+    const buf = new Uint8Array(65536);
+    try {
+      for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+        for (let d = 0; d < n;) d += await conn.write(buf.subarray(d, n));
+      }
+      await conn.closeWrite();
+    } catch {}
+    try { conn.close(); } catch {}
+  })();
+}
+`;
+
+/**
+ * A temporary directory holding `source` (by default
+ * {@linkcode STUB_SERVER}) as `stub.ts`; removed on disposal.
+ */
+export async function stubServer(
+  source: string = STUB_SERVER,
+): Promise<AsyncDisposable & { dir: string; stub: string }> {
+  const dir = await Deno.makeTempDir({ prefix: "tcpecho_stub_" });
+  const stub = `${dir}/stub.ts`;
+  await Deno.writeTextFile(stub, source);
+  return {
+    dir,
+    stub,
+    async [Symbol.asyncDispose]() {
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
 }
 
 /** Captures LogTape records (all levels) until disposed. */
