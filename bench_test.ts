@@ -10,105 +10,10 @@ import {
   runBench,
   spawnServer,
 } from "./bench.ts";
-import { writeAll } from "./io.ts";
 import { serve } from "./server.ts";
-import { stubServer } from "./testing.ts";
+import { echoServer, flipBitAt, stubServer } from "./testing.ts";
 
 // ---- helpers --------------------------------------------------------------------
-
-/** Called on every chunk the test server reads, before it echoes it. */
-type Mangle = (chunk: Uint8Array, state: { conn: number; offset: number }) =>
-  | Uint8Array
-  | "close";
-
-interface TestServer {
-  port: number;
-  [Symbol.asyncDispose](): Promise<void>;
-}
-
-/**
- * A raw echo server on 127.0.0.1 (or a Unix socket), one task per connection,
- * every connection tracked and closed on dispose. `mangle` may change what is
- * echoed or close the connection.
- */
-function echoServer(
-  options: {
-    mangle?: Mangle;
-    path?: string;
-    pieceBytes?: number;
-    tls?: boolean;
-    /** Never close after the client's half-close (until disposed). */
-    hold?: boolean;
-  } = {},
-): TestServer {
-  const { mangle, path, pieceBytes = Infinity, tls = false, hold = false } =
-    options;
-  const disposed = Promise.withResolvers<void>();
-  const listener: Deno.Listener = tls
-    ? Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert: CERT, key: KEY })
-    : path === undefined
-    ? Deno.listen({ hostname: "127.0.0.1", port: 0 })
-    : Deno.listen({ transport: "unix", path });
-  const conns = new Set<Deno.Conn>();
-  const tasks = new Set<Promise<void>>();
-  let accepted = 0;
-  const handle = async (conn: Deno.Conn, index: number) => {
-    using _conn = conn;
-    const state = { conn: index, offset: 0 };
-    const buffer = new Uint8Array(64 * 1024);
-    try {
-      for (
-        let n = await conn.read(buffer);
-        n !== null;
-        n = await conn.read(buffer)
-      ) {
-        const out = mangle
-          ? mangle(buffer.subarray(0, n), state)
-          : buffer.subarray(0, n);
-        if (out === "close") return;
-        state.offset += n;
-        // Echo in pieces when asked: the client must frame by byte count.
-        for (let at = 0; at < out.length; at += pieceBytes) {
-          await writeAll(
-            conn,
-            out.subarray(at, Math.min(out.length, at + pieceBytes)),
-          );
-        }
-      }
-      if (hold) await disposed.promise;
-      await conn.closeWrite();
-    } catch {
-      // reset, or interrupted by dispose: this connection is done
-    } finally {
-      conns.delete(conn);
-    }
-  };
-  const acceptLoop = (async () => {
-    try {
-      for await (const conn of listener) {
-        conns.add(conn);
-        const task: Promise<void> = handle(conn, accepted++).finally(() =>
-          tasks.delete(task)
-        );
-        tasks.add(task);
-      }
-    } catch { /* listener closed */ }
-  })();
-  return {
-    port: path === undefined ? (listener.addr as Deno.NetAddr).port : 0,
-    async [Symbol.asyncDispose]() {
-      disposed.resolve();
-      listener.close();
-      await acceptLoop;
-      for (const conn of conns) {
-        try {
-          conn.close();
-        } catch { /* closed by its task */ }
-      }
-      await Promise.all(tasks);
-    },
-  };
-}
 
 const testdata = (name: string) =>
   Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
@@ -355,7 +260,7 @@ Deno.test("runBench() works over a Unix socket", async () => {
 });
 
 Deno.test("runBench() works over TLS, both patterns", async () => {
-  await using server = echoServer({ tls: true });
+  await using server = echoServer({ tls: { cert: CERT, key: KEY } });
   for (const pattern of ["pingpong", "stream"] as const) {
     const result = await runBench({
       hostname: "localhost",
@@ -373,13 +278,7 @@ Deno.test("runBench() works over TLS, both patterns", async () => {
 Deno.test("runBench() counts a corrupted echo as an error and ends that connection", async () => {
   for (const pattern of ["pingpong", "stream"] as const) {
     // connection 1 gets one byte flipped, 1000 bytes in; the others are fine
-    await using server = echoServer({
-      mangle: (chunk, state) => {
-        const at = 1000 - state.offset;
-        if (state.conn === 1 && at >= 0 && at < chunk.length) chunk[at] ^= 0x01;
-        return chunk;
-      },
-    });
+    await using server = echoServer({ mangle: flipBitAt(1000, 1) });
     const errors: Error[] = [];
     const result = await runBench({
       port: server.port,
