@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { writeAll } from "./testing.ts";
 
-const SOAK = new URL("./soak.ts", import.meta.url).pathname;
+const SOAK = new URL("./tools/soak.ts", import.meta.url).pathname;
 
 async function soak(args: string[]) {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
@@ -15,7 +15,8 @@ async function soak(args: string[]) {
 }
 
 Deno.test({
-  name: "soak.ts runs plain and TLS servers, verifies, reports fds and RSS",
+  name:
+    "tools/soak.ts runs plain and TLS servers, verifies, reports fds and RSS",
   ignore: Deno.build.os !== "linux", // /proc
   async fn() {
     const { code, stdout, stderr } = await soak([
@@ -47,7 +48,7 @@ Deno.test({
   },
 });
 
-Deno.test("soak.ts exits 1 when a server corrupts the echo", async () => {
+Deno.test("tools/soak.ts exits 1 when a server corrupts the echo", async () => {
   // An echo server that flips one byte of every 100,000th.
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const tasks = new Set<Promise<void>>();

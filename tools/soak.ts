@@ -7,20 +7,20 @@
  * log, descriptor leak or unclean server exit.
  *
  * ```sh
- * deno run -A soak.ts --duration 600 --clients 100
+ * deno run -A tools/soak.ts --duration 600 --clients 100
  * ```
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { closeQuietly, RandomStream, watchdog, writeAll } from "./testing.ts";
-import { isDisconnect } from "./io.ts";
+import { closeQuietly, RandomStream, watchdog, writeAll } from "../testing.ts";
+import { isDisconnect } from "../io.ts";
 
-const MAIN = new URL("./main.ts", import.meta.url).pathname;
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const testdata = (name: string) =>
-  new URL(`./testdata/${name}`, import.meta.url).pathname;
+  new URL(`../testdata/${name}`, import.meta.url).pathname;
 
-const USAGE = `usage: deno run -A soak.ts [options]
+const USAGE = `usage: deno run -A tools/soak.ts [options]
   --duration SECONDS   how long clients keep starting connections (default 60)
   --clients N          concurrent clients (default 100)
   --tls-share F        share of the clients that use TLS, 0..1 (default 0.5)
