@@ -13,10 +13,10 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { closeQuietly, RandomStream, watchdog, writeAll } from "../testing.ts";
+import { closeQuietly, RandomStream, writeAll } from "../testing.ts";
 import { isDisconnect } from "../io.ts";
+import { ServerChild } from "../spawn.ts";
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const testdata = (name: string) =>
   new URL(`../testdata/${name}`, import.meta.url).pathname;
 
@@ -154,7 +154,7 @@ function fdTargets(pid: number): Map<string, string> {
 /** A `tcpecho server` child, its log counted by level as it runs. */
 class Child {
   readonly name: string;
-  readonly child: Deno.ChildProcess;
+  readonly server: ServerChild;
   port = 0;
   start?: Usage;
   startFds = new Map<string, string>();
@@ -165,52 +165,41 @@ class Child {
   notable: string[] = [];
   lastLine = "";
   exitCode?: number;
-  #listening = Promise.withResolvers<number>();
-  #reading: Promise<void>;
 
   constructor(name: string, args: string[]) {
     this.name = name;
-    this.child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "--quiet", MAIN, "server", "--port", "0", ...args],
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
+    this.server = new ServerChild(["--port", "0", ...args], {
+      runFlags: ["-A", "--quiet"],
       env: { NO_COLOR: "1" },
-    }).spawn();
-    this.#reading = this.#read();
+      startTimeoutMs: 20_000,
+      stopTimeoutMs: 20_000,
+      keepLines: 0, // counted as they come: a long soak logs millions
+      onLine: (line) => this.#line(line),
+    });
   }
 
-  async #read(): Promise<void> {
-    let pending = "";
-    const decoder = new TextDecoder();
-    const line = (text: string) => {
-      this.lastLine = text;
-      const level = text.match(/^\S+ \S+ (DBG|INF|WRN|ERR|FTL) /)?.[1] ??
-        "other";
-      this.levels[level] = (this.levels[level] ?? 0) + 1;
-      if (level !== "INF" && level !== "DBG" && this.notable.length < 20) {
-        this.notable.push(text);
-      }
-      const port = text.match(/INF listening on [^\s]*:(\d+)$/)?.[1];
-      if (port !== undefined) this.#listening.resolve(Number(port));
-    };
-    for await (const chunk of this.child.stderr) {
-      pending += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = pending.indexOf("\n")) !== -1) {
-        line(pending.slice(0, nl));
-        pending = pending.slice(nl + 1);
-      }
+  get pid(): number {
+    return this.server.child.pid;
+  }
+
+  #line(text: string): void {
+    this.lastLine = text;
+    const level = text.match(/^\S+ \S+ (DBG|INF|WRN|ERR|FTL) /)?.[1] ??
+      "other";
+    this.levels[level] = (this.levels[level] ?? 0) + 1;
+    if (level !== "INF" && level !== "DBG" && this.notable.length < 20) {
+      this.notable.push(text);
     }
-    if (pending !== "") line(pending);
-    this.#listening.reject(new Error(`${this.name} server exited first`));
   }
 
   async listening(): Promise<void> {
-    using _dog = watchdog(20_000, () => {
-      this.#listening.reject(new Error(`${this.name} server did not start`));
-    });
-    this.port = await this.#listening.promise;
+    try {
+      await this.server.ready;
+    } catch (err) {
+      const cause = (err as Error).cause as Error; // how it failed
+      throw new Error(`${this.name} server did not start: ${cause.message}`);
+    }
+    this.port = this.server.port;
   }
 
   /**
@@ -230,17 +219,17 @@ class Child {
     }
     for (let i = 0; i < 5; i++) {
       await new Promise((r) => setTimeout(r, 50));
-      const u = usage(this.child.pid);
+      const u = usage(this.pid);
       if (u && (!this.start || u.fds < this.start.fds)) {
         this.start = u;
-        this.startFds = fdTargets(this.child.pid);
+        this.startFds = fdTargets(this.pid);
       }
     }
     this.peak = this.start;
   }
 
   sample(): Usage | undefined {
-    const u = usage(this.child.pid);
+    const u = usage(this.pid);
     if (u && this.peak) {
       this.peak = {
         fds: Math.max(this.peak.fds, u.fds),
@@ -252,21 +241,8 @@ class Child {
 
   /** SIGTERM, then the exit code (SIGKILL if it takes over 20 s). */
   async stop(): Promise<number> {
-    try {
-      this.child.kill("SIGTERM");
-    } catch {
-      // already gone
-    }
-    using _dog = watchdog(20_000, () => {
-      try {
-        this.child.kill("SIGKILL");
-      } catch {
-        // gone meanwhile
-      }
-    });
-    const [status] = await Promise.all([this.child.status, this.#reading]);
-    this.exitCode = status.code;
-    return status.code;
+    this.exitCode = await this.server.stop();
+    return this.exitCode;
   }
 }
 
@@ -474,7 +450,7 @@ async function main(): Promise<number> {
         await new Promise((r) => setTimeout(r, 100));
       }
       if (s.end && s.start && s.end.fds > s.start.fds) {
-        const extra = [...fdTargets(s.child.pid)]
+        const extra = [...fdTargets(s.pid)]
           .filter(([fd, target]) => s.startFds.get(fd) !== target)
           .map(([fd, target]) => `${fd} -> ${target}`);
         leaks.push(
@@ -519,7 +495,7 @@ async function main(): Promise<number> {
     first_errors: totals.firstErrors,
     servers: servers.map((s) => ({
       name: s.name,
-      pid: s.child.pid,
+      pid: s.pid,
       start: s.start ?? null,
       peak: s.peak ?? null,
       end: s.end ?? null,
@@ -544,9 +520,9 @@ async function main(): Promise<number> {
       `errors: ${totals.errors}`,
       ...totals.firstErrors.map((e) => `  ${e}`),
       ...servers.flatMap((s) => [
-        `${s.name} server (pid ${s.child.pid}): start ${
-          fmtUsage(s.start)
-        }; peak ${fmtUsage(s.peak)}; end ${fmtUsage(s.end)}`,
+        `${s.name} server (pid ${s.pid}): start ${fmtUsage(s.start)}; peak ${
+          fmtUsage(s.peak)
+        }; end ${fmtUsage(s.end)}`,
         `  log lines by level: ${
           JSON.stringify(s.levels)
         }; exit ${s.exitCode}; last: ${s.lastLine}`,
