@@ -111,6 +111,8 @@ export class Payload {
   #views: (Uint8Array | undefined)[];
 
   /**
+   * Payloads of `sizeBytes`-byte messages.
+   *
    * @param sizeBytes message size (pingpong); any positive integer.
    * @throws {RangeError} if `sizeBytes` is not a positive safe integer.
    */

@@ -356,6 +356,7 @@ export class RandomStream {
   /** Bytes produced so far. */
   offset = 0;
 
+  /** A stream from `seed` (0 counts as 1). */
   constructor(seed = 1) {
     this.#x = seed || 1;
   }
