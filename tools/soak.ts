@@ -15,7 +15,7 @@
 import { parseArgs } from "node:util";
 import { closeQuietly, RandomStream, writeAll } from "../testing.ts";
 import { isDisconnect } from "../io.ts";
-import { ServerChild } from "../spawn.ts";
+import { SoakServer, type Usage } from "./_soak_server.ts";
 
 const testdata = (name: string) =>
   new URL(`../testdata/${name}`, import.meta.url).pathname;
@@ -116,135 +116,6 @@ function prng(seed: number): () => number {
 /** Log-uniform integer in [min, max]: small and large values alike. */
 const logUniform = (rand: () => number, min: number, max: number) =>
   Math.min(max, Math.floor(min * Math.pow(max / min, rand())));
-
-/** Descriptors and memory of a process, sampled from /proc. */
-interface Usage {
-  fds: number;
-  rssKiB: number;
-}
-
-function usage(pid: number): Usage | undefined {
-  try {
-    const fds = [...Deno.readDirSync(`/proc/${pid}/fd`)].length;
-    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-    const rssKiB = Number(status.match(/^VmRSS:\s+(\d+) kB/m)?.[1] ?? NaN);
-    return { fds, rssKiB };
-  } catch {
-    return undefined; // exited, or not Linux
-  }
-}
-
-/** What each descriptor of a process points to (`socket:[123]`, a path…). */
-function fdTargets(pid: number): Map<string, string> {
-  const out = new Map<string, string>();
-  try {
-    for (const e of Deno.readDirSync(`/proc/${pid}/fd`)) {
-      try {
-        out.set(e.name, Deno.readLinkSync(`/proc/${pid}/fd/${e.name}`));
-      } catch {
-        // closed meanwhile
-      }
-    }
-  } catch {
-    // exited, or not Linux
-  }
-  return out;
-}
-
-/** A `tcpecho server` child, its log counted by level as it runs. */
-class Child {
-  readonly name: string;
-  readonly server: ServerChild;
-  port = 0;
-  start?: Usage;
-  startFds = new Map<string, string>();
-  peak?: Usage;
-  end?: Usage;
-  levels: Record<string, number> = {};
-  /** Warning, error and unexpected lines, the first ones. */
-  notable: string[] = [];
-  lastLine = "";
-  exitCode?: number;
-
-  constructor(name: string, args: string[]) {
-    this.name = name;
-    this.server = new ServerChild(["--port", "0", ...args], {
-      runFlags: ["-A", "--quiet"],
-      env: { NO_COLOR: "1" },
-      startTimeoutMs: 20_000,
-      stopTimeoutMs: 20_000,
-      keepLines: 0, // counted as they come: a long soak logs millions
-      onLine: (line) => this.#line(line),
-    });
-  }
-
-  get pid(): number {
-    return this.server.child.pid;
-  }
-
-  #line(text: string): void {
-    this.lastLine = text;
-    const level = text.match(/^\S+ \S+ (DBG|INF|WRN|ERR|FTL) /)?.[1] ??
-      "other";
-    this.levels[level] = (this.levels[level] ?? 0) + 1;
-    if (level !== "INF" && level !== "DBG" && this.notable.length < 20) {
-      this.notable.push(text);
-    }
-  }
-
-  async listening(): Promise<void> {
-    try {
-      await this.server.ready;
-    } catch (err) {
-      const cause = (err as Error).cause as Error; // how it failed
-      throw new Error(`${this.name} server did not start: ${cause.message}`);
-    }
-    this.port = this.server.port;
-  }
-
-  /**
-   * Takes the starting figures after one connection was served (the runtime
-   * opens a few descriptors lazily), as the lowest of a few samples (that
-   * connection's socket closes just after the client sees its EOF).
-   */
-  async baseline(connect: () => Promise<Deno.Conn>): Promise<void> {
-    {
-      using conn = await connect();
-      await writeAll(conn, new Uint8Array([120]));
-      await conn.closeWrite();
-      const buf = new Uint8Array(16);
-      while (await conn.read(buf) !== null) {
-        // until the server's EOF
-      }
-    }
-    for (let i = 0; i < 5; i++) {
-      await new Promise((r) => setTimeout(r, 50));
-      const u = usage(this.pid);
-      if (u && (!this.start || u.fds < this.start.fds)) {
-        this.start = u;
-        this.startFds = fdTargets(this.pid);
-      }
-    }
-    this.peak = this.start;
-  }
-
-  sample(): Usage | undefined {
-    const u = usage(this.pid);
-    if (u && this.peak) {
-      this.peak = {
-        fds: Math.max(this.peak.fds, u.fds),
-        rssKiB: Math.max(this.peak.rssKiB, u.rssKiB),
-      };
-    }
-    return u;
-  }
-
-  /** SIGTERM, then the exit code (SIGKILL if it takes over 20 s). */
-  async stop(): Promise<number> {
-    this.exitCode = await this.server.stop();
-    return this.exitCode;
-  }
-}
 
 interface Totals {
   connections: number;
@@ -377,13 +248,13 @@ async function main(): Promise<number> {
     console.error(`error: ${(err as Error).message}\n${USAGE}`);
     return 2;
   }
-  const servers: Child[] = [];
+  const servers: SoakServer[] = [];
   const modeArgs = ["--mode", opts.mode, "--max-line", String(1 << 20)];
   if (opts.port === undefined) {
-    servers.push(new Child("tcp", modeArgs));
+    servers.push(new SoakServer("tcp", modeArgs));
     if (opts.tlsShare > 0) {
       servers.push(
-        new Child("tls", [
+        new SoakServer("tls", [
           ...modeArgs,
           "--tls-cert",
           testdata("server.pem"),
@@ -439,26 +310,10 @@ async function main(): Promise<number> {
     } finally {
       clearInterval(sampler);
     }
-    // The servers close their side as the clients' EOFs arrive: give them a
-    // moment to come back to their starting descriptor count.
+    // The servers close their side as the clients' EOFs arrive.
     for (const s of servers) {
-      const settleBy = performance.now() + SETTLE_MS;
-      for (;;) {
-        s.end = s.sample();
-        if (!s.end || !s.start || s.end.fds <= s.start.fds) break;
-        if (performance.now() > settleBy) break;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      if (s.end && s.start && s.end.fds > s.start.fds) {
-        const extra = [...fdTargets(s.pid)]
-          .filter(([fd, target]) => s.startFds.get(fd) !== target)
-          .map(([fd, target]) => `${fd} -> ${target}`);
-        leaks.push(
-          `${s.name}: ${s.end.fds - s.start.fds} more fds than at start (${
-            extra.join(", ")
-          })`,
-        );
-      }
+      const leak = await s.settle(SETTLE_MS);
+      if (leak !== undefined) leaks.push(`${s.name}: ${leak}`);
     }
   } catch (err) {
     totals.errors++;
