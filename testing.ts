@@ -1,6 +1,7 @@
 /**
  * Test helpers shared by the `*_test.ts` files: the CLI as a child process,
- * log capture, and socket round trips. Not part of the tool.
+ * a misbehaving echo server and a stub `main.ts` to test clients and spawners
+ * against, log capture, and socket round trips. Not part of the tool.
  *
  * @module
  */
