@@ -10,104 +10,10 @@ import {
   runBench,
   spawnServer,
 } from "./bench.ts";
-import { writeAll } from "./io.ts";
 import { serve } from "./server.ts";
+import { echoServer, flipBitAt, stubServer } from "./testing.ts";
 
 // ---- helpers --------------------------------------------------------------------
-
-/** Called on every chunk the test server reads, before it echoes it. */
-type Mangle = (chunk: Uint8Array, state: { conn: number; offset: number }) =>
-  | Uint8Array
-  | "close";
-
-interface TestServer {
-  port: number;
-  [Symbol.asyncDispose](): Promise<void>;
-}
-
-/**
- * A raw echo server on 127.0.0.1 (or a Unix socket), one task per connection,
- * every connection tracked and closed on dispose. `mangle` may change what is
- * echoed or close the connection.
- */
-function echoServer(
-  options: {
-    mangle?: Mangle;
-    path?: string;
-    pieceBytes?: number;
-    tls?: boolean;
-    /** Never close after the client's half-close (until disposed). */
-    hold?: boolean;
-  } = {},
-): TestServer {
-  const { mangle, path, pieceBytes = Infinity, tls = false, hold = false } =
-    options;
-  const disposed = Promise.withResolvers<void>();
-  const listener: Deno.Listener = tls
-    ? Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert: CERT, key: KEY })
-    : path === undefined
-    ? Deno.listen({ hostname: "127.0.0.1", port: 0 })
-    : Deno.listen({ transport: "unix", path });
-  const conns = new Set<Deno.Conn>();
-  const tasks = new Set<Promise<void>>();
-  let accepted = 0;
-  const handle = async (conn: Deno.Conn, index: number) => {
-    using _conn = conn;
-    const state = { conn: index, offset: 0 };
-    const buffer = new Uint8Array(64 * 1024);
-    try {
-      for (
-        let n = await conn.read(buffer);
-        n !== null;
-        n = await conn.read(buffer)
-      ) {
-        const out = mangle
-          ? mangle(buffer.subarray(0, n), state)
-          : buffer.subarray(0, n);
-        if (out === "close") return;
-        state.offset += n;
-        // Echo in pieces when asked: the client must frame by byte count.
-        for (let at = 0; at < out.length; at += pieceBytes) {
-          await writeAll(
-            conn,
-            out.subarray(at, Math.min(out.length, at + pieceBytes)),
-          );
-        }
-      }
-      if (hold) await disposed.promise;
-      await conn.closeWrite();
-    } catch {
-      // reset, or interrupted by dispose: this connection is done
-    } finally {
-      conns.delete(conn);
-    }
-  };
-  const acceptLoop = (async () => {
-    try {
-      for await (const conn of listener) {
-        conns.add(conn);
-        const task: Promise<void> = handle(conn, accepted++).finally(() =>
-          tasks.delete(task)
-        );
-        tasks.add(task);
-      }
-    } catch { /* listener closed */ }
-  })();
-  return {
-    port: path === undefined ? (listener.addr as Deno.NetAddr).port : 0,
-    async [Symbol.asyncDispose]() {
-      disposed.resolve();
-      listener.close();
-      await acceptLoop;
-      for (const conn of conns) {
-        try {
-          conn.close();
-        } catch { /* closed by its task */ }
-      }
-      await Promise.all(tasks);
-    },
-  };
-}
 
 const testdata = (name: string) =>
   Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
@@ -354,7 +260,7 @@ Deno.test("runBench() works over a Unix socket", async () => {
 });
 
 Deno.test("runBench() works over TLS, both patterns", async () => {
-  await using server = echoServer({ tls: true });
+  await using server = echoServer({ tls: { cert: CERT, key: KEY } });
   for (const pattern of ["pingpong", "stream"] as const) {
     const result = await runBench({
       hostname: "localhost",
@@ -372,13 +278,7 @@ Deno.test("runBench() works over TLS, both patterns", async () => {
 Deno.test("runBench() counts a corrupted echo as an error and ends that connection", async () => {
   for (const pattern of ["pingpong", "stream"] as const) {
     // connection 1 gets one byte flipped, 1000 bytes in; the others are fine
-    await using server = echoServer({
-      mangle: (chunk, state) => {
-        const at = 1000 - state.offset;
-        if (state.conn === 1 && at >= 0 && at < chunk.length) chunk[at] ^= 0x01;
-        return chunk;
-      },
-    });
+    await using server = echoServer({ mangle: flipBitAt(1000, 1) });
     const errors: Error[] = [];
     const result = await runBench({
       port: server.port,
@@ -567,124 +467,72 @@ Deno.test("formatReport() shows rates, latency and errors", () => {
 
 // ---- spawnServer ------------------------------------------------------------------
 
-const STUB_SERVER = `
-const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-console.error("starting");
-console.error(
-  Deno.args.includes("json")
-    ? JSON.stringify({ message: 'listening on "127.0.0.1:' + listener.addr.port + '"' })
-    : "listening on 127.0.0.1:" + listener.addr.port,
-);
-console.error("args: " + Deno.args.join(" "));
-Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
-for await (const conn of listener) {
-  (async () => {
-    const buf = new Uint8Array(65536);
-    try {
-      for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
-        for (let d = 0; d < n;) d += await conn.write(buf.subarray(d, n));
-      }
-      await conn.closeWrite();
-    } catch {}
-    try { conn.close(); } catch {}
-  })();
-}
-`;
-
 Deno.test("spawnServer() runs main.ts server --port 0 and stops it with SIGTERM", async () => {
-  const dir = await Deno.makeTempDir();
+  await using stub = await stubServer();
+  const logs: string[] = [];
+  const server = await spawnServer(["--mode", "raw"], {
+    mainModule: stub.stub,
+    onLog: (line) => logs.push(line),
+  });
+  let code: number;
   try {
-    const stub = `${dir}/stub.ts`;
-    await Deno.writeTextFile(stub, STUB_SERVER);
-    const logs: string[] = [];
-    const server = await spawnServer(["--mode", "raw"], {
-      mainModule: stub,
-      onLog: (line) => logs.push(line),
+    assert.ok(server.port > 0);
+    assert.equal(server.address, `127.0.0.1:${server.port}`);
+    const result = await runBench({
+      port: server.port,
+      connections: 2,
+      ...SHORT,
     });
-    let code: number;
-    try {
-      assert.ok(server.port > 0);
-      assert.equal(server.address, `127.0.0.1:${server.port}`);
-      const result = await runBench({
-        port: server.port,
-        connections: 2,
-        ...SHORT,
-      });
-      assertSane(result);
-    } finally {
-      code = await server.stop();
-    }
-    assert.equal(code, 0);
-    assert.equal(await server.stop(), 0, "stop() is idempotent");
-    assert.deepEqual(logs, ["args: server --port 0 --mode raw"]);
+    assertSane(result);
   } finally {
-    await Deno.remove(dir, { recursive: true });
+    code = await server.stop();
   }
+  assert.equal(code, 0);
+  assert.equal(await server.stop(), 0, "stop() is idempotent");
+  assert.deepEqual(logs, ["args: server --port 0 --mode raw"]);
 });
 
 Deno.test("spawnServer() reads the JSON log format and refuses -q", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const stub = `${dir}/stub.ts`;
-    await Deno.writeTextFile(stub, STUB_SERVER);
-    await using server = await spawnServer(["--log-format", "json"], {
-      mainModule: stub,
-    });
-    assert.equal(server.address, `127.0.0.1:${server.port}`);
-    await assert.rejects(spawnServer(["-q"], { mainModule: stub }), TypeError);
-    await assert.rejects(
-      spawnServer(["--log-level", "warn"], { mainModule: stub }),
-      TypeError,
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using stub = await stubServer();
+  const mainModule = stub.stub;
+  await using server = await spawnServer(["--log-format", "json"], {
+    mainModule,
+  });
+  assert.equal(server.address, `127.0.0.1:${server.port}`);
+  await assert.rejects(spawnServer(["-q"], { mainModule }), TypeError);
+  await assert.rejects(
+    spawnServer(["--log-level", "warn"], { mainModule }),
+    TypeError,
+  );
 });
 
 Deno.test("spawnServer() fails with the child's stderr when it exits first", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const stub = `${dir}/bad.ts`;
-    await Deno.writeTextFile(
-      stub,
-      `console.error("error: port in use"); Deno.exit(1);`,
-    );
-    await assert.rejects(
-      spawnServer([], { mainModule: stub }),
-      (err: Error) => {
-        assert.equal(err.message, "cannot start server");
-        assert.match(
-          (err.cause as Error).message,
-          /^exited with code 1: .*error: port in use/,
-        );
-        return true;
-      },
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using stub = await stubServer(
+    `console.error("error: port in use"); Deno.exit(1);`,
+  );
+  await assert.rejects(
+    spawnServer([], { mainModule: stub.stub }),
+    (err: Error) => {
+      assert.equal(err.message, "cannot start server");
+      assert.match(
+        (err.cause as Error).message,
+        /^exited with code 1: .*error: port in use/,
+      );
+      return true;
+    },
+  );
 });
 
-const hasMain = await Deno.stat(new URL("./main.ts", import.meta.url)).then(
-  () => true,
-  () => false,
-);
-
-Deno.test({
-  name:
-    "spawnServer() starts the real tcpecho server, which runBench() measures cleanly",
-  ignore: !hasMain, // main.ts is written by another engineer; runs once it exists
-  async fn() {
-    await using server = await spawnServer();
-    assert.ok(server.port > 0);
-    for (const pattern of ["pingpong", "stream"] as const) {
-      const result = await runBench({
-        port: server.port,
-        connections: 4,
-        pattern,
-        ...SHORT,
-      });
-      assertSane(result);
-    }
-  },
+Deno.test("spawnServer() starts the real tcpecho server, which runBench() measures cleanly", async () => {
+  await using server = await spawnServer();
+  assert.ok(server.port > 0);
+  for (const pattern of ["pingpong", "stream"] as const) {
+    const result = await runBench({
+      port: server.port,
+      connections: 4,
+      pattern,
+      ...SHORT,
+    });
+    assertSane(result);
+  }
 });

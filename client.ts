@@ -10,6 +10,7 @@ import { createInterface } from "node:readline";
 import {
   formatAddr,
   isDisconnect,
+  LineSplitter,
   type Reader,
   writeAll,
   type Writer,
@@ -200,19 +201,15 @@ export async function interactive(
   rl.prompt();
 
   const receiving = (async () => {
-    const decoder = new TextDecoder();
-    let pending = "";
+    const splitter = new LineSplitter(); // a "\r" stays, shown as "\\r"
     const buf = new Uint8Array(64 * 1024);
     for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
-      pending += decoder.decode(buf.subarray(0, n), { stream: true });
-      let nl: number;
-      while ((nl = pending.indexOf("\n")) !== -1) {
-        show(`server say# ${forTerminal(pending.slice(0, nl))}`);
-        pending = pending.slice(nl + 1);
+      for (const line of splitter.push(buf.subarray(0, n))) {
+        show(`server say# ${forTerminal(line)}`);
       }
     }
-    pending += decoder.decode();
-    if (pending !== "") show(`server say# ${forTerminal(pending)}`);
+    const last = splitter.end();
+    if (last !== undefined) show(`server say# ${forTerminal(last)}`);
   })();
   const received = receiving.then(() => "closed" as const);
 

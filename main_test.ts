@@ -5,7 +5,15 @@ import { type Command, findCommand } from "./_cli.ts";
 import { benchCommand } from "./_bench_command.ts";
 import { clientCommand } from "./_client_command.ts";
 import { serverCommand } from "./_server_command.ts";
-import { captureLogs, cli, echoAll, runCli, ServerProcess } from "./testing.ts";
+import {
+  captureLogs,
+  cli,
+  echoAll,
+  echoServer,
+  flipBitAt,
+  runCli,
+  ServerProcess,
+} from "./testing.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 const posix = Deno.build.os !== "windows";
@@ -400,37 +408,11 @@ Deno.test("tcpecho bench --lines --spawn-server measures a line-mode server", as
 
 Deno.test("tcpecho bench exits 1 when a server corrupts an echo", async () => {
   // An echo server that flips one bit of the 1000th byte it echoes.
-  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<Deno.Conn>();
-  const serving = (async () => {
-    let total = 0;
-    const tasks: Promise<void>[] = [];
-    for await (const conn of listener) {
-      conns.add(conn);
-      tasks.push((async () => {
-        const buf = new Uint8Array(4096);
-        try {
-          for (
-            let n = await conn.read(buf);
-            n !== null;
-            n = await conn.read(buf)
-          ) {
-            const at = 1000 - total;
-            if (at >= 0 && at < n) buf[at] ^= 1;
-            total += n;
-            await conn.write(buf.subarray(0, n));
-          }
-        } catch { /* the bench closed it */ }
-        conns.delete(conn);
-        conn.close();
-      })());
-    }
-    await Promise.all(tasks);
-  })().catch(() => {});
+  await using server = echoServer({ mangle: flipBitAt(1000) });
   const { code, stdout, stderr } = await runCli([
     "bench",
     "-p",
-    `${listener.addr.port}`,
+    `${server.port}`,
     "-c",
     "1",
     "-d",
@@ -441,9 +423,6 @@ Deno.test("tcpecho bench exits 1 when a server corrupts an echo", async () => {
   assert.ok(JSON.parse(stdout).errors >= 1);
   assert.match(stderr, /^warning: .*mismatch/m);
   assert.match(stderr, /^error: \d+ errors during the run/m);
-  listener.close();
-  for (const conn of conns) conn.close();
-  await serving;
 });
 
 Deno.test("tcpecho bench usage errors exit 2", async () => {
