@@ -515,10 +515,11 @@ Deno.test("manifests use no field the Kubernetes API does not know", async () =>
     }).output();
     const text = new TextDecoder();
     const output = (text.decode(stdout) + text.decode(stderr)).trim();
-    // Name the manifest each error is in: the comment above its line.
-    const errors = output.split("\n").flatMap((line) => {
-      const at = /manifests\.ts:(\d+):/.exec(line);
-      return at ? [`${lines[Number(at[1]) - 2]}: ${line}`] : [];
+    // Each error with the manifest it is in: the comment above its line.
+    const errors = output.split(/^(?=TS\d+ )/m).flatMap((error) => {
+      const at = /manifests\.ts:(\d+):/.exec(error);
+      const what = error.split("\n")[0];
+      return at ? [`${lines[Number(at[1]) - 2].slice(3)}: ${what}`] : [];
     });
     assert.equal(code, 0, `${errors.join("\n")}\n${output}`);
   } finally {
