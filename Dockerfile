@@ -41,6 +41,10 @@ LABEL org.opencontainers.image.title="tcpecho" \
 # Owned by root, so the process cannot replace its own binary.
 COPY --from=build /tcpecho /tcpecho
 USER 65532:65532
+# As in the official Deno image: size V8's heap from the container's memory
+# limit (cgroups), not the host's memory, so a pod's memory limit means GC
+# pressure before it means an OOM kill.
+ENV DENO_USE_CGROUPS=1
 # Echo on 8080 (TCP; UDP with `server --udp`), the admin endpoint on 9090.
 EXPOSE 8080/tcp 8080/udp 9090/tcp
 # Exec form, no shell: the binary is PID 1 and gets SIGTERM itself (`docker
