@@ -559,42 +559,67 @@ Deno.test("kustomizations list every manifest beside them and set one namespace 
   }
 });
 
+/**
+ * A kubeconfig whose API server refuses at once. `kubectl kustomize` needs no
+ * cluster, but some kubectl builds (Google Cloud SDK's dispatcher) first ask
+ * the configured server for its version, by default localhost:8080, which
+ * may well be an echo server that never answers HTTP.
+ */
+const NO_CLUSTER = `apiVersion: v1
+kind: Config
+clusters: [{ name: none, cluster: { server: "https://127.0.0.1:1" } }]
+contexts: [{ name: none, context: { cluster: none } }]
+current-context: none
+`;
+
 /** Where `kubectl` is installed, its kustomize renders each kustomization. */
 Deno.test("kubectl kustomize renders the namespace and image into every object", async (t) => {
-  const kubectl = await new Deno.Command("kubectl", {
-    args: ["version", "--client"],
-    stdout: "null",
-    stderr: "null",
-  }).output().then(({ success }) => success, () => false);
-  for (const { dir, kustomization, manifests } of await loadKustomizations()) {
-    await t.step({
-      name: kubectl
-        ? `kubectl kustomize deploy/kubernetes/${dir}`
-        : `ignored: no kubectl here to render deploy/kubernetes/${dir}`,
-      ignore: !kubectl,
-      async fn() {
-        const { code, stdout, stderr } = await new Deno.Command("kubectl", {
-          args: ["kustomize", new URL(dir, KUBERNETES).pathname],
-          stdin: "null",
-          stdout: "piped",
-          stderr: "piped",
-          signal: AbortSignal.timeout(30_000),
-        }).output();
-        assert.equal(code, 0, new TextDecoder().decode(stderr));
-        const rendered = parseAllDocuments(new TextDecoder().decode(stdout))
-          .map((doc) => doc.toJS());
-        assert.equal(rendered.length, manifests.length);
-        const [{ newName, newTag }] = kustomization.images;
-        for (const object of rendered) {
-          if (object.kind !== "Namespace") {
-            assert.equal(object.metadata.namespace, kustomization.namespace);
+  const home = await Deno.makeTempDir({ prefix: "tcpecho-kubeconfig-" });
+  try {
+    const env = { KUBECONFIG: `${home}/config` };
+    await Deno.writeTextFile(env.KUBECONFIG, NO_CLUSTER);
+    const kubectl = await new Deno.Command("kubectl", {
+      args: ["version", "--client"],
+      env,
+      stdout: "null",
+      stderr: "null",
+      signal: AbortSignal.timeout(30_000),
+    }).output().then(({ success }) => success, () => false);
+    for (
+      const { dir, kustomization, manifests } of await loadKustomizations()
+    ) {
+      await t.step({
+        name: kubectl
+          ? `kubectl kustomize deploy/kubernetes/${dir}`
+          : `ignored: no kubectl here to render deploy/kubernetes/${dir}`,
+        ignore: !kubectl,
+        async fn() {
+          const { code, stdout, stderr } = await new Deno.Command("kubectl", {
+            args: ["kustomize", new URL(dir, KUBERNETES).pathname],
+            env,
+            stdin: "null",
+            stdout: "piped",
+            stderr: "piped",
+            signal: AbortSignal.timeout(30_000),
+          }).output();
+          assert.equal(code, 0, new TextDecoder().decode(stderr));
+          const rendered = parseAllDocuments(new TextDecoder().decode(stdout))
+            .map((doc) => doc.toJS());
+          assert.equal(rendered.length, manifests.length);
+          const [{ newName, newTag }] = kustomization.images;
+          for (const object of rendered) {
+            if (object.kind !== "Namespace") {
+              assert.equal(object.metadata.namespace, kustomization.namespace);
+            }
+            for (const c of object.spec?.template?.spec?.containers ?? []) {
+              assert.equal(c.image, `${newName}:${newTag}`);
+            }
           }
-          for (const c of object.spec?.template?.spec?.containers ?? []) {
-            assert.equal(c.image, `${newName}:${newTag}`);
-          }
-        }
-      },
-    });
+        },
+      });
+    }
+  } finally {
+    await Deno.remove(home, { recursive: true });
   }
 });
 
