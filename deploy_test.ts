@@ -578,13 +578,20 @@ Deno.test("kubectl kustomize renders the namespace and image into every object",
   try {
     const env = { KUBECONFIG: `${home}/config` };
     await Deno.writeTextFile(env.KUBECONFIG, NO_CLUSTER);
-    const kubectl = await new Deno.Command("kubectl", {
-      args: ["version", "--client"],
-      env,
-      stdout: "null",
-      stderr: "null",
-      signal: AbortSignal.timeout(30_000),
-    }).output().then(({ success }) => success, () => false);
+    // Deno.Command#output() throws at once, not in its promise, when there
+    // is no such program.
+    let kubectl = false;
+    try {
+      ({ success: kubectl } = await new Deno.Command("kubectl", {
+        args: ["version", "--client"],
+        env,
+        stdout: "null",
+        stderr: "null",
+        signal: AbortSignal.timeout(30_000),
+      }).output());
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
     for (
       const { dir, kustomization, manifests } of await loadKustomizations()
     ) {
