@@ -415,7 +415,7 @@ Deno.test("runBench() throws when it cannot connect", async () => {
   );
 });
 
-Deno.test("runBench() result has exactly the SPEC's JSON keys, in order", async () => {
+Deno.test("runBench() result has the SPEC's JSON keys in order, then per_conn", async () => {
   await using server = echoServer();
   const result = await runBench({
     port: server.port,
@@ -435,34 +435,77 @@ Deno.test("runBench() result has exactly the SPEC's JSON keys, in order", async 
     "mib_per_s",
     "latency_us",
     "errors",
+    "rate",
+    "latency_uncorrected_us",
+    "connects_per_s",
+    "lost",
+    "per_conn",
   ]);
-  assert.deepEqual(Object.keys(json.latency_us), ["p50", "p90", "p99", "max"]);
+  assert.deepEqual(Object.keys(json.latency_us), [
+    "p50",
+    "p75",
+    "p90",
+    "p95",
+    "p99",
+    "p999",
+    "p9999",
+    "max",
+  ]);
+  assert.equal(json.rate, null);
+  assert.equal(json.latency_uncorrected_us, null);
+  assert.equal(json.connects_per_s, null);
+  assert.equal(json.lost, 0);
+  assert.deepEqual(Object.keys(json.per_conn), [
+    "min",
+    "median",
+    "max",
+    "jain",
+  ]);
+  assert.equal(json.per_conn.min, json.messages, "one connection did them all");
 });
 
-Deno.test("formatReport() shows rates, latency and errors", () => {
-  const result: BenchResult = {
-    pattern: "pingpong",
-    connections: BENCH_DEFAULTS.connections,
-    size: 64,
-    duration_s: 10,
-    messages: 1_234_567,
-    messages_per_s: 123_456.7,
-    bytes: 79_012_288,
-    mib_per_s: 7.54,
-    latency_us: { p50: 284, p90: 350.1, p99: 598, max: 5578 },
-    errors: 0,
-  };
+const SAMPLE: BenchResult = {
+  pattern: "pingpong",
+  connections: BENCH_DEFAULTS.connections,
+  size: 64,
+  duration_s: 10,
+  messages: 1_234_567,
+  messages_per_s: 123_456.7,
+  bytes: 79_012_288,
+  mib_per_s: 7.54,
+  latency_us: {
+    p50: 284,
+    p75: 300,
+    p90: 350.1,
+    p95: 400,
+    p99: 598,
+    p999: 1200,
+    p9999: 2500,
+    max: 1_005_578,
+  },
+  errors: 0,
+  rate: null,
+  latency_uncorrected_us: null,
+  connects_per_s: null,
+  lost: 0,
+  per_conn: { min: 24_000, median: 24_691, max: 25_000, jain: 0.999 },
+};
+
+Deno.test("formatReport() shows rates, scaled latency, fairness and errors", () => {
   assert.equal(
-    formatReport(result),
+    formatReport(SAMPLE, { target: "127.0.0.1:8080", warmupMs: 1000 }),
     [
-      "pingpong: 50 connections, 64-byte messages, 10.00 s",
-      "messages  1,234,567 (123,456.7 msg/s)",
-      "bytes     79,012,288 (7.54 MiB/s)",
-      "latency   p50 284 µs, p90 350.1 µs, p99 598 µs, max 5,578 µs",
-      "errors    0",
+      "bench 127.0.0.1:8080: pingpong, 50 connections, 64-byte messages, 10.00 s after a 1 s warm-up",
+      "messages   1,234,567 (123,456.7 msg/s)",
+      "bytes      79,012,288 echoed bytes received (7.54 MiB/s)",
+      "latency    round trip",
+      "  p50 284.00 µs, p75 300.00 µs, p90 350.10 µs, p95 400.00 µs",
+      "  p99 598.00 µs, p99.9 1.20 ms, p99.99 2.50 ms, max 1.01 s",
+      "per conn   min 24,000, median 24,691, max 25,000 messages (Jain 0.999)",
+      "errors     0",
     ].join("\n"),
   );
-  assert.doesNotMatch(formatReport({ ...result, latency_us: null }), /latency/);
+  assert.doesNotMatch(formatReport({ ...SAMPLE, latency_us: null }), /latency/);
 });
 
 // ---- spawnServer ------------------------------------------------------------------
