@@ -201,13 +201,15 @@ async function runConnection(run: Run, connection: Connection): Promise<void> {
  * the message's latency counts from. A connection still busy with earlier
  * messages at `due` sends at once, late because of the server: its latency
  * counts from `due` (the coordinated-omission correction). One that was free
- * sleeps until `due`: the timer's own lateness is ours, not the server's,
- * so its latency counts from the actual send.
+ * sleeps until about `due` (timers have 1 ms steps: less than that early or
+ * late), and its latency counts from the actual send: the timer's lateness
+ * is ours, not the server's.
  */
 async function waitUntil(run: Run, due: number): Promise<number> {
   const free = performance.now();
   if (free >= due) return due;
-  await delay(Math.ceil(due - free), run.stopping.signal);
+  const wait = Math.floor(due - free);
+  if (wait >= 1) await delay(wait, run.stopping.signal);
   return performance.now();
 }
 

@@ -16,6 +16,7 @@ import type { ConnectOptions } from "./client.ts";
 
 // The public names main.ts and the tests take from here.
 export {
+  type ErrorGroup,
   formatInterval,
   formatProgress,
   formatReport,
