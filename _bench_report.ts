@@ -75,6 +75,8 @@ export function benchResult(run: {
   errors: number;
   rate: number;
   perConnection: PerConnection | null;
+  /** UDP: datagrams not answered in time. @default {0} */
+  lost?: number;
 }): BenchResult {
   const seconds = run.windowMs / 1000;
   const perSecond = (n: number) => seconds > 0 ? round(n / seconds, 1) : 0;
@@ -95,7 +97,7 @@ export function benchResult(run: {
       ? latencySummary(run.uncorrected)
       : null,
     connects_per_s: run.pattern === "connect" ? perSecond(run.messages) : null,
-    lost: 0,
+    lost: run.lost ?? 0,
     per_conn: run.perConnection,
   };
 }
