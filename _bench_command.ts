@@ -114,14 +114,31 @@ const ERRORS_SHOWN = 5;
 /** Most worker threads. */
 const MAX_THREADS = 64;
 
+const MERGE_OPTIONS = {
+  json: {
+    type: "boolean",
+    help: "one JSON object on stdout instead of the report",
+  },
+} as const satisfies Options;
+
+const MERGE_USAGE =
+  "usage: tcpecho bench merge [--json] FILE.hlog…  (tcpecho bench merge --help)";
+
 /** `tcpecho bench merge`: one report from several `--hlog` files. */
 const mergeCommand: Command<typeof MERGE_OPTIONS> = {
   name: "merge",
   summary: "one report from the --hlog files of several runs",
-  usage:
-    "usage: tcpecho bench merge [--json] FILE.hlog…  (tcpecho bench merge --help)",
-  help: "",
-  options: {} as typeof MERGE_OPTIONS,
+  usage: MERGE_USAGE,
+  help: formatHelp({
+    usage: MERGE_USAGE,
+    description:
+      `Add up the HdrHistogram logs (--hlog) of several bench runs, on one machine
+or many, into one report: histograms exactly, connections and errors summed,
+rates over the time the logs span together.`,
+    options: MERGE_OPTIONS,
+    width: 16,
+  }),
+  options: MERGE_OPTIONS,
   allowPositionals: true,
   async run(values, positionals) {
     if (positionals.length === 0) {
@@ -146,22 +163,6 @@ const mergeCommand: Command<typeof MERGE_OPTIONS> = {
     return 0;
   },
 };
-const MERGE_OPTIONS = {
-  json: {
-    type: "boolean",
-    help: "one JSON object on stdout instead of the report",
-  },
-} as const satisfies Options;
-mergeCommand.options = MERGE_OPTIONS;
-mergeCommand.help = formatHelp({
-  usage: mergeCommand.usage,
-  description:
-    `Add up the HdrHistogram logs (--hlog) of several bench runs, on one machine
-or many, into one report: histograms exactly, connections and errors summed,
-rates over the time the logs span together.`,
-  options: MERGE_OPTIONS,
-  width: 16,
-});
 
 /** `tcpecho bench`: load-test an echo server, checking every echoed byte. */
 export const benchCommand: Command<typeof OPTIONS> = {
