@@ -60,38 +60,21 @@ type Yaml = any;
 
 /**
  * Options the SPEC names that this CLI does not have yet: `--admin` (#11),
- * `--udp` (#12), `--hlog` (#13). Each is added to its command's table only
+ * `--udp` (#12). Each is added to its command's table only
  * while the real row is missing, so once one lands, the real row (its type,
  * its checks) parses the manifests and the Dockerfile, and its entry here can
  * go.
  */
 const PENDING_OPTIONS: Record<string, Options> = {
   server: { admin: { type: "string" }, udp: { type: "boolean" } },
-  bench: { hlog: { type: "string" } },
-};
-
-/** `tcpecho bench merge FILE…` (#13), used while `bench` has no `merge`. */
-const PENDING_MERGE: Command = {
-  name: "merge",
-  summary: "",
-  usage: "",
-  help: "",
-  options: { json: { type: "boolean" } },
-  allowPositionals: true,
-  run: () => Promise.resolve(0),
 };
 
 function withPending(command: Command): Command {
   const pending = Object.entries(PENDING_OPTIONS[command.name] ?? {})
     .filter(([name]) => !(name in command.options));
-  const commands = command.name === "bench" &&
-      !command.commands?.some(({ name }) => name === "merge")
-    ? [...command.commands ?? [], PENDING_MERGE]
-    : command.commands;
   return {
     ...command,
     options: { ...command.options, ...Object.fromEntries(pending) },
-    commands,
   };
 }
 

@@ -46,12 +46,19 @@ export {
 } from "./client.ts";
 export {
   BENCH_DEFAULTS,
+  type BenchInterval,
+  type BenchIntervalListener,
   type BenchOptions,
   type BenchPattern,
   type BenchProgress,
   type BenchResult,
+  type ErrorGroup,
   formatReport,
+  LatencyHistogram,
   type LatencySummary,
+  type PerConnection,
+  type ReportDetails,
   runBench,
 } from "./bench.ts";
+export type { Bar, SparseCounts } from "./_histogram.ts";
 export type { Reader, Writer } from "./io.ts";
