@@ -8,6 +8,7 @@
  */
 import type { Logger } from "@logtape/logtape";
 import { escapePreview, isDisconnect, writeAll } from "./io.ts";
+import { Seconds } from "./log.ts";
 
 /** Read buffer bounds: see {@linkcode ReadBuffer}. */
 const MIN_READ_BYTES = 1024;
@@ -142,9 +143,9 @@ export class Session {
     } finally {
       this.#endedAt = performance.now();
       log.info(
-        "[{peer}] offline ({duration}, {bytesIn} bytes in, {bytesOut} bytes out)",
+        "[{peer}] offline ({duration_s} s, {bytesIn} bytes in, {bytesOut} bytes out)",
         {
-          duration: seconds(this.durationMs),
+          duration_s: new Seconds(this.durationMs),
           bytesIn: this.bytesIn,
           bytesOut: this.bytesOut,
         },
