@@ -10,6 +10,7 @@ import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
 import { listen, removeSocketFile } from "./_listen.ts";
 import { type Echo, echoLines, echoRaw, seconds, Session } from "./_session.ts";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
+import { Seconds } from "./log.ts";
 
 export { removeStaleSocket } from "./_listen.ts";
 
@@ -47,6 +48,12 @@ export interface ServeOptions {
   handshakeTimeoutMs?: number;
   /** Listen backlog (tests use `1` to make connects hang). */
   tcpBacklog?: number;
+  /**
+   * TCP and TLS: bind with `SO_REUSEPORT` (Linux; needs `--unstable-net`),
+   * so that several servers share the port and the kernel spreads their
+   * connections. @default {false}
+   */
+  reusePort?: boolean;
   /**
    * Called as each connection changes state (see {@linkcode ConnEvent}):
    * once per connection per state, never per message. What it throws is
@@ -160,6 +167,30 @@ export function serve(options: ServeOptions = {}): Server {
 }
 
 /**
+ * What a server started by {@linkcode serveInPool} shares with the other
+ * servers of the CLI's worker pool. Not library API: `_server_worker.ts`
+ * alone uses it.
+ */
+export interface PoolMember {
+  /** The pool's limits, counted over all its servers. */
+  limits: ConnLimits;
+  /**
+   * Told, where a lone server logs `stopping: …`, how many connections its
+   * drain waits for (`0` too): the pool logs one line for all.
+   */
+  onDraining(connections: number): void;
+}
+
+/**
+ * {@linkcode serve} for one server of the CLI's worker pool: it counts
+ * against the pool's limits, and logs neither `listening on`, `stopping:`
+ * nor `stopped:` (the pool logs them once, with totals).
+ */
+export function serveInPool(options: ServeOptions, member: PoolMember): Server {
+  return new EchoServer(options, member);
+}
+
+/**
  * The {@linkcode Server} behind {@linkcode serve}, split the way Go's
  * `http.Server` and mini-redis's `Listener` are: an accept loop with backoff,
  * admission (limits), one tracked task per connection, and a bounded drain on
@@ -190,10 +221,11 @@ class EchoServer implements Server {
   readonly #stopping = new AbortController();
   readonly #accepting: Promise<void>;
   readonly #markFinished: () => void;
+  readonly #member: PoolMember | undefined;
   #closing: Promise<void> | undefined;
   #unixCount = 0;
 
-  constructor(options: ServeOptions) {
+  constructor(options: ServeOptions, member?: PoolMember) {
     const {
       hostname = SERVE_DEFAULTS.hostname,
       port = SERVE_DEFAULTS.port,
@@ -208,13 +240,25 @@ class EchoServer implements Server {
       shutdownTimeoutMs = SERVE_DEFAULTS.shutdownTimeoutMs,
       handshakeTimeoutMs = SERVE_DEFAULTS.handshakeTimeoutMs,
       tcpBacklog,
+      reusePort,
       onConnState,
     } = options;
     // Listen first: if it throws, nothing else (no timer) was started.
-    this.#listener = listen({ hostname, port, path, cert, key, tcpBacklog });
+    this.#listener = listen({
+      hostname,
+      port,
+      path,
+      cert,
+      key,
+      tcpBacklog,
+      reusePort,
+    });
     this.addr = this.#listener.addr as Deno.NetAddr | Deno.UnixAddr;
-    const where = formatAddr(this.addr);
-    this.#log.info("listening on {where}", { where });
+    this.#member = member;
+    if (member === undefined) {
+      const where = formatAddr(this.addr);
+      this.#log.info("listening on {where}", { where });
+    }
 
     this.#path = path;
     this.#echo = mode === "line"
@@ -228,7 +272,8 @@ class EchoServer implements Server {
       : handshakeTimeoutMs;
     this.#shutdownTimeoutMs = shutdownTimeoutMs;
     this.#onConnState = onConnState;
-    this.#limits = new LocalConnLimits(maxConns, maxConnsPerIp);
+    this.#limits = member?.limits ??
+      new LocalConnLimits(maxConns, maxConnsPerIp);
     const idle = `idle for ${seconds(idleTimeoutMs)}`;
     this.#idle = new IdleSweep(
       idleTimeoutMs,
@@ -366,11 +411,17 @@ class EchoServer implements Server {
     this.#stopping.abort();
     this.#listener.close();
     await this.#accepting;
+    if (this.#member !== undefined) this.#member.onDraining(tasks.size);
+    else if (tasks.size > 0) {
+      log.info(
+        "stopping: waiting up to {timeout_s} s for {count} connections",
+        {
+          timeout_s: new Seconds(this.#shutdownTimeoutMs),
+          count: tasks.size,
+        },
+      );
+    }
     if (tasks.size > 0) {
-      log.info("stopping: waiting up to {timeout} for {count} connections", {
-        timeout: seconds(this.#shutdownTimeoutMs),
-        count: tasks.size,
-      });
       const deadline = Promise.withResolvers<void>();
       const timer = setTimeout(deadline.resolve, this.#shutdownTimeoutMs);
       try {
@@ -383,10 +434,15 @@ class EchoServer implements Server {
     }
     this.#idle[Symbol.dispose]();
     if (this.#path !== undefined) removeSocketFile(this.#path);
-    log.info("stopped: {served} connections served, {bytesOut} bytes echoed", {
-      served: this.stats.served,
-      bytesOut: this.stats.bytesOut,
-    });
+    if (this.#member === undefined) {
+      log.info(
+        "stopped: {served} connections served, {bytesOut} bytes echoed",
+        {
+          served: this.stats.served,
+          bytesOut: this.stats.bytesOut,
+        },
+      );
+    }
     this.#markFinished();
   }
 }
