@@ -6,6 +6,7 @@
 import {
   checkTarget,
   type Command,
+  type CommandContext,
   formatHelp,
   integer,
   oneOf,
@@ -14,13 +15,30 @@ import {
   secondsMs,
   UsageError,
 } from "./_cli.ts";
-import { LOG_DEFAULTS, LOG_FORMATS, LOG_LEVEL_NAMES } from "./log.ts";
+import { getLogger } from "@logtape/logtape";
+import {
+  boundIoTick,
+  IO_TICK_VAR,
+  type PoolOptions,
+  ServerPool,
+} from "./_server_pool.ts";
+import { formatAddr } from "./io.ts";
+import {
+  announce,
+  LOG_DEFAULTS,
+  LOG_FORMATS,
+  LOG_LEVEL_NAMES,
+  Seconds,
+  writeStderr,
+} from "./log.ts";
 import {
   removeStaleSocket,
-  serve,
   SERVE_DEFAULTS,
   type ServeOptions,
 } from "./server.ts";
+
+/** `--workers` when not given. */
+const WORKERS_DEFAULT = 1;
 
 const OPTIONS = {
   host: {
@@ -85,6 +103,12 @@ const OPTIONS = {
     help: "serve TLS (PEM certificate chain and key)",
   },
   "tls-key": { type: "string", arg: "FILE" }, // in the --tls-cert row
+  workers: {
+    type: "string",
+    arg: "N|auto",
+    help:
+      `serve in N worker threads, each listening on the port (Linux, TCP);\nauto: one per core (default ${WORKERS_DEFAULT})`,
+  },
   "log-level": {
     type: "string",
     choices: LOG_LEVEL_NAMES,
@@ -117,8 +141,10 @@ export const serverCommand: Command<typeof OPTIONS> = {
       "Echo every byte (raw, RFC 862) or every line (line mode) back to each client.",
     options: OPTIONS,
     width: 26,
-    notes:
-      "Logs go to stderr. SIGINT/SIGTERM stop gracefully; a second signal exits 130.",
+    notes: "Logs go to stderr; `listening on` is printed at any log level. " +
+      "SIGINT/SIGTERM/SIGHUP stop gracefully; a second one exits 130. " +
+      `SIGUSR1 logs the counters. ${IO_TICK_VAR} (default 128) bounds ` +
+      "each worker's I/O events per tick, which keeps busy connections even.",
   }),
   options: OPTIONS,
   async run(values, _positionals, ctx) {
@@ -155,15 +181,116 @@ export const serverCommand: Command<typeof OPTIONS> = {
       idleTimeoutMs: secondsMs(values, "idle-timeout"),
       shutdownTimeoutMs: secondsMs(values, "shutdown-timeout"),
     };
+    const workers = workerCount(values.workers, options.path !== undefined);
     await ctx.configureLogging(level, format);
     if (certFile !== undefined && keyFile !== undefined) {
       options.cert = await readPem(certFile, "TLS certificate", "CERTIFICATE");
       options.key = await readPem(keyFile, "TLS key", "PRIVATE KEY");
     }
     if (options.path !== undefined) await removeStaleSocket(options.path);
-    const server = serve(options);
-    using _signals = ctx.onStopSignals(() => void server.close());
-    await server.finished;
-    return 0;
+    return await runPool(ctx, {
+      workers,
+      serve: options,
+      level,
+      format,
+      onLog: writeStderr,
+    });
   },
 };
+
+/**
+ * `--workers`: a count, or `auto` for one per core. Above 1, each worker
+ * listens on the port with `SO_REUSEPORT`, which balances only on Linux, and
+ * which a unix socket does not have: there `auto` means 1.
+ *
+ * @throws {UsageError} for a bad value, or above 1 where it cannot work
+ */
+function workerCount(value: string | undefined, unix: boolean): number {
+  const linux = Deno.build.os === "linux" || Deno.build.os === "android";
+  if (value === "auto") {
+    return linux && !unix ? navigator.hardwareConcurrency : 1;
+  }
+  const n = integer({ workers: value }, "workers", [1, 1024]) ??
+    WORKERS_DEFAULT;
+  if (n > 1 && unix) {
+    throw new UsageError(
+      "--workers above 1 needs TCP: a unix socket has one listener",
+    );
+  }
+  if (n > 1 && !linux) {
+    throw new UsageError(
+      `--workers above 1 needs Linux (SO_REUSEPORT), not ${Deno.build.os}`,
+    );
+  }
+  return n;
+}
+
+/**
+ * Runs the server's worker pool until a stop signal: signal handlers first,
+ * then the workers, then `listening on` (at any log level); at the end
+ * `stopped:` with the totals. A worker's death ends it with that error.
+ *
+ * @returns the exit code
+ */
+async function runPool(
+  ctx: CommandContext,
+  options: Omit<PoolOptions, "onDraining">,
+): Promise<number> {
+  const log = getLogger(["tcpecho", "server"]);
+  const { serve, format } = options;
+  // Signals are heard from now on, before the workers start.
+  const running: { pool?: ServerPool; stopped?: boolean } = {};
+  using _stop = ctx.onStopSignals(() => {
+    running.stopped = true;
+    void running.pool?.close();
+  });
+  using _stats = ctx.onStatsSignal(() => {
+    running.pool?.stats().then(
+      ({ active, served, refused, bytesOut }) =>
+        log.info(
+          "stats: {active} active, {served} served, {refused} refused, {bytesOut} bytes echoed",
+          { active, served, refused, bytesOut },
+        ),
+      () => {}, // the pool is going down: finished says why
+    );
+  });
+  const tick = boundIoTick();
+  if (tick === undefined) {
+    log.warn(
+      "cannot set {name} (no --allow-env for it): under load, some connections may wait long",
+      { name: IO_TICK_VAR },
+    );
+  } else {
+    log.debug("{workers} workers, {name}={value} ({from})", {
+      workers: options.workers,
+      name: IO_TICK_VAR,
+      ...tick,
+    });
+  }
+  const pool = running.pool = await ServerPool.start({
+    ...options,
+    onDraining(count) {
+      if (count === 0) return;
+      log.info(
+        "stopping: waiting up to {timeout_s} s for {count} connections",
+        {
+          timeout_s: new Seconds(
+            serve.shutdownTimeoutMs ?? SERVE_DEFAULTS.shutdownTimeoutMs,
+          ),
+          count,
+        },
+      );
+    },
+  });
+  if (running.stopped) void pool.close();
+  else {
+    const where = formatAddr(pool.addr);
+    announce(format, ["tcpecho", "server"], "listening on {where}", { where });
+  }
+  const { served, bytesOut } = await pool.finished;
+  log.info("stopped: {served} connections served, {bytesOut} bytes echoed", {
+    served,
+    bytesOut,
+  });
+  return 0;
+}

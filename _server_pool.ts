@@ -1,0 +1,379 @@
+/**
+ * The `tcpecho server` worker pool, main isolate's side: starts N worker
+ * isolates (`_server_worker.ts`), each serving on the same address, whose
+ * runtimes take a bounded number of I/O events per tick (see
+ * {@linkcode boundIoTick}); sums their reports; stops them; and turns a
+ * worker's death into an error for the whole server. The message protocol
+ * is {@linkcode ToWorker} and {@linkcode FromWorker}. Private to
+ * `_server_command.ts`.
+ *
+ * @module
+ */
+import { SharedConnLimits, type SharedLimitsData } from "./_limits.ts";
+import { formatAddr } from "./io.ts";
+import type { LogFormat, LogLevelName } from "./log.ts";
+import {
+  SERVE_DEFAULTS,
+  type ServeOptions,
+  type ServerStats,
+} from "./server.ts";
+
+/** The variable Deno's runtime reads, at its start, for its I/O events per tick. */
+export const IO_TICK_VAR = "DENO_TOKIO_MAX_IO_EVENTS_PER_TICK";
+
+/**
+ * I/O events per tick in the workers' runtimes unless the environment says
+ * otherwise. Deno's default, 1024, lets one tick wake more socket reads than
+ * its 128-operation cooperative budget lets run, and 500 ping-pong clients
+ * starve (per-connection min/median 0.07); at 128 they stay even. The README
+ * ("Fairness and workers") has the measurements.
+ */
+export const IO_TICK_DEFAULT = 128;
+
+/** Main isolate → worker. */
+export type ToWorker =
+  | {
+    type: "start";
+    /** Which worker this is, from 0. */
+    index: number;
+    /** What to serve (plain data; the worker adds no callback but its own). */
+    options: ServeOptions;
+    /** The pool's limits, in shared memory. */
+    limits: SharedLimitsData;
+    /** How the worker logs; its lines come back in `log` messages. */
+    level: LogLevelName;
+    format: LogFormat;
+  }
+  /** Answer with `stats`. */
+  | { type: "stats" }
+  /** Stop gracefully: `draining`, then `stopped`. */
+  | { type: "stop" };
+
+/** Worker → main isolate. Messages of one worker arrive in order. */
+export type FromWorker =
+  /** It serves, at `addr`. */
+  | { type: "listening"; addr: Deno.NetAddr | Deno.UnixAddr }
+  /** It could not start: the error's message and its causes', outermost first. */
+  | { type: "failed"; messages: string[] }
+  /** Log lines, whole, each ending in `\n`: write them as they are. */
+  | { type: "log"; text: string }
+  /** Its counters now. */
+  | { type: "stats"; stats: ServerStats }
+  /** It stopped accepting and waits for this many connections. */
+  | { type: "draining"; connections: number }
+  /** It stopped; its final counters. */
+  | { type: "stopped"; stats: ServerStats }
+  /** An error nothing caught ended it (its logs were flushed first). */
+  | { type: "crashed"; message: string; stack?: string };
+
+/** Adds up the workers' counters: the one place totals are made. */
+export function sumStats(all: readonly ServerStats[]): ServerStats {
+  const total = { active: 0, served: 0, refused: 0, bytesIn: 0, bytesOut: 0 };
+  for (const stats of all) {
+    total.active += stats.active;
+    total.served += stats.served;
+    total.refused += stats.refused;
+    total.bytesIn += stats.bytesIn;
+    total.bytesOut += stats.bytesOut;
+  }
+  return total;
+}
+
+/**
+ * Sets {@linkcode IO_TICK_VAR} for the workers about to start, unless the
+ * environment has it (a value there wins). Such a value is valid: Deno's own
+ * runtime parsed it when this process started, with the same code a worker's
+ * runtime uses, and it panics on a bad one before any script runs.
+ *
+ * @returns the value the workers get and where it came from, or `undefined`
+ *   without permission to read and set the variable (`--allow-env`)
+ */
+export function boundIoTick():
+  | { value: string; from: "environment" | "default" }
+  | undefined {
+  const { state } = Deno.permissions.querySync({
+    name: "env",
+    variable: IO_TICK_VAR,
+  });
+  if (state !== "granted") return undefined;
+  const value = Deno.env.get(IO_TICK_VAR);
+  if (value !== undefined) return { value, from: "environment" };
+  Deno.env.set(IO_TICK_VAR, String(IO_TICK_DEFAULT));
+  return { value: String(IO_TICK_DEFAULT), from: "default" };
+}
+
+/** Options for {@linkcode ServerPool.start}. */
+export interface PoolOptions {
+  /** How many workers, each with its own listener; above 1, TCP on Linux only. */
+  workers: number;
+  /** What each worker serves (plain data: `onConnState` cannot cross). */
+  serve: ServeOptions;
+  /** The workers' log level and format. */
+  level: LogLevelName;
+  format: LogFormat;
+  /** Takes the workers' log lines, in batches of whole lines. */
+  onLog(text: string): void;
+  /**
+   * Told once every worker stopped accepting after
+   * {@linkcode ServerPool.close}: how many connections the drain waits for,
+   * in all.
+   */
+  onDraining?(connections: number): void;
+}
+
+/** How long a dead worker may take to deliver its last messages. */
+const LAST_WORDS_MS = 1000;
+
+/** The main isolate's view of one worker. */
+class Member {
+  readonly worker: Worker;
+  readonly index: number;
+  /** Resolves once it listens; rejects if it failed to start or died. */
+  readonly listening = Promise.withResolvers<Deno.NetAddr | Deno.UnixAddr>();
+  /** Resolves, once it stopped accepting, with the connections it waits for. */
+  readonly draining = Promise.withResolvers<number>();
+  /** Resolves with its final counters; rejects if it died. */
+  readonly stopped = Promise.withResolvers<ServerStats>();
+  /** Answers to `stats` requests, in order. */
+  readonly statsReplies: ((stats: ServerStats) => void)[] = [];
+  /** Settles when it can send nothing more (stopped, failed or dead). */
+  readonly gone = Promise.withResolvers<void>();
+  alive = true;
+
+  constructor(worker: Worker, index: number) {
+    this.worker = worker;
+    this.index = index;
+    this.listening.promise.catch(() => {});
+    this.stopped.promise.catch(() => {});
+  }
+
+  post(message: ToWorker): void {
+    if (this.alive) this.worker.postMessage(message);
+  }
+}
+
+/**
+ * A running pool of server workers: {@linkcode ServerPool.start} resolves
+ * once every worker listens. Like a `Server`: `addr`, `finished`, `close()`.
+ */
+export class ServerPool implements AsyncDisposable {
+  /** Where every worker listens. */
+  readonly addr: Deno.NetAddr | Deno.UnixAddr;
+  /**
+   * Resolves with the totals once every worker stopped after
+   * {@linkcode ServerPool.close}; rejects once a worker died (or failed) and
+   * the others stopped: the server is down either way.
+   */
+  readonly finished: Promise<ServerStats>;
+  readonly #members: Member[];
+  readonly #onDraining: ((connections: number) => void) | undefined;
+  #closing: Promise<ServerStats> | undefined;
+  #failure: Error | undefined;
+
+  private constructor(
+    members: Member[],
+    addr: Deno.NetAddr | Deno.UnixAddr,
+    onDraining: ((connections: number) => void) | undefined,
+  ) {
+    this.#members = members;
+    this.addr = addr;
+    this.#onDraining = onDraining;
+    this.finished = this.#watch();
+    this.finished.catch(() => {});
+  }
+
+  /**
+   * Starts the workers and waits until each listens.
+   *
+   * @throws {Error} `cannot listen on ADDR` (with the OS error as `cause`)
+   *   when the address is taken or bad; or the first worker's failure; the
+   *   workers already started are stopped first
+   */
+  static async start(options: PoolOptions): Promise<ServerPool> {
+    const { workers, serve, level, format } = options;
+    let port = serve.port ?? SERVE_DEFAULTS.port;
+    const reusePort = workers > 1;
+    if (reusePort) port = claimPort(serve.hostname, port);
+    const limits = SharedConnLimits.create(
+      serve.maxConns ?? SERVE_DEFAULTS.maxConns,
+      serve.maxConnsPerIp ?? SERVE_DEFAULTS.maxConnsPerIp,
+    );
+    const members: Member[] = [];
+    for (let index = 0; index < workers; index++) {
+      const member = spawn(index, options);
+      members.push(member);
+      member.post({
+        type: "start",
+        index,
+        options: { ...serve, port, reusePort },
+        limits,
+        level,
+        format,
+      });
+    }
+    const started = await Promise.allSettled(
+      members.map((m) => m.listening.promise),
+    );
+    const failed = started.find((s) => s.status === "rejected");
+    if (failed !== undefined) {
+      await stopAll(members);
+      throw failed.reason;
+    }
+    const [first] = started as PromiseFulfilledResult<Deno.NetAddr>[];
+    return new ServerPool(members, first.value, options.onDraining);
+  }
+
+  /**
+   * The workers' counters now, summed (each worker answers a request).
+   *
+   * @throws {Error} when a worker stops or dies before it answers: the
+   *   totals would be partial
+   */
+  async stats(): Promise<ServerStats> {
+    const replies = this.#members.map((m) => {
+      const { promise, resolve } = Promise.withResolvers<ServerStats>();
+      m.statsReplies.push(resolve);
+      m.post({ type: "stats" });
+      const gone = m.gone.promise.then(() => {
+        throw new Error(`worker ${m.index + 1} is gone`);
+      });
+      return Promise.race([promise, gone]);
+    });
+    return sumStats(await Promise.all(replies));
+  }
+
+  /**
+   * Stops gracefully: every worker stops accepting, waits for its clients
+   * (up to the shutdown timeout), and reports. Idempotent.
+   *
+   * @returns {@linkcode ServerPool.finished}
+   */
+  close(): Promise<ServerStats> {
+    this.#closing ??= (async () => {
+      const live = this.#members.filter((m) => m.alive);
+      for (const m of live) m.post({ type: "stop" });
+      const waiting = await Promise.all(
+        live.map((m) =>
+          Promise.race([m.draining.promise, m.gone.promise.then(() => 0)])
+        ),
+      );
+      this.#onDraining?.(waiting.reduce((a, b) => a + b, 0));
+      return await this.finished;
+    })();
+    return this.#closing;
+  }
+
+  /** Closes; a worker's failure is for {@linkcode ServerPool.finished} to tell. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close().catch(() => {});
+  }
+
+  /** Settles `finished`: the totals, or the first failure once all stopped. */
+  async #watch(): Promise<ServerStats> {
+    const members = this.#members;
+    const results = members.map((m) =>
+      m.stopped.promise.catch((err: Error) => {
+        // One worker down: stop the others gracefully, then fail.
+        this.#failure ??= err;
+        for (const other of members) other.post({ type: "stop" });
+        return undefined;
+      })
+    );
+    const all = await Promise.all(results);
+    await stopAll(members);
+    if (this.#failure !== undefined) throw this.#failure;
+    return sumStats(all.filter((s) => s !== undefined));
+  }
+}
+
+/**
+ * Checks that nothing listens on `hostname:port` (port `0`: picks a free
+ * one) by binding it alone, without `SO_REUSEPORT`, and lets go: the workers
+ * then bind it together. Without this, a second server on the port would
+ * silently share it.
+ *
+ * @returns the port
+ * @throws {Error} `cannot listen on ADDR`, with the OS error as `cause`
+ */
+function claimPort(
+  hostname: string = SERVE_DEFAULTS.hostname,
+  port: number,
+): number {
+  let probe: Deno.Listener;
+  try {
+    probe = Deno.listen({ hostname, port });
+  } catch (cause) {
+    const where = formatAddr({ transport: "tcp", hostname, port });
+    throw new Error(`cannot listen on ${where}`, { cause });
+  }
+  const claimed = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  return claimed;
+}
+
+/** Starts worker `index` and routes what it says to its {@linkcode Member}. */
+function spawn(index: number, options: PoolOptions): Member {
+  const worker = new Worker(
+    new URL("./_server_worker.ts", import.meta.url),
+    { type: "module", name: `server ${index + 1}` },
+  );
+  const m = new Member(worker, index);
+  const name = `worker ${index + 1} of ${options.workers}`;
+  const die = (err: Error) => {
+    if (!m.alive) return;
+    m.alive = false;
+    m.listening.reject(err);
+    m.stopped.reject(err);
+    m.gone.resolve();
+  };
+  worker.onmessage = ({ data }: MessageEvent<FromWorker>) => {
+    switch (data.type) {
+      case "listening":
+        return m.listening.resolve(data.addr);
+      case "failed":
+        return die(chain(data.messages));
+      case "log":
+        return options.onLog(data.text);
+      case "stats":
+        return m.statsReplies.shift()?.(data.stats);
+      case "draining":
+        return m.draining.resolve(data.connections);
+      case "stopped":
+        m.alive = false;
+        m.stopped.resolve(data.stats);
+        return m.gone.resolve();
+      case "crashed": {
+        const err = new Error(`${name} failed: ${data.message}`);
+        if (data.stack !== undefined) err.stack = data.stack;
+        return die(err);
+      }
+    }
+  };
+  // A worker catches its own uncaught errors and says `crashed`; this is for
+  // what escapes that (its module failing to load, say). Its last messages
+  // may still be on their way: give them a moment before it is terminated.
+  worker.onerror = (event) => {
+    event.preventDefault();
+    const err = new Error(`${name} failed: ${event.message}`);
+    const timer = setTimeout(() => die(err), LAST_WORDS_MS);
+    m.gone.promise.finally(() => clearTimeout(timer));
+  };
+  worker.onmessageerror = () => die(new Error(`${name}: unreadable message`));
+  return m;
+}
+
+/** An `Error` whose message and causes are `messages`, outermost first. */
+function chain(messages: string[]): Error {
+  let err: Error | undefined;
+  for (const message of messages.toReversed()) {
+    err = new Error(message, err === undefined ? undefined : { cause: err });
+  }
+  return err ?? new Error("worker failed");
+}
+
+/** Asks every live worker to stop, waits until each is gone, terminates all. */
+async function stopAll(members: Member[]): Promise<void> {
+  for (const m of members) m.post({ type: "stop" });
+  await Promise.all(members.map((m) => m.gone.promise));
+  for (const m of members) m.worker.terminate();
+}

@@ -1,0 +1,146 @@
+/// <reference no-default-lib="true" />
+/// <reference lib="deno.worker" />
+/**
+ * One worker of the `tcpecho server` pool (see `_server_pool.ts`): runs a
+ * server in this isolate, whose runtime was started with a bounded I/O tick,
+ * and speaks the pool's message protocol. It exports nothing.
+ *
+ * Its log lines go to the main isolate in batches (`log` messages), which
+ * writes them whole. An error nothing caught is flushed and reported as
+ * `crashed`, and the worker closes: the pool then stops the server.
+ *
+ * @module
+ */
+import { configureSync, getLogger } from "@logtape/logtape";
+import { SharedConnLimits } from "./_limits.ts";
+import type { FromWorker, ToWorker } from "./_server_pool.ts";
+import { BatchSink, LOG_LEVELS } from "./log.ts";
+import {
+  type ConnEvent,
+  serveInPool,
+  type ServeOptions,
+  type Server,
+} from "./server.ts";
+
+/**
+ * Test hook (server_pool_test.ts): with `TCPECHO_TEST_CRASH=stats` in the
+ * environment, worker 1 logs a warning and throws an uncaught error when
+ * asked for its stats (SIGUSR1); with `=open`, when it opens a connection.
+ * Read only when permission for it was granted (`deno run -A`, as the tests
+ * run it); a compiled binary never has it.
+ */
+const CRASH_VAR = "TCPECHO_TEST_CRASH";
+
+function post(message: FromWorker): void {
+  self.postMessage(message);
+}
+
+let server: Server | undefined;
+let sink: BatchSink | undefined;
+let crashOn: string | undefined;
+let stopping = false;
+
+function crash(why: string): never {
+  getLogger(["tcpecho", "server"]).warn("crashing on purpose ({why})", {
+    why,
+  });
+  throw new Error(`test crash on ${why}`);
+}
+
+function start(message: Extract<ToWorker, { type: "start" }>): void {
+  const { index, options, limits, level, format } = message;
+  sink = new BatchSink(format, (text) => post({ type: "log", text }));
+  configureSync({
+    sinks: { out: sink.sink },
+    loggers: [
+      { category: ["tcpecho"], lowestLevel: LOG_LEVELS[level], sinks: ["out"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["out"] },
+    ],
+  });
+  if (index === 0) crashOn = testCrash();
+  const serving: ServeOptions = { ...options };
+  if (crashOn === "open") {
+    serving.onConnState = (event: ConnEvent) => {
+      if (event.state === "open") setTimeout(() => crash("open"));
+    };
+  }
+  try {
+    server = serveInPool(serving, {
+      limits: new SharedConnLimits(limits),
+      onDraining(connections) {
+        sink?.flush();
+        post({ type: "draining", connections });
+      },
+    });
+  } catch (err) {
+    sink.flush();
+    post({ type: "failed", messages: causes(err) });
+    return;
+  }
+  post({ type: "listening", addr: server.addr });
+}
+
+async function stop(): Promise<void> {
+  if (server === undefined || stopping) return;
+  stopping = true;
+  await server.close();
+  sink?.flush();
+  post({ type: "stopped", stats: { ...server.stats } });
+}
+
+self.onmessage = ({ data }: MessageEvent<ToWorker>) => {
+  switch (data.type) {
+    case "start":
+      return start(data);
+    case "stats":
+      if (crashOn === "stats") crash("stats");
+      if (server !== undefined) {
+        post({ type: "stats", stats: { ...server.stats } });
+      }
+      return;
+    case "stop":
+      return void stop(); // every failure in it ends up in the handlers below
+  }
+};
+
+// Anything uncaught: flush what was logged, say so, and end this worker.
+function crashed(error: unknown, message: string): void {
+  try {
+    sink?.flush();
+  } finally {
+    post({
+      type: "crashed",
+      message,
+      stack: error instanceof Error ? error.stack : undefined,
+    });
+    self.close();
+  }
+}
+
+self.addEventListener("error", (event) => {
+  event.preventDefault();
+  crashed(event.error, event.message);
+});
+
+self.addEventListener("unhandledrejection", (event) => {
+  event.preventDefault();
+  crashed(event.reason, `Uncaught (in promise) ${String(event.reason)}`);
+});
+
+/** The messages of `err` and its causes, outermost first. */
+function causes(err: unknown): string[] {
+  const messages: string[] = [];
+  for (let e = err; e !== undefined; e = (e as Error).cause) {
+    messages.push(e instanceof Error ? e.message : String(e));
+    if (!(e instanceof Error)) break;
+  }
+  return messages;
+}
+
+function testCrash(): string | undefined {
+  const { state } = Deno.permissions.querySync({
+    name: "env",
+    variable: CRASH_VAR,
+  });
+  return state === "granted" ? Deno.env.get(CRASH_VAR) : undefined;
+}
