@@ -8,7 +8,7 @@
  */
 import type { Logger } from "@logtape/logtape";
 import { escapePreview, isDisconnect, writeAll } from "./io.ts";
-import { Seconds } from "./log.ts";
+import { Seconds, Template } from "./log.ts";
 
 /** Read buffer bounds: see {@linkcode ReadBuffer}. */
 const MIN_READ_BYTES = 1024;
@@ -17,6 +17,11 @@ const MAX_READ_BYTES = 256 * 1024;
 const SHRINK_AFTER_READS = 4;
 /** How much of a message a log line shows. */
 const PREVIEW_CHARS = 80;
+/** The two lines every connection logs: templates parsed once. */
+const ONLINE = new Template("[{peer}] online");
+const OFFLINE = new Template(
+  "[{peer}] offline ({duration_s} s, {bytesIn} bytes in, {bytesOut} bytes out)",
+);
 
 /** Server-wide byte counters a session adds to as bytes move. */
 export interface ByteTotals {
@@ -55,6 +60,8 @@ export class Session {
    */
   closeReason?: string;
   readonly #totals: ByteTotals;
+  /** The server's logger, for {@linkcode Template.log}. */
+  readonly #serverLog: Logger;
   readonly #startedAt = performance.now();
   #endedAt?: number;
 
@@ -75,6 +82,7 @@ export class Session {
     this.peer = peer;
     this.ip = ip;
     this.#totals = totals;
+    this.#serverLog = log;
     this.log = log.with({ peer });
   }
 
@@ -122,8 +130,8 @@ export class Session {
    */
   async run(echo: Echo, handshakeTimeoutMs?: number): Promise<void> {
     using _conn = this.conn; // closed however we leave
-    const { log } = this;
-    log.info("[{peer}] online");
+    const { log, peer } = this;
+    ONLINE.log(this.#serverLog, "info", { peer });
     try {
       if (handshakeTimeoutMs !== undefined) {
         await handshake(this, handshakeTimeoutMs);
@@ -142,14 +150,12 @@ export class Session {
       }
     } finally {
       this.#endedAt = performance.now();
-      log.info(
-        "[{peer}] offline ({duration_s} s, {bytesIn} bytes in, {bytesOut} bytes out)",
-        {
-          duration_s: new Seconds(this.durationMs),
-          bytesIn: this.bytesIn,
-          bytesOut: this.bytesOut,
-        },
-      );
+      OFFLINE.log(this.#serverLog, "info", {
+        peer,
+        duration_s: new Seconds(this.durationMs),
+        bytesIn: this.bytesIn,
+        bytesOut: this.bytesOut,
+      });
     }
   }
 }

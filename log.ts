@@ -14,6 +14,7 @@
  */
 import {
   configure,
+  type Logger,
   type LogLevel,
   type LogRecord,
   sanitizeControlSequences,
@@ -234,6 +235,67 @@ export class BatchSink implements Disposable {
   /** Flushes. */
   [Symbol.dispose](): void {
     this.flush();
+  }
+}
+
+/**
+ * A message template parsed once, for the lines logged per connection:
+ * {@linkcode Template.log} emits the record `logger.info(template,
+ * properties)` would, for about half its cost (no parsing and no property
+ * merging per record). Pass every property: a `with()` context is not added.
+ *
+ * @example
+ * ```ts ignore
+ * const OFFLINE = new Template("[{peer}] offline ({bytesIn} bytes in)");
+ * OFFLINE.log(log, "info", { peer, bytesIn });
+ * ```
+ */
+export class Template {
+  /** The LogTape message template: `[{peer}] online`. */
+  readonly template: string;
+  readonly #texts: string[] = [];
+  readonly #keys: string[] = [];
+
+  /** Parses `template`: `{name}` is the property `name`. */
+  constructor(template: string) {
+    this.template = template;
+    let rest = template;
+    for (let m = /\{(\w+)\}/.exec(rest); m; m = /\{(\w+)\}/.exec(rest)) {
+      this.#texts.push(rest.slice(0, m.index));
+      this.#keys.push(m[1]);
+      rest = rest.slice(m.index + m[0].length);
+    }
+    this.#texts.push(rest);
+  }
+
+  /** The message parts of a record: texts and values, interleaved. */
+  message(properties: Record<string, unknown>): unknown[] {
+    const texts = this.#texts;
+    const keys = this.#keys;
+    const message: unknown[] = [texts[0]];
+    for (let i = 0; i < keys.length; i++) {
+      message.push(properties[keys[i]], texts[i + 1]);
+    }
+    return message;
+  }
+
+  /** Logs at `level` through `logger` (a logger made by `getLogger`, not `with()`). */
+  log(
+    logger: Logger,
+    level: LogLevel,
+    properties: Record<string, unknown>,
+  ): void {
+    if (!logger.isEnabledFor(level)) return;
+    // With `category`, LogTape dispatches the record as it is.
+    const record = {
+      category: logger.category,
+      level,
+      timestamp: Date.now(),
+      rawMessage: this.template,
+      message: this.message(properties),
+      properties,
+    };
+    logger.emit(record);
   }
 }
 
