@@ -16,12 +16,8 @@ import {
   UsageError,
 } from "./_cli.ts";
 import { getLogger } from "@logtape/logtape";
-import {
-  boundIoTick,
-  IO_TICK_VAR,
-  type PoolOptions,
-  ServerPool,
-} from "./_server_pool.ts";
+import { type PoolOptions, ServerPool } from "./_server_pool.ts";
+import { boundIoTick, IO_EVENTS_ENV, IO_EVENTS_PER_TICK } from "./_tick.ts";
 import { formatAddr } from "./io.ts";
 import {
   announce,
@@ -141,10 +137,11 @@ export const serverCommand: Command<typeof OPTIONS> = {
       "Echo every byte (raw, RFC 862) or every line (line mode) back to each client.",
     options: OPTIONS,
     width: 26,
-    notes: "Logs go to stderr; `listening on` is printed at any log level. " +
-      "SIGINT/SIGTERM/SIGHUP stop gracefully; a second one exits 130. " +
-      `SIGUSR1 logs the counters. ${IO_TICK_VAR} (default 128) bounds ` +
-      "each worker's I/O events per tick, which keeps busy connections even.",
+    notes: "Logs go to stderr; `listening on` is printed at any log level.\n" +
+      "SIGINT/SIGTERM/SIGHUP stop gracefully, a second one exits 130; " +
+      "SIGUSR1 logs\nthe counters. Workers take at most " +
+      `${IO_EVENTS_ENV} (${IO_EVENTS_PER_TICK}\nunless set) ` +
+      "I/O events per tick: that keeps busy connections even.",
   }),
   options: OPTIONS,
   async run(values, _positionals, ctx) {
@@ -254,19 +251,19 @@ async function runPool(
       () => {}, // the pool is going down: finished says why
     );
   });
+  // Before the workers start: their runtimes read it as they start.
   const tick = boundIoTick();
-  if (tick === undefined) {
+  if (tick.source === "default") {
     log.warn(
       "cannot set {name} (no --allow-env for it): under load, some connections may wait long",
-      { name: IO_TICK_VAR },
+      { name: IO_EVENTS_ENV },
     );
-  } else {
-    log.debug("{workers} workers, {name}={value} ({from})", {
-      workers: options.workers,
-      name: IO_TICK_VAR,
-      ...tick,
-    });
   }
+  log.debug("{workers} workers, {name}={value} ({source})", {
+    workers: options.workers,
+    name: IO_EVENTS_ENV,
+    ...tick,
+  });
   const pool = running.pool = await ServerPool.start({
     ...options,
     onDraining(count) {

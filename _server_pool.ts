@@ -18,18 +18,6 @@ import {
   type ServerStats,
 } from "./server.ts";
 
-/** The variable Deno's runtime reads, at its start, for its I/O events per tick. */
-export const IO_TICK_VAR = "DENO_TOKIO_MAX_IO_EVENTS_PER_TICK";
-
-/**
- * I/O events per tick in the workers' runtimes unless the environment says
- * otherwise. Deno's default, 1024, lets one tick wake more socket reads than
- * its 128-operation cooperative budget lets run, and 500 ping-pong clients
- * starve (per-connection min/median 0.07); at 128 they stay even. The README
- * ("Fairness and workers") has the measurements.
- */
-export const IO_TICK_DEFAULT = 128;
-
 /** Main isolate → worker. */
 export type ToWorker =
   | {
@@ -77,29 +65,6 @@ export function sumStats(all: readonly ServerStats[]): ServerStats {
     total.bytesOut += stats.bytesOut;
   }
   return total;
-}
-
-/**
- * Sets {@linkcode IO_TICK_VAR} for the workers about to start, unless the
- * environment has it (a value there wins). Such a value is valid: Deno's own
- * runtime parsed it when this process started, with the same code a worker's
- * runtime uses, and it panics on a bad one before any script runs.
- *
- * @returns the value the workers get and where it came from, or `undefined`
- *   without permission to read and set the variable (`--allow-env`)
- */
-export function boundIoTick():
-  | { value: string; from: "environment" | "default" }
-  | undefined {
-  const { state } = Deno.permissions.querySync({
-    name: "env",
-    variable: IO_TICK_VAR,
-  });
-  if (state !== "granted") return undefined;
-  const value = Deno.env.get(IO_TICK_VAR);
-  if (value !== undefined) return { value, from: "environment" };
-  Deno.env.set(IO_TICK_VAR, String(IO_TICK_DEFAULT));
-  return { value: String(IO_TICK_DEFAULT), from: "default" };
 }
 
 /** Options for {@linkcode ServerPool.start}. */

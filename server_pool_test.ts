@@ -438,7 +438,7 @@ Deno.test("tcpecho server: DENO_TOKIO_MAX_IO_EVENTS_PER_TICK from the environmen
   const inherited = Deno.env.get("DENO_TOKIO_MAX_IO_EVENTS_PER_TICK");
   for (
     const [env, said] of [
-      [{}, inherited ? `=${inherited} (environment)` : "=128 (default)"],
+      [{}, inherited ? `=${inherited} (environment)` : "=128 (set)"],
       [{ DENO_TOKIO_MAX_IO_EVENTS_PER_TICK: "64" }, "=64 (environment)"],
     ] as const
   ) {
