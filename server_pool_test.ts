@@ -122,6 +122,36 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "tcpecho server --workers auto listens once per core; TLS works with workers",
+  ignore: !linux,
+  async fn() {
+    const testdata = (name: string) =>
+      new URL(`./testdata/${name}`, import.meta.url).pathname;
+    await using server = await Server.start([
+      "--port",
+      "0",
+      "--workers",
+      "auto",
+      "--tls-cert",
+      testdata("server.pem"),
+      "--tls-key",
+      testdata("server-key.pem"),
+    ]);
+    assert.equal(listeners(server.port), navigator.hardwareConcurrency);
+    const caCerts = [await Deno.readTextFile(testdata("ca.pem"))];
+    for (let i = 0; i < 4; i++) {
+      using conn = await Deno.connectTls({
+        hostname: "localhost",
+        port: server.port,
+        caCerts,
+      });
+      assert.deepEqual(await roundTrip(conn, bytes("tls")), bytes("tls"));
+    }
+  },
+});
+
 Deno.test("tcpecho server --workers takes a count or auto, where it can work", async () => {
   const usage = async (args: string[], message: RegExp) => {
     await using server = new Server(args);
