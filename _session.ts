@@ -46,8 +46,6 @@ export class Session {
   readonly peer: string;
   /** The client address limits count by (`unix` for Unix sockets). */
   readonly ip: string;
-  /** The server's logger with `peer` attached. */
-  readonly log: Logger;
   /** Bytes received on this connection. */
   bytesIn = 0;
   /** Bytes echoed on this connection. */
@@ -62,6 +60,7 @@ export class Session {
   readonly #totals: ByteTotals;
   /** The server's logger, for {@linkcode Template.log}. */
   readonly #serverLog: Logger;
+  #log?: Logger;
   readonly #startedAt = performance.now();
   #endedAt?: number;
 
@@ -83,7 +82,19 @@ export class Session {
     this.ip = ip;
     this.#totals = totals;
     this.#serverLog = log;
-    this.log = log.with({ peer });
+  }
+
+  /**
+   * The server's logger with `peer` attached; made on first use, since most
+   * connections log only their two lines (and an idle one costs less).
+   */
+  get log(): Logger {
+    return this.#log ??= this.#serverLog.with({ peer: this.peer });
+  }
+
+  /** Whether debug records are logged: the echo loops log each message then. */
+  get debugging(): boolean {
+    return this.#serverLog.isEnabledFor("debug");
   }
 
   /** Milliseconds since accept, up to the end of {@linkcode Session.run}. */
@@ -130,7 +141,7 @@ export class Session {
    */
   async run(echo: Echo, handshakeTimeoutMs?: number): Promise<void> {
     using _conn = this.conn; // closed however we leave
-    const { log, peer } = this;
+    const { peer } = this;
     ONLINE.log(this.#serverLog, "info", { peer });
     try {
       if (handshakeTimeoutMs !== undefined) {
@@ -139,14 +150,16 @@ export class Session {
       await echo(this);
     } catch (err) {
       if (this.closeReason !== undefined) {
-        log.info("[{peer}] closing: {reason}", { reason: this.closeReason });
+        this.log.info("[{peer}] closing: {reason}", {
+          reason: this.closeReason,
+        });
       } else if (err instanceof LimitError || err instanceof HandshakeError) {
         this.closeReason = err.message;
-        log.warn("[{peer}] closing: {reason}", { reason: err.message });
+        this.log.warn("[{peer}] closing: {reason}", { reason: err.message });
       } else if (isDisconnect(err)) {
-        log.debug("[{peer}] {err}", { err: String(err) });
+        this.log.debug("[{peer}] {err}", { err: String(err) });
       } else {
-        log.error("[{peer}] connection failed: {err}", { err });
+        this.log.error("[{peer}] connection failed: {err}", { err });
       }
     } finally {
       this.#endedAt = performance.now();
@@ -196,8 +209,8 @@ async function handshake(session: Session, timeoutMs: number): Promise<void> {
 
 /** Raw mode (RFC 862): every byte back as it arrives. */
 export async function echoRaw(session: Session): Promise<void> {
-  const { conn, log } = session;
-  const debug = log.isEnabledFor("debug");
+  const { conn } = session;
+  const debug = session.debugging;
   const rb = new ReadBuffer();
   for (
     let n = await conn.read(rb.bytes);
@@ -211,7 +224,7 @@ export async function echoRaw(session: Session): Promise<void> {
     const written = await conn.write(out);
     if (written < n) await writeAll(conn, out.subarray(written));
     session.sent(n);
-    if (debug) log.debug("[{peer}] echoed {n} bytes", { n });
+    if (debug) session.log.debug("[{peer}] echoed {n} bytes", { n });
     rb.adapt(n);
   }
   await conn.closeWrite(); // the client sent EOF and has everything back
@@ -226,8 +239,8 @@ export async function echoLines(
   session: Session,
   maxLineBytes: number,
 ): Promise<void> {
-  const { conn, log } = session;
-  const debug = log.isEnabledFor("debug");
+  const { conn } = session;
+  const debug = session.debugging;
   const tooLong = () =>
     new LimitError(`line longer than ${maxLineBytes} bytes (max-line)`);
   const rb = new ReadBuffer();
@@ -248,7 +261,7 @@ export async function echoLines(
     const filled = end + n;
     while (nl !== -1 && nl < filled) {
       if (nl - lineStart > maxLineBytes) break;
-      if (debug) logLine(log, buf.subarray(lineStart, nl + 1));
+      if (debug) logLine(session.log, buf.subarray(lineStart, nl + 1));
       lineStart = nl + 1;
       nl = buf.indexOf(10, lineStart);
     }
@@ -259,7 +272,7 @@ export async function echoLines(
     buf.copyWithin(0, lineStart, filled);
     end = filled - lineStart;
     if (debug && end > 0) {
-      log.debug("[{peer}] holding {end} bytes of an unfinished line", {
+      session.log.debug("[{peer}] holding {end} bytes of an unfinished line", {
         end,
       });
     }
@@ -267,7 +280,7 @@ export async function echoLines(
   }
   if (end > 0) { // bytes after the last "\n" at EOF are echoed too
     const tail = rb.bytes.subarray(0, end);
-    if (debug) logLine(log, tail);
+    if (debug) logLine(session.log, tail);
     await send(tail);
   }
   await conn.closeWrite();
