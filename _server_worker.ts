@@ -1,5 +1,3 @@
-/// <reference no-default-lib="true" />
-/// <reference lib="deno.worker" />
 /**
  * One worker of the `tcpecho server` pool (see `_server_pool.ts`): runs a
  * server in this isolate, whose runtime was started with a bounded I/O tick,
@@ -11,6 +9,7 @@
  *
  * @module
  */
+import { parentPort } from "node:worker_threads";
 import { configureSync, getLogger } from "@logtape/logtape";
 import { SharedConnLimits } from "./_limits.ts";
 import type { FromWorker, ToWorker } from "./_server_pool.ts";
@@ -32,7 +31,7 @@ import {
 const CRASH_VAR = "TCPECHO_TEST_CRASH";
 
 function post(message: FromWorker): void {
-  self.postMessage(message);
+  parentPort!.postMessage(message);
 }
 
 let server: Server | undefined;
@@ -88,12 +87,13 @@ async function stop(): Promise<void> {
   post({ type: "stopped", stats: { ...server.stats } });
 }
 
-self.onmessage = ({ data }: MessageEvent<ToWorker>) => {
+parentPort!.on("message", (data: ToWorker) => {
   switch (data.type) {
     case "start":
       return start(data);
     case "stats":
       if (crashOn === "stats") crash("stats");
+      sink?.flush(); // what was logged before the request comes first
       if (server !== undefined) {
         post({ type: "stats", stats: { ...server.stats } });
       }
@@ -101,9 +101,10 @@ self.onmessage = ({ data }: MessageEvent<ToWorker>) => {
     case "stop":
       return void stop(); // every failure in it ends up in the handlers below
   }
-};
+});
 
-// Anything uncaught: flush what was logged, say so, and end this worker.
+// Anything uncaught: flush what was logged and say so, last; the pool then
+// terminates this worker. Until then it accepts nothing more.
 function crashed(error: unknown, message: string): void {
   try {
     sink?.flush();
@@ -113,16 +114,15 @@ function crashed(error: unknown, message: string): void {
       message,
       stack: error instanceof Error ? error.stack : undefined,
     });
-    self.close();
   }
 }
 
-self.addEventListener("error", (event) => {
+globalThis.addEventListener("error", (event) => {
   event.preventDefault();
   crashed(event.error, event.message);
 });
 
-self.addEventListener("unhandledrejection", (event) => {
+globalThis.addEventListener("unhandledrejection", (event) => {
   event.preventDefault();
   crashed(event.reason, `Uncaught (in promise) ${String(event.reason)}`);
 });
