@@ -174,12 +174,19 @@ function immediate(sink: Sink): Sink {
 
 /**
  * Writes `text` to stderr now, all of it (a pipe may take a write in parts).
- * Called from one isolate only, so lines never interleave.
+ * Called from one isolate only, so lines never interleave. A closed stderr
+ * (EPIPE) drops the text.
  */
 export function writeStderr(text: string): void {
   const bytes = encoder.encode(text);
-  for (let done = 0; done < bytes.length;) {
-    done += Deno.stderr.writeSync(bytes.subarray(done));
+  try {
+    for (let done = 0; done < bytes.length;) {
+      done += Deno.stderr.writeSync(bytes.subarray(done));
+    }
+  } catch (err) {
+    // Nobody reads stderr any more: the logs have nowhere to go, and the
+    // server goes on without them.
+    if (!(err instanceof Deno.errors.BrokenPipe)) throw err;
   }
 }
 

@@ -481,3 +481,33 @@ Deno.test("tcpecho server: DENO_TOKIO_MAX_IO_EVENTS_PER_TICK from the environmen
     );
   }
 });
+
+Deno.test({
+  name: "tcpecho server keeps serving when nobody reads its stderr any more",
+  ignore: !posix,
+  async fn() {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--quiet", MAIN, "server", "--port", "0"],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    // Read up to the ready line, then close our end of the pipe.
+    const reader = child.stderr.getReader();
+    let text = "";
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    await reader.cancel();
+    const port = Number(/listening on 127\.0\.0\.1:(\d+)/.exec(text)![1]);
+    for (let i = 0; i < 3; i++) { // each logs two lines into a closed pipe
+      using conn = await Deno.connect({ port });
+      assert.deepEqual(await echoAll(conn, bytes("hi")), bytes("hi"));
+    }
+    child.kill("SIGTERM");
+    assert.equal((await child.status).code, 0);
+  },
+});
