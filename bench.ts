@@ -116,6 +116,8 @@ export interface BenchResult {
   latency_us: LatencySummary | null;
   /** Failed connects, resets, early closes, echo mismatches (warm-up included). */
   errors: number;
+  /** UDP: datagrams whose reply was not back within the loss timeout, in the window; 0 over TCP. */
+  lost: number;
 }
 
 // ---- latency histogram --------------------------------------------------------
@@ -598,7 +600,7 @@ export async function runBench(
     start(await connect(options), 0);
   } catch (err) {
     if (!signal?.aborted) throw err;
-    return result(run, pattern, connections, sizeBytes, 0);
+    return benchResult(run, pattern, connections, sizeBytes, 0);
   }
 
   let windowStart = 0;
@@ -678,7 +680,13 @@ export async function runBench(
       clearTimeout(drainTimer);
     }
   }
-  return result(run, pattern, connections, sizeBytes, windowEnd - windowStart);
+  return benchResult(
+    run,
+    pattern,
+    connections,
+    sizeBytes,
+    windowEnd - windowStart,
+  );
 }
 
 function checkMs(name: string, value: number): void {
@@ -687,9 +695,23 @@ function checkMs(name: string, value: number): void {
   }
 }
 
+/** What a run counted; {@linkcode benchResult} turns it into the result. */
+export interface RunCounts {
+  /** Pingpong round trips completed in the window. */
+  readonly messages: number;
+  /** Echoed bytes received in the window. */
+  readonly bytes: number;
+  /** Errors, warm-up included. */
+  readonly errors: number;
+  /** Pingpong round-trip times in the window, in microseconds. */
+  readonly histogram: LatencyHistogram;
+  /** UDP: replies lost in the window. @default {0} */
+  readonly lost?: number;
+}
+
 /** Messages in the window so far: stream counts whole sizes of echoed bytes. */
 function messagesOf(
-  run: Run,
+  run: RunCounts,
   pattern: BenchPattern,
   sizeBytes: number,
 ): number {
@@ -699,8 +721,8 @@ function messagesOf(
 }
 
 /** The {@linkcode BenchResult} of a finished run, keys in the SPEC's order. */
-function result(
-  run: Run,
+export function benchResult(
+  run: RunCounts,
   pattern: BenchPattern,
   connections: number,
   sizeBytes: number,
@@ -727,6 +749,7 @@ function result(
       }
       : null,
     errors: run.errors,
+    lost: run.lost ?? 0,
   };
 }
 
@@ -887,11 +910,20 @@ async function stream(run: Run, connection: Connection): Promise<void> {
   if (failed) throw failure;
 }
 
-/** Human-readable report of a {@linkcode BenchResult}, several lines, no final newline. */
-export function formatReport(result: BenchResult): string {
+/**
+ * Human-readable report of a {@linkcode BenchResult}, several lines, no final
+ * newline; with `udp` (or anything lost) it gives the loss rate.
+ */
+export function formatReport(
+  result: BenchResult,
+  options: { udp?: boolean } = {},
+): string {
+  const { udp = false } = options;
   const number = (value: number) => value.toLocaleString("en-US");
   const lines = [
-    `${result.pattern}: ${number(result.connections)} connections, ` +
+    `${result.pattern}${udp ? " over UDP" : ""}: ${
+      number(result.connections)
+    } connections, ` +
     `${number(result.size)}-byte messages, ${result.duration_s.toFixed(2)} s`,
     `messages  ${number(result.messages)} (${
       number(result.messages_per_s)
@@ -903,6 +935,13 @@ export function formatReport(result: BenchResult): string {
     lines.push(
       `latency   p50 ${number(p50)} µs, p90 ${number(p90)} µs, ` +
         `p99 ${number(p99)} µs, max ${number(max)} µs`,
+    );
+  }
+  if (udp || result.lost > 0) {
+    const sent = result.messages + result.lost;
+    const rate = sent > 0 ? (100 * result.lost / sent).toFixed(2) : "0.00";
+    lines.push(
+      `lost      ${number(result.lost)} of ${number(sent)} (${rate}%)`,
     );
   }
   lines.push(`errors    ${number(result.errors)}`);

@@ -535,6 +535,7 @@ Deno.test("runBench() result has exactly the SPEC's JSON keys, in order", async 
     "mib_per_s",
     "latency_us",
     "errors",
+    "lost",
   ]);
   assert.deepEqual(Object.keys(json.latency_us), ["p50", "p90", "p99", "max"]);
 });
@@ -551,6 +552,7 @@ Deno.test("formatReport() shows rates, latency and errors", () => {
     mib_per_s: 7.54,
     latency_us: { p50: 284, p90: 350.1, p99: 598, max: 5578 },
     errors: 0,
+    lost: 0,
   };
   assert.equal(
     formatReport(result),

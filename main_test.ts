@@ -370,6 +370,7 @@ Deno.test("tcpecho bench --spawn-server --json prints the spec's object", async 
     "mib_per_s",
     "latency_us",
     "errors",
+    "lost",
   ]);
   assert.deepEqual(Object.keys(result.latency_us), [
     "p50",
