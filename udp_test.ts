@@ -145,9 +145,14 @@ Deno.test("serveUdp() logs each datagram at debug, escaped, and the stop line", 
 });
 
 Deno.test("serveUdp() with the same drop seed drops the same datagrams", async () => {
-  const pattern = async (seed: number) => {
+  const pattern = async (seed: number, jitterMs = 0) => {
     await using logs = await captureLogs();
-    const { server, next } = eventServer({ port: 0, drop: 0.5, seed });
+    const { server, next } = eventServer({
+      port: 0,
+      drop: 0.5,
+      seed,
+      jitterMs,
+    });
     await using _server = server;
     using conn = await connectUdp({ port: server.addr.port });
     const dropped: number[] = [];
@@ -158,13 +163,17 @@ Deno.test("serveUdp() with the same drop seed drops the same datagrams", async (
       else assert.equal(fate, "echoed");
     }
     assert.equal(server.stats.dropped, dropped.length);
+    const jitter = jitterMs > 0 ? `, jitter ${jitterMs} ms` : "";
     assert.ok(
-      logs.records.map(render).includes(`faults: drop 0.5, seed ${seed}`),
+      logs.records.map(render).includes(
+        `faults: drop 0.5${jitter}, seed ${seed}`,
+      ),
     );
     return dropped;
   };
   const first = await pattern(42);
   assert.deepEqual(await pattern(42), first);
+  assert.deepEqual(await pattern(42, 1), first); // jitter draws apart
   assert.notDeepEqual(await pattern(43), first);
   assert.ok(first.length > 16 && first.length < 48, `${first.length} of 64`);
 });
