@@ -36,7 +36,8 @@ const OPTIONS = {
     type: "string",
     short: "p",
     arg: "N",
-    help: `TCP port; 0 picks a free one (default ${SERVE_DEFAULTS.port})`,
+    help:
+      `TCP (or UDP) port; 0 picks a free one (default ${SERVE_DEFAULTS.port})`,
   },
   unix: {
     type: "string",
@@ -185,7 +186,8 @@ export const serverCommand: Command<typeof OPTIONS> = {
   help: formatHelp({
     usage: USAGE,
     description:
-      "Echo every byte (raw, RFC 862) or every line (line mode) back to each client.",
+      `Echo every byte (raw, RFC 862) or every line (line mode) back to each client,
+or with --udp each datagram to its sender.`,
     options: OPTIONS,
     width: 26,
     notes:

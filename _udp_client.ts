@@ -82,22 +82,16 @@ export class UdpConn implements Disposable {
     for (;;) {
       this.#pending ??= this.#socket.receive(this.#buf);
       let got: [Uint8Array, Deno.Addr] | undefined;
-      if (deadline === undefined) {
-        got = await this.#pending;
-      } else {
-        const left = deadline - performance.now();
-        if (left <= 0) return undefined;
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        const timeout = new Promise<undefined>((resolve) => {
-          timer = setTimeout(() => resolve(undefined), left);
-        });
-        try {
-          got = await Promise.race([this.#pending, timeout]);
-        } finally {
-          clearTimeout(timer);
-        }
-        if (got === undefined) return undefined;
+      try {
+        got = await this.#within(this.#pending, deadline);
+      } catch (err) {
+        this.#pending = undefined;
+        // An earlier datagram's ICMP error, reported here (Windows): the
+        // server did not get that one; this receive goes on waiting.
+        if (isIcmpError(err)) continue;
+        throw err;
       }
+      if (got === undefined) return undefined;
       this.#pending = undefined;
       const [data, from] = got;
       const { hostname, port } = from as Deno.NetAddr;
@@ -105,6 +99,25 @@ export class UdpConn implements Disposable {
         return data;
       }
       this.foreign++;
+    }
+  }
+
+  /** `pending`, or `undefined` once `deadline` passes first. */
+  async #within<T>(
+    pending: Promise<T>,
+    deadline: number | undefined,
+  ): Promise<T | undefined> {
+    if (deadline === undefined) return await pending;
+    const left = deadline - performance.now();
+    if (left <= 0) return undefined;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), left);
+    });
+    try {
+      return await Promise.race([pending, timeout]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -120,6 +133,12 @@ export class UdpConn implements Disposable {
       this.close();
     } catch { /* closed already */ }
   }
+}
+
+/** A receive error that only reports an earlier send's ICMP error. */
+function isIcmpError(err: unknown): boolean {
+  return err instanceof Deno.errors.ConnectionReset ||
+    err instanceof Deno.errors.ConnectionRefused;
 }
 
 /**

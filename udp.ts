@@ -142,7 +142,6 @@ const RECEIVE_BACKOFF_MS = [5, 1000] as const;
 /** A delayed echo waiting for its timer. */
 interface Delayed {
   timer: ReturnType<typeof setTimeout>;
-  bytes: number;
   sent: Promise<void>;
   /** Settles `sent` without sending (shutdown). */
   cancel(): void;
@@ -270,7 +269,6 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
       timer: setTimeout(() => {
         echo(copy, from).finally(settle);
       }, ms),
-      bytes: copy.length,
       sent: done.promise,
       cancel() {
         clearTimeout(item.timer);
