@@ -8,13 +8,8 @@
 import process from "node:process";
 import { lookup } from "node:dns/promises";
 import { createInterface } from "node:readline";
-import {
-  CONNECT_DEFAULTS,
-  formatAddr,
-  forTerminal,
-  type InteractiveEnd,
-} from "./client.ts";
-import type { Reader } from "./io.ts";
+import { CONNECT_DEFAULTS, formatAddr, forTerminal } from "./client.ts";
+import type { Reader, Writer } from "./io.ts";
 
 /** The largest UDP payload: 65,535 minus the UDP header (IPv4 allows 65,507). */
 export const MAX_UDP_PAYLOAD = 65_527;
@@ -175,7 +170,7 @@ export interface UdpPipeOptions {
   /** Lines to send. @default {Deno.stdin} */
   input?: Reader;
   /** Where replies go. @default {Deno.stdout} */
-  output?: { write(bytes: Uint8Array): Promise<number> };
+  output?: Writer;
   /** A reply not back this long after its datagram is lost. @default {1000} */
   timeoutMs?: number;
   /** Called for each lost reply: the line's number (from 1) and size. */
@@ -315,7 +310,7 @@ export async function udpInteractive(
     /** Called with a line whose reply did not come back in time. */
     onLost?: (line: string) => void;
   } = {},
-): Promise<InteractiveEnd> {
+): Promise<"eof" | "interrupted"> {
   const {
     prompt = "> ",
     timeoutMs = UDP_CLIENT_DEFAULTS.timeoutMs,
@@ -330,7 +325,7 @@ export async function udpInteractive(
   });
   const encoder = new TextEncoder();
   const decoder = new TextDecoder();
-  let end = "eof" as InteractiveEnd;
+  let end = "eof" as "eof" | "interrupted";
   const done = Promise.withResolvers<void>();
   const due = new Map<
     { line: string; bytes: Uint8Array },
