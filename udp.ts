@@ -5,7 +5,7 @@
  * {@linkcode runUdpBench} the load generator.
  *
  * Built on `Deno.listenDatagram`, which needs Deno's unstable `net` API
- * (deno.json enables it): it echoed 2–5× more datagrams per second than
+ * (deno.json enables it): it echoed 2–3× more datagrams per second than
  * `node:dgram` on the same core (README, "UDP").
  *
  * @module
