@@ -9,7 +9,7 @@ import process from "node:process";
 import { lookup } from "node:dns/promises";
 import { createInterface } from "node:readline";
 import { CONNECT_DEFAULTS, formatAddr, forTerminal } from "./client.ts";
-import type { Reader, Writer } from "./io.ts";
+import { type Reader, writeAll, type Writer } from "./io.ts";
 
 /** The largest UDP payload: 65,535 minus the UDP header (IPv4 allows 65,507). */
 export const MAX_UDP_PAYLOAD = 65_527;
@@ -222,8 +222,7 @@ export async function udpPipe(
         break;
       }
       if (!equal(reply, line) && lost.take(reply)) continue;
-      let off = 0;
-      while (off < reply.length) off += await output.write(reply.subarray(off));
+      await writeAll(output, reply);
       break;
     }
   }
@@ -327,46 +326,53 @@ export async function udpInteractive(
   const decoder = new TextDecoder();
   let end = "eof" as "eof" | "interrupted";
   const done = Promise.withResolvers<void>();
-  const due = new Map<
-    { line: string; bytes: Uint8Array },
-    ReturnType<typeof setTimeout>
-  >();
-  const allIn = Promise.withResolvers<void>(); // after Ctrl+D: nothing due
-  const settle = (item: { line: string; bytes: Uint8Array }) => {
-    clearTimeout(due.get(item));
+  type Due = {
+    line: string;
+    bytes: Uint8Array;
+    timer?: ReturnType<typeof setTimeout>;
+  };
+  const due = new Set<Due>(); // sent, reply not back yet
+  let drained: PromiseWithResolvers<void> | undefined; // Ctrl+D waits on it
+  const settle = (item: Due) => {
+    clearTimeout(item.timer);
     due.delete(item);
-    if (due.size === 0) allIn.resolve();
+    if (due.size === 0) drained?.resolve();
+  };
+  let reading = true; // readline is open (after Ctrl+D, replies still come)
+  const redraw = () => {
+    if (reading) rl.prompt(true);
   };
   const show = (text: string) => {
     process.stdout.write(`\r\x1b[K${text}\n`);
-    rl.prompt(true);
+    redraw();
   };
   let sending = Promise.resolve();
   rl.on("line", (line: string) => {
-    const item = { line, bytes: encoder.encode(line + "\n") };
-    sending = sending.then(() => conn.send(item.bytes)).then(() => {
-      due.set(
-        item,
-        setTimeout(() => {
-          settle(item);
-          onLost?.(line);
-          rl.prompt(true);
-        }, timeoutMs),
-      );
-    });
+    const item: Due = { line, bytes: encoder.encode(line + "\n") };
+    // Due before it is sent, so that no reply can come before it is awaited.
+    item.timer = setTimeout(() => {
+      settle(item);
+      onLost?.(line);
+      redraw();
+    }, timeoutMs);
+    due.add(item);
+    sending = sending.then(() => conn.send(item.bytes)).then(() => {});
     rl.prompt();
   });
   rl.on("SIGINT", () => {
     end = "interrupted";
     rl.close();
   });
-  rl.on("close", () => done.resolve());
+  rl.on("close", () => {
+    reading = false;
+    done.resolve();
+  });
   rl.prompt();
 
   const receiving = (async () => {
     for (;;) {
       const reply = (await conn.receive())!;
-      for (const item of due.keys()) {
+      for (const item of due) {
         if (equal(item.bytes, reply)) {
           settle(item);
           break;
@@ -380,12 +386,15 @@ export async function udpInteractive(
     await done.promise;
     if (end === "eof") {
       await sending;
-      if (due.size > 0) await allIn.promise; // each is bounded by its timer
+      if (due.size > 0) {
+        drained = Promise.withResolvers();
+        await drained.promise; // each is bounded by its timer
+      }
     }
     return end;
   } finally {
     rl.close();
-    for (const item of [...due.keys()]) settle(item);
+    for (const item of [...due]) settle(item);
     conn.close(); // ends the pending receive
     await receiving.catch((err) => {
       if (!(err instanceof Deno.errors.Interrupted)) throw err;

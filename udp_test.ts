@@ -371,6 +371,119 @@ Deno.test("tcpecho client --udp skips a late reply to a lost line", async () => 
   assert.match(stderr, /^lost: no reply to line 1 \(5 bytes\)/);
 });
 
+/** `tcpecho client --udp ARGS` under a real pseudo-terminal, via script(1). */
+function underPty(args: string[]) {
+  const command = [Deno.execPath(), "run", "-A", "--quiet", MAIN, "client"]
+    .concat("--udp", args).join(" ");
+  const child = new Deno.Command("script", {
+    args: ["-qefc", command, "/dev/null"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", TERM: "dumb" },
+    signal: AbortSignal.timeout(CHILD_MS),
+  }).spawn();
+  let screen = "";
+  const waiters: { text: string; resolve: () => void }[] = [];
+  const reading = (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stdout) {
+      screen += decoder.decode(chunk, { stream: true });
+      for (const w of waiters.splice(0)) {
+        if (screen.includes(w.text)) w.resolve();
+        else waiters.push(w);
+      }
+    }
+  })();
+  const writer = child.stdin.getWriter();
+  return {
+    get screen() {
+      return screen;
+    },
+    type: (text: string) => writer.write(bytes(text)),
+    /** Resolves once `text` is on screen; rejects after REPLY_MS. */
+    async see(text: string): Promise<void> {
+      if (screen.includes(text)) return;
+      const { promise, resolve, reject } = Promise.withResolvers<void>();
+      waiters.push({ text, resolve });
+      const timer = setTimeout(
+        () => reject(new Error(`never saw ${text}; screen:\n${screen}`)),
+        REPLY_MS,
+      );
+      try {
+        await promise;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+    async exit(): Promise<number> {
+      await writer.close().catch(() => {});
+      const [status] = await Promise.all([
+        child.status,
+        reading,
+        child.stderr.cancel(),
+      ]);
+      return status.code;
+    },
+  };
+}
+
+const hasScript = (() => {
+  try {
+    return new Deno.Command("script", { args: ["--version"] }).outputSync()
+      .success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name:
+    "tcpecho client --udp on a terminal shows server say# and ends on Ctrl+D",
+  ignore: !hasScript,
+  async fn() {
+    await using server = serveUdp({ port: 0 });
+    const pty = underPty(["-p", `${server.addr.port}`]);
+    await pty.see(`sending to udp:127.0.0.1:${server.addr.port}`);
+    await pty.type("hello\r");
+    await pty.see("server say# hello");
+    await pty.type("\x04"); // Ctrl+D
+    assert.equal(await pty.exit(), 0, pty.screen);
+    assert.equal(server.stats.bytesIn, "hello\n".length);
+  },
+});
+
+Deno.test({
+  name:
+    "tcpecho client --udp on a terminal reports lost lines, also after Ctrl+D",
+  ignore: !hasScript,
+  async fn() {
+    await using server = serveUdp({ port: 0, drop: 1 });
+    const pty = underPty(["-p", `${server.addr.port}`, "--timeout", "0.05"]);
+    await pty.see("sending to");
+    await pty.type("gone\r");
+    await pty.see('lost: no reply to "gone" within 0.05 s');
+    await pty.type("also\r\x04"); // Ctrl+D waits for its reply, or its loss
+    assert.equal(await pty.exit(), 0, pty.screen);
+    assert.ok(
+      pty.screen.includes('lost: no reply to "also" within 0.05 s'),
+      pty.screen,
+    );
+  },
+});
+
+Deno.test({
+  name: "tcpecho client --udp on a terminal exits 130 on Ctrl+C",
+  ignore: !hasScript,
+  async fn() {
+    await using server = serveUdp({ port: 0 });
+    const pty = underPty(["-p", `${server.addr.port}`]);
+    await pty.see("sending to");
+    await pty.type("\x03"); // Ctrl+C
+    assert.equal(await pty.exit(), 130, pty.screen);
+  },
+});
+
 // ---- bench -----------------------------------------------------------------
 
 Deno.test("runUdpBench() checks every reply and counts losses", async () => {
