@@ -478,8 +478,8 @@ Deno.test({
   async fn() {
     await using server = serveUdp({ port: 0 });
     const pty = underPty(["-p", `${server.addr.port}`]);
-    await pty.see("sending to");
-    await pty.type("\x03"); // Ctrl+C
+    await pty.see("> "); // the prompt: readline has the terminal
+    await pty.type("\x03"); // Ctrl+C, as a key, not a SIGINT
     assert.equal(await pty.exit(), 130, pty.screen);
   },
 });
