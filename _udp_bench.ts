@@ -124,7 +124,6 @@ export async function runUdpBench(
   options: UdpBenchOptions = {},
 ): Promise<BenchResult> {
   const {
-    port,
     connections = BENCH_DEFAULTS.connections,
     sizeBytes = BENCH_DEFAULTS.sizeBytes,
     durationMs = BENCH_DEFAULTS.durationMs,
@@ -163,7 +162,7 @@ export async function runUdpBench(
   // The first socket resolves the host; the others reuse its address.
   const first = await connectUdp(options);
   start(first);
-  const target = { hostname: first.remote.hostname, port };
+  const target = { hostname: first.remote.hostname, port: first.remote.port };
   for (let i = 1; i < connections; i++) {
     try {
       start(await connectUdp(target));
