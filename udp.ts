@@ -381,6 +381,7 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
       {
         datagrams: stats.datagrams,
         peers: stats.peers,
+        peersCapped: stats.peersCapped,
         bytesOut: stats.bytesOut,
       },
     );
