@@ -16,12 +16,12 @@ import {
 } from "./_cli.ts";
 import {
   connect,
-  formatAddr,
   forTerminal,
   interactive,
   pipe,
   targetName,
 } from "./client.ts";
+import { formatAddr } from "./io.ts";
 import {
   connectUdp,
   UDP_CLIENT_DEFAULTS,

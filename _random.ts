@@ -37,3 +37,13 @@ function mix32(x: number): number {
   x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35);
   return (x ^ (x >>> 16)) >>> 0;
 }
+
+/**
+ * The first sequence of `seed`: `seededRandom(seed)`, under the name the TCP
+ * faults (#11) use.
+ *
+ * @param seed any number; only its low 32 bits count
+ */
+export function createRandom(seed: number): () => number {
+  return seededRandom(seed);
+}

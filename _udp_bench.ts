@@ -1,20 +1,25 @@
 /**
- * The load generator over UDP, private to `udp.ts` (which exports
- * {@linkcode runUdpBench}): ping-pong from many sockets, every reply checked,
- * a reply not back in time counted as lost.
+ * The load generator over UDP (private to `udp.ts`, which exports
+ * {@linkcode runUdpBench}, and to `bench --udp`): ping-pong from many
+ * sockets, every reply checked, a reply not back in time counted as lost.
+ * {@linkcode UdpShard} is one isolate's sockets, driven by the TCP bench's
+ * driver: in the caller's isolate ({@linkcode runUdpBench}) or in `bench`'s
+ * worker threads (`_bench_worker.ts`).
  *
  * @module
  */
+import type { Shard } from "./_bench_driver.ts";
+import { drive } from "./_bench_driver.ts";
+import { EchoError } from "./_bench_connection.ts";
+import type { ShardDelta, ShardEvents } from "./_bench_shard.ts";
+import { LatencyHistogram } from "./_histogram.ts";
+import { Payload } from "./_payload.ts";
 import {
   BENCH_DEFAULTS,
+  type BenchIntervalListener,
   type BenchProgress,
   type BenchResult,
-  benchResult,
-  LatencyHistogram,
-  Payload,
-  type RunCounts,
 } from "./bench.ts";
-import { delay } from "./io.ts";
 import {
   connectUdp,
   MAX_UDP_PAYLOAD,
@@ -36,49 +41,67 @@ export interface UdpBenchOptions extends UdpConnectOptions {
   lossTimeoutMs?: number;
   /** Stop early (Ctrl+C); {@linkcode runUdpBench} still returns what it measured. */
   signal?: AbortSignal;
-  /** Called about every 250 ms during the window. Must not throw. */
+  /** Called about every 250 ms during the warm-up and the window. Must not throw. */
   onProgress?: (progress: BenchProgress) => void;
   /** Called once for each error counted in {@linkcode BenchResult.errors}. Must not throw. */
   onError?: (error: Error) => void;
+  /** Called at the end of each interval of the window, per listener (`--interval`, `--hlog`). */
+  intervals?: readonly BenchIntervalListener[];
 }
 
 /** Defaults of {@linkcode UdpBenchOptions} beyond the TCP bench's. */
 export const UDP_BENCH_DEFAULTS = { lossTimeoutMs: 1000 } as const;
+
+/** A UDP shard's settings: plain data, so they can be posted to a worker. */
+export interface UdpShardOptions {
+  /** Tells a worker this is a UDP shard. */
+  transport: "udp";
+  /** Where to send. */
+  target: UdpConnectOptions;
+  /** Datagram size in bytes. */
+  sizeBytes: number;
+  /** This shard's sockets are `first` to `first + count - 1`. */
+  first: number;
+  /** How many sockets this shard runs. */
+  count: number;
+  /** A reply not back this long after its datagram is lost. */
+  lossTimeoutMs: number;
+}
 
 const WARMUP = 0;
 const MEASURE = 1;
 const STOP = 2;
 type Phase = typeof WARMUP | typeof MEASURE | typeof STOP;
 
-/** How often {@linkcode UdpBenchOptions.onProgress} is called. */
-const PROGRESS_INTERVAL_MS = 250;
 /** Lost messages a socket remembers, so that their late replies are not errors. */
 const LATE_KEPT = 8;
 
-/** A reply that is wrong: not what was sent, or not expected at all. */
-class EchoError extends Error {
-  override name = "EchoError";
-}
-
-/** State shared by all sockets of one run. */
-class Run implements RunCounts {
+/** State shared by all sockets of one isolate. */
+class Run {
   phase: Phase = WARMUP;
+  /** Round trips completed in the window since the last take. */
   messages = 0;
+  /** Echoed bytes received in the window since the last take. */
   bytes = 0;
-  errors = 0;
+  /** Replies lost in the window since the last take. */
   lost = 0;
+  /** Round-trip times in the window since the last take. */
   readonly histogram = new LatencyHistogram();
 
   constructor(
     readonly payload: Payload,
     readonly lossTimeoutMs: number,
-    readonly onError: ((error: Error) => void) | undefined,
+    readonly onError: (error: Error) => void,
   ) {}
 
-  /** Counts one error and reports it. */
+  /** Whether the window has closed: no more sends. */
+  get stopped(): boolean {
+    return this.phase === STOP;
+  }
+
+  /** Reports one error (the driver counts it). */
   fail(error: Error): void {
-    this.errors++;
-    this.onError?.(error);
+    this.onError(error);
   }
 }
 
@@ -91,8 +114,10 @@ class Flow {
   deadline = Infinity;
   /** Sends started by the loss sweep (the receive loop awaits its own). */
   sending: Promise<void> = Promise.resolve();
-  /** The socket failed: no more sends. */
+  /** The socket failed or the run stopped: no more sends. */
   dead = false;
+  /** Round trips it completed in the window. */
+  windowMessages = 0;
   /** Recently lost messages: a reply to one of them is late, not wrong. */
   readonly lostKs: number[] = [];
 
@@ -100,8 +125,151 @@ class Flow {
 }
 
 /**
- * Runs a ping-pong load test over UDP and returns what it measured, in the
- * shape of the TCP bench's result (`pattern` is `pingpong`).
+ * One isolate's sockets of a UDP run, as the driver sees a shard. The first
+ * socket resolves the host; the others reuse its address.
+ */
+export class UdpShard implements Shard {
+  readonly #options: UdpShardOptions;
+  readonly #events: ShardEvents;
+  readonly #run: Run;
+  readonly #flows: Flow[] = [];
+  readonly #loops: Promise<void>[] = [];
+  /** The resolved address, once a socket has one. */
+  #target: UdpConnectOptions | undefined;
+  #next: number;
+  #opening: Promise<void> = Promise.resolve();
+  #sweep: ReturnType<typeof setInterval> | undefined;
+  #opened = false;
+  #gone = false;
+
+  /** The sockets `options.first…` of a run, not opened yet. */
+  constructor(options: UdpShardOptions, events: ShardEvents) {
+    this.#options = options;
+    this.#events = events;
+    this.#next = options.first;
+    this.#run = new Run(
+      new Payload(options.sizeBytes),
+      options.lossTimeoutMs,
+      events.onError,
+    );
+  }
+
+  /**
+   * Opens the first socket alone, so an unknown host fails the run at once.
+   *
+   * @throws {Error} `cannot connect to udp:HOST:PORT`
+   */
+  async probe(): Promise<void> {
+    this.#start(await this.#connect(), this.#next++);
+  }
+
+  /** Opens the other sockets, one after another; a failed one is an error. */
+  open(): Promise<void> {
+    const { first, count } = this.#options;
+    const end = first + count;
+    const run = this.#run;
+    this.#opening = (async () => {
+      while (this.#next < end && !run.stopped) {
+        const index = this.#next++;
+        try {
+          const conn = await this.#connect();
+          if (run.stopped) conn[Symbol.dispose]();
+          else this.#start(conn, index);
+        } catch (err) {
+          run.fail(new Error(`socket ${index} failed`, { cause: err }));
+        }
+      }
+      this.#opened = true;
+      this.#checkAllGone();
+    })();
+    return this.#opening;
+  }
+
+  /** Opens the measuring window: from now on, replies and losses count. */
+  measure(): void {
+    this.#run.phase = MEASURE;
+  }
+
+  /** What was measured since the last call, and starts counting afresh. */
+  take(): ShardDelta {
+    const run = this.#run;
+    const delta: ShardDelta = {
+      messages: run.messages,
+      bytes: run.bytes,
+      histogram: run.histogram.toSparse(),
+      uncorrected: null,
+      lost: run.lost,
+    };
+    run.messages = 0;
+    run.bytes = 0;
+    run.lost = 0;
+    run.histogram.reset();
+    return delta;
+  }
+
+  /** Closes the window (no more sends) and takes the last delta. */
+  endWindow(): ShardDelta {
+    this.#run.phase = STOP;
+    return this.take();
+  }
+
+  /**
+   * Ends the run: closes every socket at once, whatever is still in flight
+   * counting neither way, and waits for every loop and send.
+   *
+   * @returns per socket, in index order, its round trips in the window; 0
+   *   for one that never opened.
+   */
+  async drain(_aborted: boolean): Promise<number[]> {
+    this.#run.phase = STOP;
+    await this.#opening;
+    clearInterval(this.#sweep);
+    for (const flow of this.#flows) flow.conn[Symbol.dispose](); // ends each receive
+    await Promise.all(this.#loops); // runFlow never rejects
+    await Promise.all(this.#flows.map((flow) => flow.sending));
+    const { first, count } = this.#options;
+    const counts = new Array<number>(count).fill(0);
+    for (const flow of this.#flows) {
+      counts[flow.index - first] = flow.windowMessages;
+    }
+    return counts;
+  }
+
+  /** A socket to the target; the first resolves it for the others. */
+  async #connect(): Promise<UdpConn> {
+    const conn = await connectUdp(this.#target ?? this.#options.target);
+    const { hostname, port } = conn.remote;
+    this.#target ??= { hostname, port };
+    return conn;
+  }
+
+  #start(conn: UdpConn, index: number): void {
+    const flow = new Flow(conn, index);
+    this.#flows.push(flow);
+    this.#loops.push(
+      runFlow(this.#run, flow).finally(() => this.#checkAllGone()),
+    );
+    // One sweep finds every reply overdue, instead of a timer per datagram.
+    const { lossTimeoutMs } = this.#options;
+    this.#sweep ??= setInterval(
+      () => sweepLost(this.#run, this.#flows),
+      Math.max(1, Math.min(100, lossTimeoutMs / 10)),
+    );
+  }
+
+  /** Tells the driver once every socket of an opened shard has failed. */
+  #checkAllGone(): void {
+    if (!this.#opened || this.#gone) return;
+    if (this.#flows.some((flow) => !flow.dead)) return;
+    this.#gone = true;
+    this.#events.onAllGone();
+  }
+}
+
+/**
+ * Runs a ping-pong load test over UDP, in the caller's isolate, and returns
+ * what it measured, in the shape of the TCP bench's result (`pattern` is
+ * `pingpong`, `lost` counts the replies lost in the window).
  *
  * Each of `connections` sockets sends a datagram and waits for its reply
  * before the next. A reply must be the datagram sent, byte for byte; one
@@ -123,6 +291,18 @@ class Flow {
 export async function runUdpBench(
   options: UdpBenchOptions = {},
 ): Promise<BenchResult> {
+  const settings = checkUdpBenchOptions(options);
+  const { result } = await drive(settings, (events) => [
+    new UdpShard(
+      { ...settings.shard, first: 0, count: settings.connections },
+      events,
+    ),
+  ]);
+  return result;
+}
+
+/** The options of a UDP run, checked and defaulted, for the driver and its shards. */
+export function checkUdpBenchOptions(options: UdpBenchOptions) {
   const {
     connections = BENCH_DEFAULTS.connections,
     sizeBytes = BENCH_DEFAULTS.sizeBytes,
@@ -132,6 +312,9 @@ export async function runUdpBench(
     signal,
     onProgress,
     onError,
+    intervals,
+    hostname,
+    port,
   } = options;
   if (!Number.isSafeInteger(connections) || connections < 1) {
     throw new RangeError(
@@ -143,6 +326,7 @@ export async function runUdpBench(
       `invalid size ${sizeBytes}: a datagram holds at most ${MAX_UDP_PAYLOAD} bytes`,
     );
   }
+  new Payload(sizeBytes); // throws RangeError for a bad size
   for (
     const [name, ms] of Object.entries({ durationMs, warmupMs, lossTimeoutMs })
   ) {
@@ -150,70 +334,31 @@ export async function runUdpBench(
       throw new RangeError(`invalid ${name} ${ms}: expected 0 or more`);
     }
   }
-  const run = new Run(new Payload(sizeBytes), lossTimeoutMs, onError);
-  const flows: Flow[] = [];
-  const loops: Promise<void>[] = [];
-  const start = (conn: UdpConn) => {
-    const flow = new Flow(conn, flows.length);
-    flows.push(flow);
-    loops.push(runFlow(run, flow));
-  };
-
-  // The first socket resolves the host; the others reuse its address.
-  const first = await connectUdp(options);
-  start(first);
-  const target = { hostname: first.remote.hostname, port: first.remote.port };
-  for (let i = 1; i < connections; i++) {
-    try {
-      start(await connectUdp(target));
-    } catch (err) {
-      run.fail(new Error(`socket ${i} failed`, { cause: err }));
+  for (const { everyMs } of intervals ?? []) {
+    if (!(everyMs >= 1 && Number.isFinite(everyMs))) {
+      throw new RangeError(
+        `invalid interval ${everyMs}: expected 1 ms or more`,
+      );
     }
   }
-
-  // One sweep finds every reply overdue, instead of a timer per datagram.
-  const sweep = setInterval(
-    () => sweepLost(run, flows),
-    Math.max(1, Math.min(100, lossTimeoutMs / 10)),
-  );
-  let windowStart = 0;
-  let windowEnd = 0;
-  let progressTimer: ReturnType<typeof setInterval> | undefined;
-  const stopWindow = signal ?? new AbortController().signal;
-  try {
-    await delay(warmupMs, stopWindow);
-    windowStart = windowEnd = performance.now();
-    if (!stopWindow.aborted) {
-      run.phase = MEASURE;
-      if (onProgress) {
-        progressTimer = setInterval(() => {
-          onProgress({
-            elapsedMs: performance.now() - windowStart,
-            durationMs,
-            messages: run.messages,
-            bytes: run.bytes,
-            errors: run.errors,
-          });
-        }, PROGRESS_INTERVAL_MS);
-      }
-      await delay(durationMs, stopWindow);
-      windowEnd = performance.now();
-    }
-  } finally {
-    run.phase = STOP;
-    clearInterval(sweep);
-    clearInterval(progressTimer);
-    for (const flow of flows) flow.conn[Symbol.dispose](); // ends each receive
-    await Promise.all(loops); // runFlow never rejects
-    await Promise.all(flows.map((flow) => flow.sending));
-  }
-  return benchResult(
-    run,
-    "pingpong",
+  return {
+    pattern: "pingpong" as const,
     connections,
     sizeBytes,
-    windowEnd - windowStart,
-  );
+    durationMs,
+    warmupMs,
+    rate: 0,
+    signal,
+    onProgress,
+    onError,
+    intervals,
+    shard: {
+      transport: "udp" as const,
+      target: { hostname, port },
+      sizeBytes,
+      lossTimeoutMs,
+    },
+  };
 }
 
 /** Sends message `flow.k` and arms its loss deadline. Never rejects. */
@@ -238,6 +383,7 @@ function send(run: Run, flow: Flow): Promise<void> {
 
 /** Counts each overdue reply as lost and sends that socket's next message. */
 function sweepLost(run: Run, flows: readonly Flow[]): void {
+  if (run.phase === STOP) return;
   const now = performance.now();
   for (const flow of flows) {
     if (flow.dead || now < flow.deadline) continue;
@@ -267,6 +413,7 @@ async function runFlow(run: Run, flow: Flow): Promise<void> {
         if (run.phase === MEASURE) {
           run.messages++;
           run.bytes += size;
+          flow.windowMessages++;
           run.histogram.record((now - flow.sentAt) * 1000);
         }
       } else if (isLate(flow, reply, payload)) {
@@ -275,6 +422,7 @@ async function runFlow(run: Run, flow: Flow): Promise<void> {
         run.fail(
           new EchoError(
             `socket ${index}: reply to message ${k} altered or unexpected (${reply.length} bytes, ${size} sent)`,
+            "reply altered or unexpected",
           ),
         );
       }

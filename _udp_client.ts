@@ -8,8 +8,8 @@
 import process from "node:process";
 import { lookup } from "node:dns/promises";
 import { createInterface } from "node:readline";
-import { CONNECT_DEFAULTS, formatAddr, forTerminal } from "./client.ts";
-import { type Reader, writeAll, type Writer } from "./io.ts";
+import { CONNECT_DEFAULTS, forTerminal } from "./client.ts";
+import { formatAddr, type Reader, writeAll, type Writer } from "./io.ts";
 
 /** The largest UDP payload: 65,535 minus the UDP header (IPv4 allows 65,507). */
 export const MAX_UDP_PAYLOAD = 65_527;

@@ -7,7 +7,14 @@
  */
 import process from "node:process";
 import { createInterface } from "node:readline";
-import { isDisconnect, type Reader, writeAll, type Writer } from "./io.ts";
+import {
+  formatAddr,
+  isDisconnect,
+  LineSplitter,
+  type Reader,
+  writeAll,
+  type Writer,
+} from "./io.ts";
 
 /** Where and how to connect; shared by `client` and `bench`. */
 export interface ConnectOptions {
@@ -33,16 +40,6 @@ export const CONNECT_DEFAULTS = {
   port: 8080,
   connectTimeoutMs: 5000,
 } as const;
-
-/** `HOST:PORT` (`[::1]:PORT` for IPv6) or `unix:PATH`, as logs and errors show it. */
-export function formatAddr(addr: Deno.Addr): string {
-  if (!("hostname" in addr)) {
-    return "path" in addr ? `unix:${addr.path}` : addr.transport;
-  }
-  return addr.hostname.includes(":")
-    ? `[${addr.hostname}]:${addr.port}`
-    : `${addr.hostname}:${addr.port}`;
-}
 
 /** The address {@linkcode connect} would use, formatted like {@linkcode formatAddr}. */
 export function targetName(options: ConnectOptions = {}): string {
@@ -115,6 +112,7 @@ export async function connect(
 
 /** A byte source that can be closed to interrupt a pending read (`Deno.stdin`). */
 export interface Input extends Reader {
+  /** Closes the source; a pending `read()` then rejects or returns EOF. */
   close(): void;
 }
 
@@ -203,19 +201,15 @@ export async function interactive(
   rl.prompt();
 
   const receiving = (async () => {
-    const decoder = new TextDecoder();
-    let pending = "";
+    const splitter = new LineSplitter(); // a "\r" stays, shown as "\\r"
     const buf = new Uint8Array(64 * 1024);
     for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
-      pending += decoder.decode(buf.subarray(0, n), { stream: true });
-      let nl: number;
-      while ((nl = pending.indexOf("\n")) !== -1) {
-        show(`server say# ${forTerminal(pending.slice(0, nl))}`);
-        pending = pending.slice(nl + 1);
+      for (const line of splitter.push(buf.subarray(0, n))) {
+        show(`server say# ${forTerminal(line)}`);
       }
     }
-    pending += decoder.decode();
-    if (pending !== "") show(`server say# ${forTerminal(pending)}`);
+    const last = splitter.end();
+    if (last !== undefined) show(`server say# ${forTerminal(last)}`);
   })();
   const received = receiving.then(() => "closed" as const);
 

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { connect, forTerminal } from "./client.ts";
 import { serve } from "./server.ts";
+import { LineSplitter, readLines } from "./io.ts";
 import { cli, randomBytes, runCli, writeAll } from "./testing.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
@@ -175,16 +176,76 @@ Deno.test({
   },
 });
 
-Deno.test("writeAll() hands over every byte", async () => {
-  const chunks: number[] = [];
-  await writeAll({
-    write(p: Uint8Array) {
-      const n = Math.min(3, p.length);
-      chunks.push(n);
-      return Promise.resolve(n);
-    },
-  }, new Uint8Array(10));
-  assert.deepEqual(chunks, [3, 3, 3, 1]);
+Deno.test({
+  name:
+    "tcpecho client on a terminal shows each echoed line, its \\r escaped, and a last line without \\n",
+  ignore: !hasScript,
+  async fn() {
+    // Not an echo server: it says two lines at once, the second unended, and
+    // closes. "é" is cut between its two bytes: the display must join them.
+    using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const pty = underPty(listener.addr.port);
+    {
+      using conn = await listener.accept();
+      const said = bytes("caf\u00e9\r\n\nlast");
+      await writeAll(conn, said.subarray(0, 4));
+      await writeAll(conn, said.subarray(4));
+    }
+    await pty.see("connection closed by server");
+    assert.equal(await pty.exit(), 0, pty.screen);
+    const shown = pty.screen.match(/server say# .*/g)?.map((l) => l.trimEnd());
+    assert.deepEqual(shown, [
+      "server say# caf\u00e9\\r",
+      "server say#",
+      "server say# last",
+    ]);
+  },
+});
+
+Deno.test("LineSplitter splits chunks into lines; a character or \\r\\n split between chunks stays whole", () => {
+  const text = "one\r\n\ntw\u00f6\r\nthree";
+  const all = bytes(text);
+  const expected = {
+    keep: ["one\r", "", "tw\u00f6\r"],
+    crlf: ["one", "", "tw\u00f6"],
+  };
+  for (const crlf of [false, true]) {
+    // every way of cutting the bytes in two: inside "\u00f6", between "\r" and "\n"
+    for (let cut = 0; cut <= all.length; cut++) {
+      const splitter = new LineSplitter({ crlf });
+      const lines = [
+        ...splitter.push(all.subarray(0, cut)),
+        ...splitter.push(all.subarray(cut)),
+      ];
+      assert.deepEqual(
+        lines,
+        crlf ? expected.crlf : expected.keep,
+        `cut ${cut}`,
+      );
+      assert.equal(splitter.end(), "three", "the unended last line");
+      assert.equal(splitter.end(), undefined, "empty after end()");
+    }
+  }
+  const splitter = new LineSplitter();
+  assert.deepEqual(splitter.push(bytes("a\n")), ["a"]);
+  assert.equal(splitter.end(), undefined, "input that ends with \\n");
+  assert.deepEqual(splitter.push(new Uint8Array([0x61, 0xff, 0x0a])), [
+    "a\ufffd",
+  ]);
+});
+
+Deno.test("readLines() yields the lines of a stream to its end", async () => {
+  const chunks = ["x\r", "\ny\n", "", "z"].map(bytes);
+  const stream = ReadableStream.from(chunks);
+  assert.deepEqual(await Array.fromAsync(readLines(stream, { crlf: true })), [
+    "x",
+    "y",
+    "z",
+  ]);
+  assert.deepEqual(
+    await Array.fromAsync(readLines(ReadableStream.from([bytes("\n")]))),
+    [""],
+  );
 });
 
 // ---- transports -----------------------------------------------------------

@@ -2,33 +2,25 @@
  * `deno compile` end to end: build the single binary, then use it as a user
  * would (`--version`, `server --port 0`, `client` in a pipe, SIGTERM).
  *
- * Where `deno compile` cannot download its runtime base (denort) the test is
- * reported as ignored, not failed; `TCPECHO_REQUIRE_COMPILE=1` (set by CI on
- * GitHub, which can download it) turns that into a failure.
+ * Where `deno compile` cannot download its runtime base (denort) the test's
+ * one step is reported as ignored, with the reason, not failed;
+ * `TCPECHO_REQUIRE_COMPILE=1` (set by CI on GitHub, which can download it)
+ * turns that into a failure. That is found out inside the test, so running
+ * other tests (`deno test --filter`) costs nothing here.
  *
  * @module
  */
 import assert from "node:assert/strict";
+import { ServerChild } from "./spawn.ts";
+import { compileArgs } from "./tools/compile.ts";
 
 const ROOT = new URL(".", import.meta.url);
-/**
- * The flags of the `compile` task in deno.json: keep the two in step. No
- * `--allow-env` (node:readline works without it); `--allow-run` because
- * `bench --spawn-server` starts `Deno.execPath()`, the binary itself.
- */
-const COMPILE_FLAGS = [
-  "--allow-net",
-  "--allow-read",
-  "--allow-write",
-  "--allow-run",
-];
 const PAYLOAD_BYTES = 256 * 1024;
 /** Bounds, not waits: each ends a child that hangs. */
 const PROBE_TIMEOUT_MS = 60_000;
 const COMPILE_TIMEOUT_MS = 180_000;
 const RUN_TIMEOUT_MS = 30_000;
 const IS_WINDOWS = Deno.build.os === "windows";
-const LISTENING = /listening on 127\.0\.0\.1:(\d+)/;
 
 interface Output {
   /** Exit code, or -1 when killed at the time limit. */
@@ -122,11 +114,6 @@ async function probeCompile(): Promise<
   }
 }
 
-const probe = await probeCompile();
-if (!probe.ok) console.error(`deno compile cannot run here: ${probe.reason}`);
-const ignore = probe.cannotDownload &&
-  Deno.env.get("TCPECHO_REQUIRE_COMPILE") !== "1";
-
 /** Random bytes; `getRandomValues` fills at most 64 KiB a call. */
 function randomBytes(n: number): Uint8Array<ArrayBuffer> {
   const bytes = new Uint8Array(n);
@@ -136,137 +123,89 @@ function randomBytes(n: number): Uint8Array<ArrayBuffer> {
   return bytes;
 }
 
-/**
- * A `server --port 0` child of the compiled binary. Its stderr is read line
- * by line from the start, so the child never blocks on a full pipe, and
- * `port` resolves at the `listening on` line (rejects if stderr ends first).
- */
-class Server implements AsyncDisposable {
-  readonly child: Deno.ChildProcess;
-  readonly lines: string[] = [];
-  readonly port: Promise<number>;
-  #reading: Promise<void>;
+Deno.test(
+  "`deno compile` builds a binary that serves, echoes and stops on SIGTERM",
+  async (t) => {
+    const probe = await probeCompile();
+    if (!probe.ok) {
+      console.error(`deno compile cannot run here: ${probe.reason}`);
+    }
+    const ignore = probe.cannotDownload &&
+      Deno.env.get("TCPECHO_REQUIRE_COMPILE") !== "1";
+    await t.step({
+      name: "compile main.ts and use the binary" +
+        (ignore
+          ? " (ignored: deno compile cannot download its runtime base on " +
+            "this machine)"
+          : ""),
+      ignore,
+      fn: (t) => compileAndRun(t, probe),
+    });
+  },
+);
 
-  constructor(exe: string) {
-    this.child = new Deno.Command(exe, {
-      args: ["server", "--port", "0"],
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    }).spawn();
-    const ready = Promise.withResolvers<number>();
-    // A server that never says it listens fails the test instead of hanging.
-    const timer = setTimeout(
-      () => ready.reject(new Error(`no "listening on" line:\n${this.log}`)),
-      RUN_TIMEOUT_MS,
+/** Compiles main.ts, then runs the binary as a user would, step by step. */
+async function compileAndRun(
+  t: Deno.TestContext,
+  probe: { ok: boolean; reason: string },
+): Promise<void> {
+  assert.ok(probe.ok, `deno compile cannot run: ${probe.reason}`);
+  const dir = await Deno.makeTempDir({ prefix: "tcpecho_compile_" });
+  try {
+    // deno compile adds ".exe" itself for Windows targets.
+    const exe = `${dir}/tcpecho${IS_WINDOWS ? ".exe" : ""}`;
+    const compiled = await run(
+      Deno.execPath(),
+      compileArgs(undefined, dir),
+      { cwd: ROOT, timeoutMs: COMPILE_TIMEOUT_MS },
     );
-    ready.promise.finally(() => clearTimeout(timer)).catch(() => {});
-    this.port = ready.promise;
-    this.port.catch(() => {}); // awaited by the test; may reject before that
-    this.#reading = this.#read(ready);
-  }
+    assert.equal(compiled.code, 0, `deno compile: ${compiled.stderr}`);
 
-  async #read(ready: PromiseWithResolvers<number>): Promise<void> {
-    let rest = "";
-    const take = (line: string) => {
-      this.lines.push(line);
-      const m = line.match(LISTENING);
-      if (m) ready.resolve(Number(m[1]));
-    };
-    const text = this.child.stderr.pipeThrough(new TextDecoderStream());
-    for await (const chunk of text) {
-      const lines = (rest + chunk).split("\n");
-      rest = lines.pop()!;
-      lines.forEach(take);
-    }
-    if (rest) take(rest);
-    ready.reject(new Error(`no "listening on" line:\n${this.log}`));
-  }
+    await t.step("--version prints the deno.json version", async () => {
+      const { version } = JSON.parse(
+        await Deno.readTextFile(new URL("deno.json", ROOT)),
+      );
+      const out = await run(exe, ["--version"]);
+      assert.equal(out.code, 0, out.stderr);
+      assert.ok(
+        new TextDecoder().decode(out.stdout).includes(version),
+        `--version does not print ${version}`,
+      );
+    });
 
-  get log(): string {
-    return this.lines.join("\n");
-  }
+    await t.step(
+      "server and client echo 256 KiB byte for byte",
+      async (t) => {
+        await using server = new ServerChild(["--port", "0"], {
+          program: exe,
+          env: { NO_COLOR: "1" },
+          startTimeoutMs: RUN_TIMEOUT_MS,
+        });
+        await server.ready;
 
-  /** Sends `signal` and waits for the exit and the end of stderr. */
-  async stop(signal: Deno.Signal): Promise<Deno.CommandStatus> {
-    try {
-      this.child.kill(signal);
-    } catch {
-      // already exited
-    }
-    const status = await this.child.status;
-    await this.#reading;
-    return status;
-  }
+        const payload = randomBytes(PAYLOAD_BYTES);
+        const out = await run(exe, ["client", "--port", String(server.port)], {
+          stdin: payload,
+        });
+        assert.equal(out.code, 0, `client: ${out.stderr}`);
+        assert.equal(out.stdout.length, payload.length, "bytes echoed");
+        assert.deepEqual(out.stdout, payload);
 
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.stop("SIGKILL"); // the graceful stop has its own step
+        // Windows has no SIGTERM to handle (Deno's kill() there terminates the
+        // process at once), so the graceful stop is POSIX only.
+        await t.step({
+          name: "SIGTERM stops the server with exit code 0",
+          ignore: IS_WINDOWS,
+          async fn() {
+            const code = await server.stop("SIGTERM");
+            const log = server.lines.join("\n");
+            assert.equal(code, 0, log);
+            assert.match(log, /stopped:/);
+          },
+        });
+      },
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 }
-
-Deno.test({
-  name: "`deno compile` builds a binary that serves, echoes and stops on " +
-    "SIGTERM" +
-    (ignore
-      ? " (ignored: deno compile cannot download its runtime base on this " +
-        "machine)"
-      : ""),
-  ignore,
-  async fn(t) {
-    assert.ok(probe.ok, `deno compile cannot run: ${probe.reason}`);
-    const dir = await Deno.makeTempDir({ prefix: "tcpecho_compile_" });
-    try {
-      // deno compile adds ".exe" itself for Windows targets.
-      const exe = `${dir}/tcpecho${IS_WINDOWS ? ".exe" : ""}`;
-      const compiled = await run(
-        Deno.execPath(),
-        ["compile", ...COMPILE_FLAGS, "-o", `${dir}/tcpecho`, "main.ts"],
-        { cwd: ROOT, timeoutMs: COMPILE_TIMEOUT_MS },
-      );
-      assert.equal(compiled.code, 0, `deno compile: ${compiled.stderr}`);
-
-      await t.step("--version prints the deno.json version", async () => {
-        const { version } = JSON.parse(
-          await Deno.readTextFile(new URL("deno.json", ROOT)),
-        );
-        const out = await run(exe, ["--version"]);
-        assert.equal(out.code, 0, out.stderr);
-        assert.ok(
-          new TextDecoder().decode(out.stdout).includes(version),
-          `--version does not print ${version}`,
-        );
-      });
-
-      await t.step(
-        "server and client echo 256 KiB byte for byte",
-        async (t) => {
-          await using server = new Server(exe);
-          const port = await server.port;
-
-          const payload = randomBytes(PAYLOAD_BYTES);
-          const out = await run(exe, ["client", "--port", String(port)], {
-            stdin: payload,
-          });
-          assert.equal(out.code, 0, `client: ${out.stderr}`);
-          assert.equal(out.stdout.length, payload.length, "bytes echoed");
-          assert.deepEqual(out.stdout, payload);
-
-          // Windows has no SIGTERM to handle (Deno's kill() there terminates the
-          // process at once), so the graceful stop is POSIX only.
-          await t.step({
-            name: "SIGTERM stops the server with exit code 0",
-            ignore: IS_WINDOWS,
-            async fn() {
-              const status = await server.stop("SIGTERM");
-              assert.equal(status.code, 0, server.log);
-              assert.match(server.log, /stopped:/);
-            },
-          });
-        },
-      );
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
-});

@@ -6,11 +6,13 @@
 
 /** Anything with `write()` (a `Deno.Conn`, `Deno.stdout`). */
 export interface Writer {
+  /** Writes some of `bytes` (maybe not all) and resolves with how many. */
   write(bytes: Uint8Array): Promise<number>;
 }
 
 /** Anything with `read()`; `null` is EOF. */
 export interface Reader {
+  /** Reads into `buf` and resolves with the byte count, or `null` at EOF. */
   read(buf: Uint8Array): Promise<number | null>;
 }
 
@@ -59,6 +61,16 @@ export function isDisconnect(err: unknown): boolean {
     err instanceof Deno.errors.BadResource;
 }
 
+/** `HOST:PORT` (`[::1]:PORT` for IPv6) or `unix:PATH`, as logs and errors show it. */
+export function formatAddr(addr: Deno.Addr): string {
+  if (!("hostname" in addr)) {
+    return "path" in addr ? `unix:${addr.path}` : addr.transport;
+  }
+  return addr.hostname.includes(":")
+    ? `[${addr.hostname}]:${addr.port}`
+    : `${addr.hostname}:${addr.port}`;
+}
+
 const decoder = new TextDecoder(); // non-fatal: invalid UTF-8 shows as U+FFFD
 
 /**
@@ -94,4 +106,80 @@ export function delay(ms: number, signal: AbortSignal): Promise<void> {
     const timer = setTimeout(done, ms);
     signal.addEventListener("abort", done, { once: true });
   });
+}
+
+/** Options for {@linkcode LineSplitter} and {@linkcode readLines}. */
+export interface LineOptions {
+  /**
+   * Take a `\r` just before a `\n` as part of the line ending (`\r\n`), so it
+   * is not in the line. Off, a line keeps its `\r` for the caller to show.
+   * @default {false}
+   */
+  crlf?: boolean;
+}
+
+/**
+ * Splits bytes into lines of text, fed a chunk at a time as reads deliver
+ * them: decoded with one `TextDecoder` in streaming mode, so a character or a
+ * `\r\n` split across chunks is whole. For display and logs only: decoding
+ * is lenient (invalid UTF-8 becomes U+FFFD). Empty lines are lines too.
+ *
+ * @example
+ * ```ts ignore
+ * const splitter = new LineSplitter();
+ * for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+ *   for (const line of splitter.push(buf.subarray(0, n))) show(line);
+ * }
+ * const last = splitter.end();
+ * if (last !== undefined) show(last);
+ * ```
+ */
+export class LineSplitter {
+  #decoder = new TextDecoder();
+  #pending = "";
+  #crlf: boolean;
+
+  /** A splitter; see {@linkcode LineOptions}. */
+  constructor(options: LineOptions = {}) {
+    const { crlf = false } = options;
+    this.#crlf = crlf;
+  }
+
+  /** The lines `chunk` completes, in order, without their line ending. */
+  push(chunk: Uint8Array): string[] {
+    const text = this.#pending +
+      this.#decoder.decode(chunk, { stream: true });
+    const lines = text.split("\n");
+    this.#pending = lines.pop()!;
+    if (this.#crlf) {
+      for (let i = 0; i < lines.length; i++) {
+        if (lines[i].endsWith("\r")) lines[i] = lines[i].slice(0, -1);
+      }
+    }
+    return lines;
+  }
+
+  /**
+   * Ends the input: the last line when it had no `\n`, else `undefined`. The
+   * splitter is empty again afterwards.
+   */
+  end(): string | undefined {
+    const last = this.#pending + this.#decoder.decode();
+    this.#pending = "";
+    return last === "" ? undefined : last;
+  }
+}
+
+/**
+ * The lines of `stream` (a child's stderr, say), as {@linkcode LineSplitter}
+ * cuts them, to the end of the stream.
+ */
+export async function* readLines(
+  stream: ReadableStream<Uint8Array>,
+  options: LineOptions = {},
+): AsyncGenerator<string, void, undefined> {
+  const splitter = new LineSplitter(options);
+  for await (const chunk of stream) yield* splitter.push(chunk);
+  const last = splitter.end();
+  if (last !== undefined) yield last;
 }

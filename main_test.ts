@@ -5,7 +5,15 @@ import { type Command, findCommand } from "./_cli.ts";
 import { benchCommand } from "./_bench_command.ts";
 import { clientCommand } from "./_client_command.ts";
 import { serverCommand } from "./_server_command.ts";
-import { captureLogs, cli, echoAll, runCli, ServerProcess } from "./testing.ts";
+import {
+  captureLogs,
+  cli,
+  echoAll,
+  echoServer,
+  flipBitAt,
+  runCli,
+  ServerProcess,
+} from "./testing.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 const posix = Deno.build.os !== "windows";
@@ -370,12 +378,20 @@ Deno.test("tcpecho bench --spawn-server --json prints the spec's object", async 
     "mib_per_s",
     "latency_us",
     "errors",
+    "rate",
+    "latency_uncorrected_us",
+    "connects_per_s",
     "lost",
+    "per_conn",
   ]);
   assert.deepEqual(Object.keys(result.latency_us), [
     "p50",
+    "p75",
     "p90",
+    "p95",
     "p99",
+    "p999",
+    "p9999",
     "max",
   ]);
   assert.equal(result.errors, 0);
@@ -401,37 +417,11 @@ Deno.test("tcpecho bench --lines --spawn-server measures a line-mode server", as
 
 Deno.test("tcpecho bench exits 1 when a server corrupts an echo", async () => {
   // An echo server that flips one bit of the 1000th byte it echoes.
-  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<Deno.Conn>();
-  const serving = (async () => {
-    let total = 0;
-    const tasks: Promise<void>[] = [];
-    for await (const conn of listener) {
-      conns.add(conn);
-      tasks.push((async () => {
-        const buf = new Uint8Array(4096);
-        try {
-          for (
-            let n = await conn.read(buf);
-            n !== null;
-            n = await conn.read(buf)
-          ) {
-            const at = 1000 - total;
-            if (at >= 0 && at < n) buf[at] ^= 1;
-            total += n;
-            await conn.write(buf.subarray(0, n));
-          }
-        } catch { /* the bench closed it */ }
-        conns.delete(conn);
-        conn.close();
-      })());
-    }
-    await Promise.all(tasks);
-  })().catch(() => {});
+  await using server = echoServer({ mangle: flipBitAt(1000) });
   const { code, stdout, stderr } = await runCli([
     "bench",
     "-p",
-    `${listener.addr.port}`,
+    `${server.port}`,
     "-c",
     "1",
     "-d",
@@ -442,9 +432,6 @@ Deno.test("tcpecho bench exits 1 when a server corrupts an echo", async () => {
   assert.ok(JSON.parse(stdout).errors >= 1);
   assert.match(stderr, /^warning: .*mismatch/m);
   assert.match(stderr, /^error: \d+ errors during the run/m);
-  listener.close();
-  for (const conn of conns) conn.close();
-  await serving;
 });
 
 Deno.test("tcpecho bench usage errors exit 2", async () => {
@@ -454,6 +441,12 @@ Deno.test("tcpecho bench usage errors exit 2", async () => {
       ["bench", "-c", "0"],
       ["bench", "-d", "0"],
       ["bench", "--spawn-server", "-p", "9"],
+      ["bench", "--spawn-server", "--tls"],
+      ["bench", "--pattern", "stream", "--rate", "100"],
+      ["bench", "--pattern", "stream", "--hlog", "x.hlog"],
+      ["bench", "--threads", "0"],
+      ["bench", "--interval", "0"],
+      ["bench", "merge"],
     ]
   ) {
     const { code, stderr } = await runCli(args);
@@ -487,4 +480,82 @@ Deno.test({
     assert.equal(result.errors, 0);
     assert.ok(result.duration_s < 60);
   },
+});
+
+Deno.test("tcpecho bench --interval prints one line per interval on stderr, kept", async () => {
+  await using server = serve({ port: 0 });
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "-p",
+    `${server.addr.port}`,
+    "-c",
+    "2",
+    "-d",
+    "1",
+    "--interval",
+    "0.25",
+    "--json",
+  ]);
+  assert.equal(code, 0, stderr);
+  const lines = stderr.trimEnd().split("\n");
+  assert.ok(lines.length >= 4 && lines.length <= 5, stderr);
+  for (const line of lines) {
+    assert.match(
+      line,
+      /^\[ +\d+\.\d- +\d+\.\d s\] +[\d,]+ msg\/s +[\d.]+ MiB\/s {2}p99 [\d.]+ (µs|ms)$/,
+    );
+  }
+  assert.match(lines[0], /^\[ {2}0\.0- {2}0\.[23] s\]/);
+  assert.ok(JSON.parse(stdout).messages > 0);
+});
+
+Deno.test("tcpecho bench --threads 2: one result over both workers", async () => {
+  await using server = serve({ port: 0 });
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "-p",
+    `${server.addr.port}`,
+    "-c",
+    "6",
+    "-d",
+    "0.5",
+    "--threads",
+    "2",
+  ]);
+  assert.equal(code, 0, stderr);
+  assert.match(
+    stdout,
+    /^bench 127\.0\.0\.1:\d+: pingpong, 6 connections, 64-byte messages, 0\.5\d s after a 1 s warm-up, 2 threads$/m,
+  );
+  const messages = Number(
+    /^messages +([\d,]+)/m.exec(stdout)![1].replaceAll(",", ""),
+  );
+  const bytes = Number(
+    /^bytes +([\d,]+) echoed bytes received/m.exec(stdout)![1].replaceAll(
+      ",",
+      "",
+    ),
+  );
+  assert.equal(bytes, messages * 64);
+  assert.equal(server.stats.served, 6);
+  assert.match(stdout, /^per conn +min [1-9]/m);
+});
+
+Deno.test("tcpecho bench groups errors by cause and hints at --lines", async () => {
+  await using server = serve({ port: 0, mode: "line" });
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "-p",
+    `${server.addr.port}`,
+    "-c",
+    "2",
+    "-d",
+    "0.2",
+  ]);
+  assert.equal(code, 1, stderr);
+  assert.match(
+    stdout,
+    /^errors {5}2\n {7}2 × no echo\n {11}hint: is the server in line mode\? try --lines$/m,
+  );
+  assert.match(stderr, /^error: 2 errors during the run/m);
 });

@@ -8,13 +8,12 @@ import net from "node:net";
 import { serve } from "./server.ts";
 import { isDisconnect } from "./io.ts";
 import {
-  captureLogs,
   closeQuietly,
+  ConnEvents,
   openFilesLimit,
   randomBytes,
   RandomStream,
   readExactly,
-  render,
   roundTrip,
   ServerProcess,
   watchdog,
@@ -168,12 +167,13 @@ Deno.test({
     "serve() sheds slowloris: maxConnsPerIp refuses the extra, idleTimeoutMs the silent",
   ignore: !posix, // 127.0.0.2 is a loopback address on Linux
   async fn() {
-    await using logs = await captureLogs();
+    using events = new ConnEvents();
     const perIp = 8;
     await using server = serve({
       port: 0,
       maxConnsPerIp: perIp,
       idleTimeoutMs: 100,
+      onConnState: events.onConnState,
     });
     const port = server.addr.port;
     // The honest client, from 127.0.0.1.
@@ -190,31 +190,33 @@ Deno.test({
     for (const a of attack.slice(0, 5)) a.socket.write(new Uint8Array([46]));
     let gone = false;
     Promise.all(attack.map((a) => a.closed)).then(() => gone = true);
-    const offline = () =>
-      logs.records.map(render).filter((m) =>
-        /^\[127\.0\.0\.2:\d+\] offline \(/.test(m)
-      ).length;
+    const attacker = (e: { peer: string }) => e.peer.startsWith("127.0.0.2:");
+    const giveUpMs = 5000; // 50 idle timeouts: it is broken
+    const shed = events.count("closed", perIp, attacker, giveUpMs);
+    let done = false;
+    shed.then(() => done = true, () => done = true);
     // The honest client keeps talking meanwhile, and is answered every time,
     // until the attacker's connections are all closed and their tasks done.
     let rounds = 0;
-    const giveUp = performance.now() + 5000; // 50 idle timeouts: broken
-    while (!(gone && offline() === perIp) && performance.now() < giveUp) {
+    const giveUp = performance.now() + giveUpMs;
+    while (!(gone && done) && performance.now() < giveUp) {
       const msg = bytes(`round ${rounds++}`);
       assert.deepEqual(await roundTrip(active, msg), msg);
     }
     assert.ok(gone, "some attacking connections were never closed");
-    assert.equal(offline(), perIp);
+    const closed = await shed;
+    assert.deepEqual(
+      closed.map((e) => e.reason),
+      Array(perIp).fill("idle for 0.10 s"),
+    );
     assert.equal(server.stats.refused, 20 - perIp);
-    const messages = logs.records.map(render);
-    const refused = messages.filter((m) =>
-      /refused: too many connections from 127\.0\.0\.2 \(max-conns-per-ip 8\)/
-        .test(m)
+    const refused = events.events.filter((e) => e.state === "refused");
+    assert.deepEqual(
+      refused.map((e) => attacker(e) && e.reason),
+      Array(20 - perIp).fill(
+        "too many connections from 127.0.0.2 (max-conns-per-ip 8)",
+      ),
     );
-    assert.equal(refused.length, 20 - perIp);
-    const idle = messages.filter((m) =>
-      /^\[127\.0\.0\.2:\d+\] closing: idle for 0\.10 s$/.test(m)
-    );
-    assert.equal(idle.length, perIp);
     // Its address is welcome again once its connections are gone.
     await roundTrip(active, bytes("."));
     assert.equal(server.stats.active, 1);
@@ -243,17 +245,18 @@ async function sendWithoutReading(conn: Deno.Conn): Promise<number> {
 }
 
 Deno.test("serve() with idleTimeoutMs closes a peer that stopped reading", async () => {
-  await using logs = await captureLogs();
-  await using server = serve({ port: 0, idleTimeoutMs: 100 });
+  using events = new ConnEvents();
+  await using server = serve({
+    port: 0,
+    idleTimeoutMs: 100,
+    onConnState: events.onConnState,
+  });
   using conn = await Deno.connect({ port: server.addr.port });
   using dog = watchdog(10_000, () => closeQuietly(conn));
-  const offline = logs.next(/offline/);
   const written = await sendWithoutReading(conn); // ends when the server closes
-  await offline;
+  const closed = await events.find("closed");
   assert.ok(!dog.fired, "the server never closed the stuck connection");
-  assert.ok(
-    logs.records.map(render).some((m) => /closing: idle for 0\.10 s$/.test(m)),
-  );
+  assert.equal(closed.reason, "idle for 0.10 s");
   // Its last echo was still being written: the server was stuck in a write.
   assert.ok(server.stats.bytesIn > server.stats.bytesOut);
   assert.ok(written >= server.stats.bytesIn);
@@ -261,9 +264,13 @@ Deno.test("serve() with idleTimeoutMs closes a peer that stopped reading", async
 });
 
 Deno.test("Server.close() does not wait past shutdownTimeoutMs for a blocked write", async () => {
-  await using logs = await captureLogs();
+  using events = new ConnEvents();
   const shutdownTimeoutMs = 300;
-  const server = serve({ port: 0, shutdownTimeoutMs });
+  const server = serve({
+    port: 0,
+    shutdownTimeoutMs,
+    onConnState: events.onConnState,
+  });
   using conn = await Deno.connect({ port: server.addr.port });
   using dog = watchdog(shutdownTimeoutMs + 10_000, () => closeQuietly(conn));
   const sending = sendWithoutReading(conn);
@@ -276,11 +283,9 @@ Deno.test("Server.close() does not wait past shutdownTimeoutMs for a blocked wri
   assert.ok(tookMs >= shutdownTimeoutMs - 20, `closed after ${tookMs} ms`);
   assert.ok(tookMs < shutdownTimeoutMs + 2000, `closed after ${tookMs} ms`);
   assert.ok(server.stats.bytesIn > server.stats.bytesOut, "no write pending");
-  assert.ok(
-    logs.records.map(render).some((m) =>
-      /closing: server shutting down$/.test(m)
-    ),
-  );
+  // Closed by the server, before close() resolved.
+  const closed = events.events.filter((e) => e.state === "closed");
+  assert.deepEqual(closed.map((e) => e.reason), ["server shutting down"]);
 });
 
 Deno.test({

@@ -8,10 +8,9 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { serve } from "./server.ts";
 import {
-  captureLogs,
   closeQuietly,
+  ConnEvents,
   randomBytes,
-  render,
   watchdog,
   writeAll,
 } from "./testing.ts";
@@ -236,12 +235,18 @@ Deno.test("serve() in line mode echoes exactly the input, lines cut or joined an
 });
 
 Deno.test("serve() enforces maxLineBytes exactly: limit-1 and limit pass, limit+1 closes", async () => {
-  await using logs = await captureLogs();
-  await using server = serve({ port: 0, mode: "line" });
+  using events = new ConnEvents();
+  const { onConnState } = events;
+  await using server = serve({ port: 0, mode: "line", onConnState });
   let tooLong = 0;
   // One server, so the limit is the default; the line under test is built
   // around it. A second server checks tiny limits (1..8), where off-by-ones hide.
-  await using tiny = serve({ port: 0, mode: "line", maxLineBytes: 3 });
+  await using tiny = serve({
+    port: 0,
+    mode: "line",
+    maxLineBytes: 3,
+    onConnState,
+  });
   await fc.assert(
     fc.asyncProperty(
       fc.boolean(), // tiny server (limit 3) or the default one (65536)
@@ -292,8 +297,17 @@ Deno.test("serve() enforces maxLineBytes exactly: limit-1 and limit pass, limit+
     ),
     { numRuns: 200, ...BOUNDS },
   );
-  const warnings = logs.records.filter((r) =>
-    r.level === "warning" && /closing: line longer than/.test(render(r))
+  // Every connection is closed and told (close() awaits its task): the
+  // server closed exactly the ones with a line too long, for that reason.
+  await Promise.all([server.close(), tiny.close()]);
+  const reasons = events.events.flatMap((e) =>
+    e.state === "closed" && e.reason !== undefined ? [e.reason] : []
   );
-  assert.equal(warnings.length, tooLong);
+  assert.equal(reasons.length, tooLong);
+  assert.ok(
+    reasons.every((r) =>
+      /^line longer than (3|65536) bytes \(max-line\)$/.test(r)
+    ),
+    reasons.join(", "),
+  );
 });

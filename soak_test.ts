@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { writeAll } from "./testing.ts";
+import { echoServer } from "./testing.ts";
 
-const SOAK = new URL("./soak.ts", import.meta.url).pathname;
+const SOAK = new URL("./tools/soak.ts", import.meta.url).pathname;
 
 async function soak(args: string[]) {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
@@ -15,7 +15,8 @@ async function soak(args: string[]) {
 }
 
 Deno.test({
-  name: "soak.ts runs plain and TLS servers, verifies, reports fds and RSS",
+  name:
+    "tools/soak.ts runs plain and TLS servers, verifies, reports fds and RSS",
   ignore: Deno.build.os !== "linux", // /proc
   async fn() {
     const { code, stdout, stderr } = await soak([
@@ -47,32 +48,20 @@ Deno.test({
   },
 });
 
-Deno.test("soak.ts exits 1 when a server corrupts the echo", async () => {
-  // An echo server that flips one byte of every 100,000th.
-  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const tasks = new Set<Promise<void>>();
-  const serving = (async () => {
-    let seen = 0;
-    for await (const conn of listener) {
-      const task = (async () => {
-        using _conn = conn;
-        const buf = new Uint8Array(64 * 1024);
-        for (
-          let n = await conn.read(buf);
-          n !== null;
-          n = await conn.read(buf)
-        ) {
-          for (let i = 0; i < n; i++) if (++seen % 100_000 === 0) buf[i] ^= 1;
-          await writeAll(conn, buf.subarray(0, n));
-        }
-        await conn.closeWrite();
-      })().catch(() => {}).finally(() => tasks.delete(task));
-      tasks.add(task);
-    }
-  })();
+Deno.test("tools/soak.ts exits 1 when a server corrupts the echo", async () => {
+  // An echo server that flips one bit of every 100,000th byte it echoes.
+  let echoed = 0;
+  await using server = echoServer({
+    mangle(chunk) {
+      for (let i = 0; i < chunk.length; i++) {
+        if (++echoed % 100_000 === 0) chunk[i] ^= 1;
+      }
+      return chunk;
+    },
+  });
   const { code, stdout } = await soak([
     "--port",
-    String(listener.addr.port),
+    String(server.port),
     "--duration",
     "1",
     "--clients",
@@ -80,9 +69,6 @@ Deno.test("soak.ts exits 1 when a server corrupts the echo", async () => {
     "--abort-share",
     "0",
   ]);
-  listener.close();
-  await serving.catch(() => {});
-  await Promise.allSettled(tasks);
   assert.equal(code, 1);
   assert.match(stdout, /^errors: [1-9]/m);
   assert.match(stdout, /mismatch at byte \d+/);

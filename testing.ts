@@ -1,11 +1,14 @@
 /**
  * Test helpers shared by the `*_test.ts` files: the CLI as a child process,
- * log capture, and socket round trips. Not part of the tool.
+ * a misbehaving echo server and a stub `main.ts` to test clients and spawners
+ * against, log capture, and socket round trips. Not part of the tool.
  *
  * @module
  */
 import { configure, type LogRecord, reset } from "@logtape/logtape";
-import { readAll, writeAll } from "./io.ts";
+import { formatAddr, readAll, writeAll } from "./io.ts";
+import type { ConnEvent } from "./server.ts";
+import { ServerChild } from "./spawn.ts";
 
 export { readAll, writeAll };
 
@@ -32,45 +35,23 @@ export async function runCli(
 }
 
 /**
- * A running `tcpecho server` child. Its stderr is read line by line from the
- * start, so `waitFor()` sees every line and the child never blocks on a full
- * pipe. Dispose (or `stop()`) to end it and await everything.
+ * A running `tcpecho server` child (`deno run -A main.ts server ARGS`, logs
+ * uncoloured): a {@linkcode ServerChild} that keeps every stderr line and is
+ * killed (SIGKILL) on disposal.
  */
-export class ServerProcess implements AsyncDisposable {
-  readonly child: Deno.ChildProcess;
-  /** Every stderr line so far. */
-  readonly lines: string[] = [];
-  /** The port from the `listening on` line. */
-  port = 0;
-  #waiters: { re: RegExp; resolve: (line: string) => void }[] = [];
-  #reading: Promise<void>;
-  #stdout: Promise<Uint8Array>;
-  #closed = Promise.withResolvers<void>();
-
+export class ServerProcess extends ServerChild {
   /**
    * `tcpecho server ARGS`, run through `wrapper` when one is given (such as
    * `prlimit --nofile=64:64 --`).
    */
   constructor(args: string[], wrapper: string[] = []) {
-    const [command, ...rest] = [
-      ...wrapper,
-      Deno.execPath(),
-      "run",
-      "-A",
-      "--quiet",
-      MAIN,
-      "server",
-      ...args,
-    ];
-    this.child = new Deno.Command(command, {
-      args: rest,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
+    super(args, {
+      mainModule: MAIN,
+      runFlags: ["-A", "--quiet"],
+      wrapper,
       env: { NO_COLOR: "1" },
-    }).spawn();
-    this.#stdout = new Response(this.child.stdout).bytes();
-    this.#reading = this.#readLines();
+      startTimeoutMs: 20_000,
+    });
   }
 
   /** Starts a server with `args` (add `--port 0`) and waits until it listens. */
@@ -79,90 +60,216 @@ export class ServerProcess implements AsyncDisposable {
     wrapper: string[] = [],
   ): Promise<ServerProcess> {
     const server = new ServerProcess(args, wrapper);
-    const line = await server.waitFor(/listening on /);
-    server.port = Number(line.match(/listening on [^\s"]*:(\d+)/)?.[1] ?? 0);
+    await server.ready;
     return server;
   }
 
-  async #readLines(): Promise<void> {
-    let pending = "";
-    const decoder = new TextDecoder();
-    for await (const chunk of this.child.stderr) {
-      pending += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = pending.indexOf("\n")) !== -1) {
-        this.#line(pending.slice(0, nl));
-        pending = pending.slice(nl + 1);
-      }
-    }
-    if (pending !== "") this.#line(pending);
-    this.#closed.resolve();
-  }
-
-  #line(line: string): void {
-    this.lines.push(line);
-    this.#waiters = this.#waiters.filter((w) => {
-      if (!w.re.test(line)) return true;
-      w.resolve(line);
-      return false;
-    });
-  }
-
-  /**
-   * Resolves with the first stderr line (past or future) matching `re`;
-   * rejects if stderr ends first, or after `timeoutMs` (a broken feature
-   * fails its test instead of hanging the suite).
-   */
-  async waitFor(re: RegExp, timeoutMs = 20_000): Promise<string> {
-    const seen = this.lines.find((l) => re.test(l));
-    if (seen !== undefined) return seen;
-    const { promise, resolve, reject } = Promise.withResolvers<string>();
-    this.#waiters.push({ re, resolve });
-    const fail = (why: string) =>
-      reject(new Error(`${why} ${re}; it said:\n${this.lines.join("\n")}`));
-    this.#closed.promise.then(() => fail("server exited without logging"));
-    const timer = setTimeout(
-      () => fail(`no line in ${timeoutMs / 1000} s matched`),
-      timeoutMs,
-    );
-    try {
-      return await promise;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /** Sends `signal` and resolves with the exit code once all output is read. */
-  async stop(signal: Deno.Signal = "SIGTERM"): Promise<number> {
-    try {
-      this.child.kill(signal);
-    } catch {
-      // already exited
-    }
-    return await this.exited();
-  }
-
-  /** Waits for the child to exit by itself; resolves with its exit code. */
-  async exited(): Promise<number> {
-    const [status] = await Promise.all([
-      this.child.status,
-      this.#reading,
-      this.#stdout,
-    ]);
-    return status.code;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
+  /** Kills the child (SIGKILL) and waits for it. */
+  override async [Symbol.asyncDispose](): Promise<void> {
     await this.stop("SIGKILL");
   }
 }
 
+// ---- stand-ins: an echo server that misbehaves on purpose, a fake main.ts ----
+
+/**
+ * Called on every chunk an {@linkcode echoServer} reads, before it echoes it,
+ * with the connection's number (0, 1, … in accept order) and how many bytes
+ * it read before this chunk: returns what to echo (the chunk, changed in
+ * place or not, or other bytes), or `"close"` to close the connection.
+ */
+export type Mangle = (
+  chunk: Uint8Array,
+  state: { readonly conn: number; readonly offset: number },
+) => Uint8Array | "close";
+
+/** Options for {@linkcode echoServer}. */
+export interface EchoServerOptions {
+  /** Changes what is echoed; by default every byte comes back as it came. */
+  mangle?: Mangle;
+  /** Listen on this Unix socket instead of 127.0.0.1, port 0. */
+  path?: string;
+  /** Serve TLS with this PEM certificate and key. */
+  tls?: { cert: string; key: string };
+  /** Echo in writes of at most this many bytes. @default {Infinity} */
+  pieceBytes?: number;
+  /** After the client's half-close, keep the connection open until closed. @default {false} */
+  hold?: boolean;
+}
+
+/** A running {@linkcode echoServer}. */
+export interface EchoServer extends AsyncDisposable {
+  /** Its port on 127.0.0.1 (0 on a Unix socket). */
+  readonly port: number;
+  /** Stops listening, closes every connection, awaits their tasks (idempotent). */
+  close(): Promise<void>;
+}
+
+/**
+ * A raw echo server that can misbehave on purpose (alter, cut, split or
+ * withhold its echo), to test clients against: one task per connection,
+ * half-close answered once everything is echoed, every connection tracked
+ * and closed by {@linkcode EchoServer.close}.
+ *
+ * @example
+ * ```ts ignore
+ * await using server = echoServer({ mangle: flipBitAt(1000) });
+ * ```
+ */
+export function echoServer(options: EchoServerOptions = {}): EchoServer {
+  const { mangle, path, tls, pieceBytes = Infinity, hold = false } = options;
+  const closing = Promise.withResolvers<void>();
+  const listener: Deno.Listener = tls
+    ? Deno.listenTls({
+      hostname: "127.0.0.1",
+      port: 0,
+      cert: tls.cert,
+      key: tls.key,
+    })
+    : path === undefined
+    ? Deno.listen({ hostname: "127.0.0.1", port: 0 })
+    : Deno.listen({ transport: "unix", path });
+  const conns = new Set<Deno.Conn>();
+  const tasks = new Set<Promise<void>>();
+  let accepted = 0;
+  const handle = async (conn: Deno.Conn, index: number) => {
+    using _conn = conn;
+    const state = { conn: index, offset: 0 };
+    const buffer = new Uint8Array(64 * 1024);
+    try {
+      for (
+        let n = await conn.read(buffer);
+        n !== null;
+        n = await conn.read(buffer)
+      ) {
+        const out = mangle
+          ? mangle(buffer.subarray(0, n), state)
+          : buffer.subarray(0, n);
+        if (out === "close") return;
+        state.offset += n;
+        for (let at = 0; at < out.length; at += pieceBytes) {
+          await writeAll(
+            conn,
+            out.subarray(at, Math.min(out.length, at + pieceBytes)),
+          );
+        }
+      }
+      if (hold) await closing.promise;
+      await conn.closeWrite();
+    } catch {
+      // reset, or interrupted by close(): this connection is done
+    } finally {
+      conns.delete(conn);
+    }
+  };
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        conns.add(conn);
+        const task: Promise<void> = handle(conn, accepted++).finally(() =>
+          tasks.delete(task)
+        );
+        tasks.add(task);
+      }
+    } catch { /* listener closed */ }
+  })();
+  let closed: Promise<void> | undefined;
+  const close = () =>
+    closed ??= (async () => {
+      closing.resolve();
+      listener.close();
+      await accepting;
+      for (const conn of conns) closeQuietly(conn);
+      await Promise.all(tasks);
+    })();
+  return {
+    port: path === undefined ? (listener.addr as Deno.NetAddr).port : 0,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/**
+ * A {@linkcode Mangle} that flips the low bit of byte `at` of each
+ * connection's echo, or of connection `conn`'s only.
+ */
+export function flipBitAt(at: number, conn?: number): Mangle {
+  return (chunk, state) => {
+    const i = at - state.offset;
+    if (
+      (conn === undefined || state.conn === conn) && i >= 0 && i < chunk.length
+    ) {
+      chunk[i] ^= 0x01;
+    }
+    return chunk;
+  };
+}
+
+/**
+ * A stand-in for `main.ts` (a {@linkcode ServerChild} `mainModule`) that
+ * logs as `tcpecho server` does and echoes: `starting`, the ready line
+ * (JSON with `--log-format json`), `args: ARGS`. `--silent` leaves out the
+ * ready line, `--env` adds `env: $STUB_ENV`, `--ignore-sigterm` keeps it
+ * running on SIGTERM (else it exits 0).
+ */
+export const STUB_SERVER = `
+const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+console.error("starting");
+if (!Deno.args.includes("--silent")) {
+  console.error(
+    Deno.args.includes("json")
+      ? JSON.stringify({ message: 'listening on "127.0.0.1:' + listener.addr.port + '"' })
+      : "listening on 127.0.0.1:" + listener.addr.port,
+  );
+}
+console.error("args: " + Deno.args.join(" "));
+if (Deno.args.includes("--env")) console.error("env: " + Deno.env.get("STUB_ENV"));
+Deno.addSignalListener("SIGTERM", () => {
+  if (!Deno.args.includes("--ignore-sigterm")) Deno.exit(0);
+});
+for await (const conn of listener) {
+  (async () => {
+    const buf = new Uint8Array(65536);
+    try {
+      for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+        for (let d = 0; d < n;) d += await conn.write(buf.subarray(d, n));
+      }
+      await conn.closeWrite();
+    } catch {}
+    try { conn.close(); } catch {}
+  })();
+}
+`;
+
+/**
+ * A temporary directory holding `source` (by default
+ * {@linkcode STUB_SERVER}) as `stub.ts`; removed on disposal.
+ */
+export async function stubServer(
+  source: string = STUB_SERVER,
+): Promise<AsyncDisposable & { dir: string; stub: string }> {
+  const dir = await Deno.makeTempDir({ prefix: "tcpecho_stub_" });
+  const stub = `${dir}/stub.ts`;
+  await Deno.writeTextFile(stub, source);
+  return {
+    dir,
+    stub,
+    async [Symbol.asyncDispose]() {
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
 /** Captures LogTape records (all levels) until disposed. */
 export async function captureLogs(): Promise<
-  AsyncDisposable & { records: LogRecord[]; next(re: RegExp): Promise<string> }
+  AsyncDisposable & {
+    records: LogRecord[];
+    next(re: RegExp, timeoutMs?: number): Promise<string>;
+  }
 > {
   const records: LogRecord[] = [];
   const waiters: { re: RegExp; resolve: (m: string) => void }[] = [];
+  const timers = new Set<ReturnType<typeof setTimeout>>();
   await configure({
     reset: true,
     sinks: {
@@ -182,13 +289,35 @@ export async function captureLogs(): Promise<
   });
   return {
     records,
-    /** The first record from now on whose message matches `re`. */
-    next(re: RegExp) {
-      const { promise, resolve } = Promise.withResolvers<string>();
-      waiters.push({ re, resolve });
-      return promise;
+    /**
+     * The first record from now on whose message matches `re`; rejects after
+     * `timeoutMs`, with what was logged (a broken feature fails its test
+     * instead of hanging the suite).
+     */
+    async next(re: RegExp, timeoutMs = 20_000) {
+      const { promise, resolve, reject } = Promise.withResolvers<string>();
+      const waiter = { re, resolve };
+      waiters.push(waiter);
+      const timer = setTimeout(() => {
+        waiters.splice(waiters.indexOf(waiter), 1);
+        const seen = records.map(render).join("\n");
+        reject(
+          new Error(
+            `no log record in ${timeoutMs / 1000} s matched ${re}; ` +
+              `it logged:\n${seen}`,
+          ),
+        );
+      }, timeoutMs);
+      timers.add(timer);
+      try {
+        return await promise;
+      } finally {
+        clearTimeout(timer);
+        timers.delete(timer);
+      }
     },
     async [Symbol.asyncDispose]() {
+      for (const timer of timers) clearTimeout(timer); // waits not awaited
       await reset();
     },
   };
@@ -255,6 +384,7 @@ export class RandomStream {
   /** Bytes produced so far. */
   offset = 0;
 
+  /** A stream from `seed` (0 counts as 1). */
   constructor(seed = 1) {
     this.#x = seed || 1;
   }
@@ -320,4 +450,87 @@ export function openFilesLimit(): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Records a server's connection events: pass `onConnState` to `serve()`,
+ * then wait on `find()` / `count()` instead of on log wording. Every wait
+ * is bounded. Dispose to clear the timers of waits nobody awaited.
+ */
+export class ConnEvents implements Disposable {
+  /** Every event so far, in order. */
+  readonly events: ConnEvent[] = [];
+  #waiters = new Set<() => void>();
+  #timers = new Set<ReturnType<typeof setTimeout>>();
+
+  /** The hook for `serve({ onConnState })`. */
+  readonly onConnState = (event: ConnEvent): void => {
+    this.events.push(event);
+    for (const check of this.#waiters) check();
+  };
+
+  /**
+   * The first `state` event (past or future) that `match` accepts; rejects
+   * after `timeoutMs` with the events seen.
+   */
+  async find<S extends ConnEvent["state"]>(
+    state: S,
+    match: (event: Extract<ConnEvent, { state: S }>) => boolean = () => true,
+    timeoutMs = 20_000,
+  ): Promise<Extract<ConnEvent, { state: S }>> {
+    const [event] = await this.count(state, 1, match, timeoutMs);
+    return event;
+  }
+
+  /**
+   * Resolves with the `state` events that `match` accepts once there are at
+   * least `n` of them (past or future); rejects after `timeoutMs` with the
+   * events seen.
+   */
+  count<S extends ConnEvent["state"]>(
+    state: S,
+    n: number,
+    match: (event: Extract<ConnEvent, { state: S }>) => boolean = () => true,
+    timeoutMs = 20_000,
+  ): Promise<Extract<ConnEvent, { state: S }>[]> {
+    type E = Extract<ConnEvent, { state: S }>;
+    const matching = () =>
+      this.events.filter((e): e is E => e.state === state && match(e as E));
+    const { promise, resolve, reject } = Promise.withResolvers<E[]>();
+    const check = () => {
+      const found = matching();
+      if (found.length < n) return;
+      done();
+      resolve(found);
+    };
+    const timer = setTimeout(() => {
+      done();
+      const seen = this.events.map((e) => JSON.stringify(e)).join("\n");
+      reject(
+        new Error(
+          `${matching().length} of ${n} ${state} events in ` +
+            `${timeoutMs / 1000} s; events:\n${seen}`,
+        ),
+      );
+    }, timeoutMs);
+    const done = () => {
+      clearTimeout(timer);
+      this.#timers.delete(timer);
+      this.#waiters.delete(check);
+    };
+    this.#timers.add(timer);
+    this.#waiters.add(check);
+    check();
+    return promise;
+  }
+
+  /** Clears the timers of waits nobody awaited. */
+  [Symbol.dispose](): void {
+    for (const timer of this.#timers) clearTimeout(timer);
+  }
+}
+
+/** The peer tag the server gives a client's TCP connection: `ip:port`. */
+export function peerOf(conn: Deno.Conn): string {
+  return formatAddr(conn.localAddr);
 }

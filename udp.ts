@@ -11,8 +11,7 @@
  * @module
  */
 import { getLogger, type Logger } from "@logtape/logtape";
-import { formatAddr } from "./client.ts";
-import { delay, escapePreview, isDisconnect } from "./io.ts";
+import { delay, escapePreview, formatAddr, isDisconnect } from "./io.ts";
 import { SERVE_DEFAULTS } from "./server.ts";
 import { randomSeed, seededRandom } from "./_random.ts";
 import { checkUnstableNet, MAX_UDP_PAYLOAD } from "./_udp_client.ts";

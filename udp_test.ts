@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { seededRandom } from "./_random.ts";
+import { createRandom, seededRandom } from "./_random.ts";
 import { formatReport } from "./bench.ts";
 import {
   connectUdp,
@@ -282,6 +282,8 @@ Deno.test("seededRandom() repeats per seed; streams and seeds differ", () => {
   assert.ok(take(9).every((x) => x >= 0 && x < 1));
   const mean = take(5).reduce((a, b) => a + b) / 100;
   assert.ok(mean > 0.35 && mean < 0.65, `${mean}`);
+  // The TCP faults' name for it: the first sequence of the seed.
+  assert.deepEqual(Array.from({ length: 100 }, createRandom(1)), take(1));
 });
 
 // ---- client ----------------------------------------------------------------
@@ -499,9 +501,45 @@ Deno.test("runUdpBench() checks every reply and counts losses", async () => {
   assert.ok(result.messages > 0);
   assert.ok(result.lost > 0, JSON.stringify(result));
   assert.ok(result.latency_us !== null);
+  assert.equal(result.rate, null);
+  assert.deepEqual(Object.keys(result.per_conn ?? {}), [
+    "min",
+    "median",
+    "max",
+    "jain",
+  ]);
   assert.match(
     formatReport(result, { udp: true }),
-    /^pingpong over UDP: 4 connections[^]*\nlost {6}\d[\d,]* of [\d,]+ \(\d+\.\d\d%\)\nerrors {4}0$/,
+    /^bench: pingpong over UDP, 4 connections[^]*\nlost {7}\d[\d,]* of [\d,]+ \(\d+\.\d\d%\)\nerrors {5}0$/,
+  );
+});
+
+Deno.test("formatReport() gives the loss rate over UDP, and whenever something was lost", () => {
+  const result = {
+    pattern: "pingpong" as const,
+    connections: 2,
+    size: 64,
+    duration_s: 1,
+    messages: 996,
+    messages_per_s: 996,
+    bytes: 63_744,
+    mib_per_s: 0.06,
+    latency_us: null,
+    errors: 0,
+    rate: null,
+    latency_uncorrected_us: null,
+    connects_per_s: null,
+    lost: 4,
+    per_conn: null,
+  };
+  const report = formatReport(result, { target: "127.0.0.1:8080", udp: true });
+  assert.match(report, /^bench 127\.0\.0\.1:8080: pingpong over UDP, 2 conn/);
+  assert.match(report, /\nlost {7}4 of 1,000 \(0\.40%\)\nerrors {5}0$/);
+  assert.match(formatReport(result), /^bench: pingpong, [^]*\nlost {7}4 of/);
+  assert.doesNotMatch(formatReport({ ...result, lost: 0 }), /lost/);
+  assert.match(
+    formatReport({ ...result, messages: 0, lost: 0 }, { udp: true }),
+    /\nlost {7}0 of 0 \(0\.00%\)\n/,
   );
 });
 
@@ -545,7 +583,23 @@ Deno.test("tcpecho bench --udp ends on time against a server that drops all", as
   ]);
   assert.equal(code, 0, stderr);
   const result = JSON.parse(stdout);
-  assert.equal(Object.keys(result).at(-1), "lost");
+  assert.deepEqual(Object.keys(result), [
+    "pattern",
+    "connections",
+    "size",
+    "duration_s",
+    "messages",
+    "messages_per_s",
+    "bytes",
+    "mib_per_s",
+    "latency_us",
+    "errors",
+    "rate",
+    "latency_uncorrected_us",
+    "connects_per_s",
+    "lost",
+    "per_conn",
+  ]);
   assert.equal(result.messages, 0);
   assert.equal(result.errors, 0);
   assert.ok(result.lost >= 2, stdout); // a second each, per socket
@@ -564,8 +618,37 @@ Deno.test("tcpecho bench --udp --spawn-server measures its own UDP server", asyn
     "0.3",
   ]);
   assert.equal(code, 0, stderr);
-  assert.match(stdout, /^pingpong over UDP: 2 connections/);
-  assert.match(stdout, /\nlost {6}0 of [\d,]+ \(0\.00%\)\nerrors {4}0\n$/);
+  assert.match(
+    stdout,
+    /^bench 127\.0\.0\.1:\d+: pingpong over UDP, 2 connections, 64-byte messages, [^]*, 1 thread\n/,
+  );
+  assert.match(stdout, /\nlost {7}0 of [\d,]+ \(0\.00%\)\nerrors {5}0\n$/);
+});
+
+Deno.test("tcpecho bench --udp --threads 2 splits the sockets over two workers", async () => {
+  await using server = serveUdp({ port: 0 });
+  const { code, stdout, stderr } = await runCliWithin([
+    "bench",
+    "--udp",
+    "-p",
+    `${server.addr.port}`,
+    "-c",
+    "3",
+    "-d",
+    "0.3",
+    "--threads",
+    "2",
+    "--json",
+  ]);
+  assert.equal(code, 0, stderr);
+  const result = JSON.parse(stdout);
+  assert.equal(result.connections, 3);
+  assert.equal(result.errors, 0);
+  assert.ok(result.messages > 0, stdout);
+  // Every socket, in both workers, got replies in the window.
+  assert.ok(result.per_conn.min > 0, stdout);
+  // Peers seen by the server: each socket is one.
+  assert.ok(server.stats.peers >= 3, JSON.stringify(server.stats));
 });
 
 // ---- CLI -------------------------------------------------------------------
@@ -596,6 +679,11 @@ Deno.test("tcpecho server/client/bench --udp usage errors exit 2", async (t) => 
       ["bench", "--udp", "--pattern", "stream"],
       /--pattern stream cannot go with --udp/,
     ],
+    [
+      ["bench", "--udp", "--pattern", "connect"],
+      /--pattern connect cannot go with --udp/,
+    ],
+    [["bench", "--udp", "--rate", "100"], /--rate cannot go with --udp/],
     [["bench", "--udp", "--lines"], /--lines cannot go with --udp/],
     [
       ["bench", "--udp", "-s", "65508"],

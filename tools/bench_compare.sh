@@ -2,9 +2,9 @@
 # bench_compare.sh — tcpecho against the reference echo servers, as the SPEC's
 # "Performance targets" ask, and a markdown table of the ratios.
 #
-#   ./bench_compare.sh                    # ~12 min: harness run + tcpecho bench runs
-#   ./bench_compare.sh --repeat 3 --duration 5
-#   ./bench_compare.sh --no-harness       # only the tcpecho-bench measurements
+#   tools/bench_compare.sh                 # ~12 min: harness run + tcpecho bench runs
+#   tools/bench_compare.sh --repeat 3 --duration 5
+#   tools/bench_compare.sh --no-harness    # only the tcpecho-bench measurements
 #
 # 1. ../shared/bench/run.sh, one run: c_epoll, go_echo (when Go is installed),
 #    node_echo, deno_loop and tcpecho (raw, -q), server on CPU 0, loadgen on CPU 1.
@@ -16,7 +16,7 @@
 # bounded by `timeout`; servers are stopped by PID.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPEAT=2 DURATION=3 HARNESS=1 BENCHES=1 OUT=""
 SCENARIOS=pp_c50_s64,pp_c500_s64,pp_c50_s4k,st_c8,idle
 

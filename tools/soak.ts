@@ -7,20 +7,20 @@
  * log, descriptor leak or unclean server exit.
  *
  * ```sh
- * deno run -A soak.ts --duration 600 --clients 100
+ * deno run -A tools/soak.ts --duration 600 --clients 100
  * ```
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { closeQuietly, RandomStream, watchdog, writeAll } from "./testing.ts";
-import { isDisconnect } from "./io.ts";
+import { closeQuietly, RandomStream, writeAll } from "../testing.ts";
+import { isDisconnect } from "../io.ts";
+import { SoakServer, type Usage } from "./_soak_server.ts";
 
-const MAIN = new URL("./main.ts", import.meta.url).pathname;
 const testdata = (name: string) =>
-  new URL(`./testdata/${name}`, import.meta.url).pathname;
+  new URL(`../testdata/${name}`, import.meta.url).pathname;
 
-const USAGE = `usage: deno run -A soak.ts [options]
+const USAGE = `usage: deno run -A tools/soak.ts [options]
   --duration SECONDS   how long clients keep starting connections (default 60)
   --clients N          concurrent clients (default 100)
   --tls-share F        share of the clients that use TLS, 0..1 (default 0.5)
@@ -116,159 +116,6 @@ function prng(seed: number): () => number {
 /** Log-uniform integer in [min, max]: small and large values alike. */
 const logUniform = (rand: () => number, min: number, max: number) =>
   Math.min(max, Math.floor(min * Math.pow(max / min, rand())));
-
-/** Descriptors and memory of a process, sampled from /proc. */
-interface Usage {
-  fds: number;
-  rssKiB: number;
-}
-
-function usage(pid: number): Usage | undefined {
-  try {
-    const fds = [...Deno.readDirSync(`/proc/${pid}/fd`)].length;
-    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-    const rssKiB = Number(status.match(/^VmRSS:\s+(\d+) kB/m)?.[1] ?? NaN);
-    return { fds, rssKiB };
-  } catch {
-    return undefined; // exited, or not Linux
-  }
-}
-
-/** What each descriptor of a process points to (`socket:[123]`, a path…). */
-function fdTargets(pid: number): Map<string, string> {
-  const out = new Map<string, string>();
-  try {
-    for (const e of Deno.readDirSync(`/proc/${pid}/fd`)) {
-      try {
-        out.set(e.name, Deno.readLinkSync(`/proc/${pid}/fd/${e.name}`));
-      } catch {
-        // closed meanwhile
-      }
-    }
-  } catch {
-    // exited, or not Linux
-  }
-  return out;
-}
-
-/** A `tcpecho server` child, its log counted by level as it runs. */
-class Child {
-  readonly name: string;
-  readonly child: Deno.ChildProcess;
-  port = 0;
-  start?: Usage;
-  startFds = new Map<string, string>();
-  peak?: Usage;
-  end?: Usage;
-  levels: Record<string, number> = {};
-  /** Warning, error and unexpected lines, the first ones. */
-  notable: string[] = [];
-  lastLine = "";
-  exitCode?: number;
-  #listening = Promise.withResolvers<number>();
-  #reading: Promise<void>;
-
-  constructor(name: string, args: string[]) {
-    this.name = name;
-    this.child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "--quiet", MAIN, "server", "--port", "0", ...args],
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    }).spawn();
-    this.#reading = this.#read();
-  }
-
-  async #read(): Promise<void> {
-    let pending = "";
-    const decoder = new TextDecoder();
-    const line = (text: string) => {
-      this.lastLine = text;
-      const level = text.match(/^\S+ \S+ (DBG|INF|WRN|ERR|FTL) /)?.[1] ??
-        "other";
-      this.levels[level] = (this.levels[level] ?? 0) + 1;
-      if (level !== "INF" && level !== "DBG" && this.notable.length < 20) {
-        this.notable.push(text);
-      }
-      const port = text.match(/INF listening on [^\s]*:(\d+)$/)?.[1];
-      if (port !== undefined) this.#listening.resolve(Number(port));
-    };
-    for await (const chunk of this.child.stderr) {
-      pending += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = pending.indexOf("\n")) !== -1) {
-        line(pending.slice(0, nl));
-        pending = pending.slice(nl + 1);
-      }
-    }
-    if (pending !== "") line(pending);
-    this.#listening.reject(new Error(`${this.name} server exited first`));
-  }
-
-  async listening(): Promise<void> {
-    using _dog = watchdog(20_000, () => {
-      this.#listening.reject(new Error(`${this.name} server did not start`));
-    });
-    this.port = await this.#listening.promise;
-  }
-
-  /**
-   * Takes the starting figures after one connection was served (the runtime
-   * opens a few descriptors lazily), as the lowest of a few samples (that
-   * connection's socket closes just after the client sees its EOF).
-   */
-  async baseline(connect: () => Promise<Deno.Conn>): Promise<void> {
-    {
-      using conn = await connect();
-      await writeAll(conn, new Uint8Array([120]));
-      await conn.closeWrite();
-      const buf = new Uint8Array(16);
-      while (await conn.read(buf) !== null) {
-        // until the server's EOF
-      }
-    }
-    for (let i = 0; i < 5; i++) {
-      await new Promise((r) => setTimeout(r, 50));
-      const u = usage(this.child.pid);
-      if (u && (!this.start || u.fds < this.start.fds)) {
-        this.start = u;
-        this.startFds = fdTargets(this.child.pid);
-      }
-    }
-    this.peak = this.start;
-  }
-
-  sample(): Usage | undefined {
-    const u = usage(this.child.pid);
-    if (u && this.peak) {
-      this.peak = {
-        fds: Math.max(this.peak.fds, u.fds),
-        rssKiB: Math.max(this.peak.rssKiB, u.rssKiB),
-      };
-    }
-    return u;
-  }
-
-  /** SIGTERM, then the exit code (SIGKILL if it takes over 20 s). */
-  async stop(): Promise<number> {
-    try {
-      this.child.kill("SIGTERM");
-    } catch {
-      // already gone
-    }
-    using _dog = watchdog(20_000, () => {
-      try {
-        this.child.kill("SIGKILL");
-      } catch {
-        // gone meanwhile
-      }
-    });
-    const [status] = await Promise.all([this.child.status, this.#reading]);
-    this.exitCode = status.code;
-    return status.code;
-  }
-}
 
 interface Totals {
   connections: number;
@@ -401,13 +248,13 @@ async function main(): Promise<number> {
     console.error(`error: ${(err as Error).message}\n${USAGE}`);
     return 2;
   }
-  const servers: Child[] = [];
+  const servers: SoakServer[] = [];
   const modeArgs = ["--mode", opts.mode, "--max-line", String(1 << 20)];
   if (opts.port === undefined) {
-    servers.push(new Child("tcp", modeArgs));
+    servers.push(new SoakServer("tcp", modeArgs));
     if (opts.tlsShare > 0) {
       servers.push(
-        new Child("tls", [
+        new SoakServer("tls", [
           ...modeArgs,
           "--tls-cert",
           testdata("server.pem"),
@@ -463,26 +310,10 @@ async function main(): Promise<number> {
     } finally {
       clearInterval(sampler);
     }
-    // The servers close their side as the clients' EOFs arrive: give them a
-    // moment to come back to their starting descriptor count.
+    // The servers close their side as the clients' EOFs arrive.
     for (const s of servers) {
-      const settleBy = performance.now() + SETTLE_MS;
-      for (;;) {
-        s.end = s.sample();
-        if (!s.end || !s.start || s.end.fds <= s.start.fds) break;
-        if (performance.now() > settleBy) break;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      if (s.end && s.start && s.end.fds > s.start.fds) {
-        const extra = [...fdTargets(s.child.pid)]
-          .filter(([fd, target]) => s.startFds.get(fd) !== target)
-          .map(([fd, target]) => `${fd} -> ${target}`);
-        leaks.push(
-          `${s.name}: ${s.end.fds - s.start.fds} more fds than at start (${
-            extra.join(", ")
-          })`,
-        );
-      }
+      const leak = await s.settle(SETTLE_MS);
+      if (leak !== undefined) leaks.push(`${s.name}: ${leak}`);
     }
   } catch (err) {
     totals.errors++;
@@ -519,7 +350,7 @@ async function main(): Promise<number> {
     first_errors: totals.firstErrors,
     servers: servers.map((s) => ({
       name: s.name,
-      pid: s.child.pid,
+      pid: s.pid,
       start: s.start ?? null,
       peak: s.peak ?? null,
       end: s.end ?? null,
@@ -544,9 +375,9 @@ async function main(): Promise<number> {
       `errors: ${totals.errors}`,
       ...totals.firstErrors.map((e) => `  ${e}`),
       ...servers.flatMap((s) => [
-        `${s.name} server (pid ${s.child.pid}): start ${
-          fmtUsage(s.start)
-        }; peak ${fmtUsage(s.peak)}; end ${fmtUsage(s.end)}`,
+        `${s.name} server (pid ${s.pid}): start ${fmtUsage(s.start)}; peak ${
+          fmtUsage(s.peak)
+        }; end ${fmtUsage(s.end)}`,
         `  log lines by level: ${
           JSON.stringify(s.levels)
         }; exit ${s.exitCode}; last: ${s.lastLine}`,

@@ -1,0 +1,95 @@
+/**
+ * Listening for the echo server: TCP, TLS or a Unix socket, and the socket
+ * file's care (a stale one replaced on request, a non-socket never deleted,
+ * ours removed on stop). Private to `server.ts`, which re-exports
+ * {@linkcode removeStaleSocket}.
+ *
+ * @module
+ */
+import { formatAddr } from "./io.ts";
+
+/** Where and how to listen: the matching fields of `ServeOptions`. */
+export interface ListenOptions {
+  /** Address to bind (TCP). */
+  hostname: string;
+  /** TCP port; `0` lets the OS choose. */
+  port: number;
+  /** Listen on this Unix socket path instead of TCP. */
+  path?: string;
+  /** TLS certificate chain (PEM); TLS when given with `key`. */
+  cert?: string;
+  /** TLS private key (PEM). */
+  key?: string;
+  /** Listen backlog. */
+  tcpBacklog?: number;
+}
+
+/**
+ * Binds now.
+ *
+ * @throws {Error} `cannot listen on ADDR`, with the OS error as `cause`.
+ */
+export function listen(options: ListenOptions): Deno.Listener {
+  const { hostname, port, path, cert, key, tcpBacklog } = options;
+  const where = path !== undefined
+    ? `unix:${path}`
+    : formatAddr({ transport: "tcp", hostname, port });
+  try {
+    if (path !== undefined) {
+      checkSocketPath(path);
+      const unix = Deno.listen({ transport: "unix", path });
+      if (cert === undefined || key === undefined) return unix;
+      unix.close();
+      throw new TypeError("TLS over a Unix socket is not supported");
+    }
+    if (cert !== undefined && key !== undefined) {
+      return Deno.listenTls({ hostname, port, cert, key, tcpBacklog });
+    }
+    return Deno.listen({ hostname, port, tcpBacklog });
+  } catch (cause) {
+    throw new Error(`cannot listen on ${where}`, { cause });
+  }
+}
+
+/** Refuses a path that exists and is not a socket: such a file is never deleted. */
+function checkSocketPath(path: string): void {
+  try {
+    if (!Deno.lstatSync(path).isSocket) {
+      throw new Deno.errors.AlreadyExists(`"${path}" is not a socket`);
+    }
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+}
+
+/**
+ * Removes a stale Unix socket file at `path`: one nobody listens on (a
+ * connect is refused). A live socket, or a path that is not a socket, is left
+ * alone (then {@linkcode serve} reports it). Call before `serve({ path })`.
+ *
+ * @returns whether a stale socket was removed
+ */
+export async function removeStaleSocket(path: string): Promise<boolean> {
+  try {
+    if (!Deno.lstatSync(path).isSocket) return false;
+  } catch {
+    return false; // nothing there (or unreadable: serve() will say)
+  }
+  try {
+    using _conn = await Deno.connect({ transport: "unix", path });
+    return false; // somebody answers: in use
+  } catch (err) {
+    if (!(err instanceof Deno.errors.ConnectionRefused)) return false;
+  }
+  Deno.removeSync(path);
+  return true;
+}
+
+/** Removes our socket file on stop, if it is still there and still a socket. */
+export function removeSocketFile(path: string): void {
+  try {
+    if (Deno.lstatSync(path).isSocket) Deno.removeSync(path);
+  } catch {
+    // already gone: nothing to clean up
+  }
+}

@@ -1,0 +1,312 @@
+/**
+ * One connection of the echo server: {@linkcode Session} (the conn, its peer
+ * tag, its byte counts, why the server closed it), the TLS handshake, and the
+ * raw and line echo loops over an adaptive {@linkcode ReadBuffer}. Private to
+ * `server.ts`.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import { escapePreview, isDisconnect, writeAll } from "./io.ts";
+
+/** Read buffer bounds: see {@linkcode ReadBuffer}. */
+const MIN_READ_BYTES = 1024;
+const MAX_READ_BYTES = 256 * 1024;
+/** Small reads in a row (under a quarter of the buffer) before it halves. */
+const SHRINK_AFTER_READS = 4;
+/** How much of a message a log line shows. */
+const PREVIEW_CHARS = 80;
+
+/** Server-wide byte counters a session adds to as bytes move. */
+export interface ByteTotals {
+  /** Bytes received from clients. */
+  bytesIn: number;
+  /** Bytes echoed back. */
+  bytesOut: number;
+}
+
+/** Echoes a session until the client's EOF: {@linkcode echoRaw} or {@linkcode echoLines}. */
+export type Echo = (session: Session) => Promise<void>;
+
+/**
+ * One open connection, as its task, the idle sweep and shutdown see it. Its
+ * task runs it with {@linkcode Session.run}; anyone else ends it with
+ * {@linkcode Session.interrupt}.
+ */
+export class Session {
+  /** The connection; {@linkcode Session.run} owns and closes it. */
+  readonly conn: Deno.Conn;
+  /** The tag logs show: `ip:port`, `[::1]:port` or `unix#N`. */
+  readonly peer: string;
+  /** The client address limits count by (`unix` for Unix sockets). */
+  readonly ip: string;
+  /** The server's logger with `peer` attached. */
+  readonly log: Logger;
+  /** Bytes received on this connection. */
+  bytesIn = 0;
+  /** Bytes echoed on this connection. */
+  bytesOut = 0;
+  /** Idle sweep ticks since a byte last moved: each read and write resets it. */
+  idleTicks = 0;
+  /**
+   * Why the server closed this connection (idle, handshake, limit,
+   * shutdown); `undefined` while open and when the client ended it.
+   */
+  closeReason?: string;
+  readonly #totals: ByteTotals;
+  readonly #startedAt = performance.now();
+  #endedAt?: number;
+
+  /**
+   * A session for an accepted `conn`; {@linkcode Session.run} serves it.
+   *
+   * @param totals the server's counters, updated on every read and write
+   * @param log the server's logger; the session attaches its `peer`
+   */
+  constructor(
+    conn: Deno.Conn,
+    peer: string,
+    ip: string,
+    totals: ByteTotals,
+    log: Logger,
+  ) {
+    this.conn = conn;
+    this.peer = peer;
+    this.ip = ip;
+    this.#totals = totals;
+    this.log = log.with({ peer });
+  }
+
+  /** Milliseconds since accept, up to the end of {@linkcode Session.run}. */
+  get durationMs(): number {
+    return (this.#endedAt ?? performance.now()) - this.#startedAt;
+  }
+
+  /** Counts `n` bytes received (the hot path: no allocation). */
+  received(n: number): void {
+    this.bytesIn += n;
+    this.#totals.bytesIn += n;
+    this.idleTicks = 0;
+  }
+
+  /** Counts `n` bytes echoed. */
+  sent(n: number): void {
+    this.bytesOut += n;
+    this.#totals.bytesOut += n;
+    this.idleTicks = 0;
+  }
+
+  /**
+   * Ends the connection from outside (idle sweep, handshake timer, shutdown):
+   * the task's pending read or write rejects and it logs `reason`. Only the
+   * first reason counts, and the conn is closed only once.
+   */
+  interrupt(reason: string): void {
+    if (this.closeReason !== undefined) return;
+    this.closeReason = reason;
+    try {
+      this.conn.close();
+    } catch {
+      // its task closed it a moment ago and is about to end
+    }
+  }
+
+  /**
+   * The connection task: logs `online`, completes the TLS handshake when
+   * `handshakeTimeoutMs` is given, echoes until the client's EOF, logs how it
+   * ended and `offline`, and closes the conn. Expected failures end here;
+   * only a bug rejects.
+   *
+   * @param handshakeTimeoutMs TLS only: the bound on the handshake
+   */
+  async run(echo: Echo, handshakeTimeoutMs?: number): Promise<void> {
+    using _conn = this.conn; // closed however we leave
+    const { log } = this;
+    log.info("[{peer}] online");
+    try {
+      if (handshakeTimeoutMs !== undefined) {
+        await handshake(this, handshakeTimeoutMs);
+      }
+      await echo(this);
+    } catch (err) {
+      if (this.closeReason !== undefined) {
+        log.info("[{peer}] closing: {reason}", { reason: this.closeReason });
+      } else if (err instanceof LimitError || err instanceof HandshakeError) {
+        this.closeReason = err.message;
+        log.warn("[{peer}] closing: {reason}", { reason: err.message });
+      } else if (isDisconnect(err)) {
+        log.debug("[{peer}] {err}", { err: String(err) });
+      } else {
+        log.error("[{peer}] connection failed: {err}", { err });
+      }
+    } finally {
+      this.#endedAt = performance.now();
+      log.info(
+        "[{peer}] offline ({duration}, {bytesIn} bytes in, {bytesOut} bytes out)",
+        {
+          duration: seconds(this.durationMs),
+          bytesIn: this.bytesIn,
+          bytesOut: this.bytesOut,
+        },
+      );
+    }
+  }
+}
+
+/** A per-connection limit was passed; the connection is closed with a warning. */
+class LimitError extends Error {
+  override name = "LimitError";
+}
+
+/** A TLS client that could not complete the handshake (plaintext, bad CA…). */
+class HandshakeError extends Error {
+  override name = "HandshakeError";
+}
+
+/**
+ * Completes a TLS handshake within `timeoutMs`. Deno would do it lazily on the
+ * first read; doing it here bounds how long a client that never finishes it
+ * (or sends plaintext) holds a connection.
+ */
+async function handshake(session: Session, timeoutMs: number): Promise<void> {
+  const conn = session.conn as Deno.TlsConn;
+  const timer = setTimeout(
+    () => session.interrupt(`no TLS handshake within ${seconds(timeoutMs)}`),
+    timeoutMs,
+  );
+  try {
+    await conn.handshake();
+  } catch (cause) {
+    if (session.closeReason !== undefined || isDisconnect(cause)) throw cause;
+    throw new HandshakeError(
+      `TLS handshake failed: ${(cause as Error).message}`,
+      { cause },
+    );
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Raw mode (RFC 862): every byte back as it arrives. */
+export async function echoRaw(session: Session): Promise<void> {
+  const { conn, log } = session;
+  const debug = log.isEnabledFor("debug");
+  const rb = new ReadBuffer();
+  for (
+    let n = await conn.read(rb.bytes);
+    n !== null;
+    n = await conn.read(rb.bytes)
+  ) {
+    session.received(n);
+    const buf = rb.bytes;
+    const out = n === buf.length ? buf : buf.subarray(0, n);
+    // One write takes it all almost always; writeAll only for the rest.
+    const written = await conn.write(out);
+    if (written < n) await writeAll(conn, out.subarray(written));
+    session.sent(n);
+    if (debug) log.debug("[{peer}] echoed {n} bytes", { n });
+    rb.adapt(n);
+  }
+  await conn.closeWrite(); // the client sent EOF and has everything back
+}
+
+/**
+ * Line mode: frame by `\n` from a buffer. Complete lines go back together in
+ * one write (byte-identical to answering each); the partial tail waits for its
+ * `\n` or EOF. A line over `maxLineBytes` is not echoed and ends the connection.
+ */
+export async function echoLines(
+  session: Session,
+  maxLineBytes: number,
+): Promise<void> {
+  const { conn, log } = session;
+  const debug = log.isEnabledFor("debug");
+  const tooLong = () =>
+    new LimitError(`line longer than ${maxLineBytes} bytes (max-line)`);
+  const rb = new ReadBuffer();
+  let end = 0; // bytes held in rb.bytes; they hold no "\n"
+  const send = async (bytes: Uint8Array) => {
+    await writeAll(conn, bytes);
+    session.sent(bytes.length);
+  };
+  for (;;) {
+    if (end === rb.bytes.length) rb.grow(end);
+    const n = await conn.read(end === 0 ? rb.bytes : rb.bytes.subarray(end));
+    if (n === null) break;
+    const buf = rb.bytes;
+    session.received(n);
+    // Lines end in the new bytes only; a "\n" in buf[0..end) was handled.
+    let lineStart = 0;
+    let nl = buf.indexOf(10, end);
+    const filled = end + n;
+    while (nl !== -1 && nl < filled) {
+      if (nl - lineStart > maxLineBytes) break;
+      if (debug) logLine(log, buf.subarray(lineStart, nl + 1));
+      lineStart = nl + 1;
+      nl = buf.indexOf(10, lineStart);
+    }
+    if (nl >= filled) nl = -1;
+    if (lineStart > 0) await send(buf.subarray(0, lineStart));
+    if (nl !== -1 || filled - lineStart > maxLineBytes) throw tooLong();
+    // Keep the unfinished line at the start of the buffer.
+    buf.copyWithin(0, lineStart, filled);
+    end = filled - lineStart;
+    if (debug && end > 0) {
+      log.debug("[{peer}] holding {end} bytes of an unfinished line", {
+        end,
+      });
+    }
+    if (end === 0) rb.adapt(n);
+  }
+  if (end > 0) { // bytes after the last "\n" at EOF are echoed too
+    const tail = rb.bytes.subarray(0, end);
+    if (debug) logLine(log, tail);
+    await send(tail);
+  }
+  await conn.closeWrite();
+}
+
+function logLine(log: Logger, line: Uint8Array): void {
+  const text = escapePreview(line, PREVIEW_CHARS);
+  log.debug("[{peer}] req: {text}, resp: {text}", { text });
+}
+
+/**
+ * The adaptive read buffer. An idle connection's pending read holds the whole
+ * buffer, so it starts at {@linkcode MIN_READ_BYTES} (an idle connection costs
+ * ~7.5 KiB of server memory in all); a read that fills it doubles it, up to
+ * {@linkcode MAX_READ_BYTES} (big reads are what make streaming fast);
+ * {@linkcode SHRINK_AFTER_READS} small reads in a row halve it again.
+ */
+class ReadBuffer {
+  bytes: Uint8Array = new Uint8Array(MIN_READ_BYTES);
+  #smallReads = 0;
+
+  /** Resizes after a read of `n` bytes whose data has been used up. */
+  adapt(n: number): void {
+    const size = this.bytes.length;
+    if (n === size) {
+      this.#smallReads = 0;
+      if (size < MAX_READ_BYTES) this.bytes = new Uint8Array(size * 2);
+    } else if (n < size >> 2 && size > MIN_READ_BYTES) {
+      if (++this.#smallReads >= SHRINK_AFTER_READS) {
+        this.#smallReads = 0;
+        this.bytes = new Uint8Array(size >> 1);
+      }
+    } else {
+      this.#smallReads = 0;
+    }
+  }
+
+  /** Doubles the buffer, keeping its first `used` bytes (a partial line). */
+  grow(used: number): void {
+    const bigger = new Uint8Array(this.bytes.length * 2);
+    bigger.set(this.bytes.subarray(0, used));
+    this.bytes = bigger;
+  }
+}
+
+/** `1.23 s`, as the offline line shows durations. */
+export function seconds(ms: number): string {
+  return `${(ms / 1000).toFixed(2)} s`;
+}
