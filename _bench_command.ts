@@ -171,12 +171,13 @@ rates over the time the logs span together.`,
         throw new Error(`cannot read "${name}"`, { cause });
       }
     }
-    const { result, histogram } = mergeHlogs(logs);
+    const { result, histogram, udp } = mergeHlogs(logs);
     const n = logs.length;
     console.log(
       values.json ? JSON.stringify(result) : formatReport(result, {
         histogram,
         source: `merge of ${n} log${n === 1 ? "" : "s"}`,
+        udp,
       }),
     );
     return 0;
@@ -283,6 +284,7 @@ events per turn (128 unless set), so every connection gets its turn. With
       connections,
       size: sizeBytes,
       rate: rate ?? null,
+      ...(udp ? { udp: true as const } : {}),
     });
     const progress = Deno.stderr.isTerminal();
     const encoder = new TextEncoder();
@@ -342,7 +344,10 @@ events per turn (128 unless set), so every connection gets its turn. With
       for (const worker of workers) await worker[Symbol.asyncDispose]();
     }
     const { result, histogram } = outcome;
-    log?.end({ errors: result.errors });
+    log?.end({
+      errors: result.errors,
+      ...(udp ? { lost: result.lost } : {}),
+    });
     if (progress) Deno.stderr.writeSync(encoder.encode(clear));
     const errorGroups = groups.groups;
     if (json) {

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { createRandom, seededRandom } from "./_random.ts";
+import { HlogWriter, mergeHlogs, parseHlog } from "./_hlog.ts";
+import { LatencyHistogram } from "./_histogram.ts";
 import { formatReport } from "./bench.ts";
 import {
   connectUdp,
@@ -649,6 +651,75 @@ Deno.test("tcpecho bench --udp --threads 2 splits the sockets over two workers",
   assert.ok(result.per_conn.min > 0, stdout);
   // Peers seen by the server: each socket is one.
   assert.ok(server.stats.peers >= 3, JSON.stringify(server.stats));
+});
+
+Deno.test("tcpecho bench --udp --hlog logs the losses, and bench merge adds them up", async () => {
+  await using server = serveUdp({ port: 0, drop: 0.5, seed: 3 });
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/udp.hlog`;
+    const run = await runCliWithin([
+      "bench",
+      "--udp",
+      "-p",
+      `${server.addr.port}`,
+      "-c",
+      "2",
+      "-d",
+      "1.2",
+      "--hlog",
+      path,
+      "--json",
+    ]);
+    assert.equal(run.code, 0, run.stderr);
+    const result = JSON.parse(run.stdout);
+    assert.ok(result.lost > 0, run.stdout);
+    const log = parseHlog(await Deno.readTextFile(path));
+    assert.equal(log.run?.udp, true);
+    assert.deepEqual(log.end, { errors: 0, lost: result.lost });
+    const merge = await runCliWithin(["bench", "merge", path, path]);
+    assert.equal(merge.code, 0, merge.stderr);
+    assert.match(merge.stdout, /^merge of 2 logs: pingpong over UDP, 4 conn/);
+    assert.match(
+      merge.stdout,
+      new RegExp(`\nlost {7}${(2 * result.lost).toLocaleString("en-US")} of `),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("mergeHlogs() does not add a UDP run's log to a TCP run's", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const histogram = new LatencyHistogram();
+    histogram.record(100);
+    const logs: { name: string; text: string }[] = [];
+    for (const udp of [false, true]) {
+      const path = `${dir}/${udp ? "udp" : "tcp"}.hlog`;
+      using log = new HlogWriter(path, {
+        target: "127.0.0.1:8080",
+        pattern: "pingpong",
+        connections: 1,
+        size: 64,
+        rate: null,
+        ...(udp ? { udp: true as const } : {}),
+      });
+      log.interval(1000, 2000, histogram);
+      log.end({ errors: 0, ...(udp ? { lost: 1 } : {}) });
+      logs.push({ name: path, text: await Deno.readTextFile(path) });
+    }
+    assert.throws(
+      () => mergeHlogs(logs),
+      /cannot merge ".*udp\.hlog": a UDP run, the first log has a TCP run/,
+    );
+    const udp = mergeHlogs([logs[1], logs[1]]);
+    assert.equal(udp.udp, true);
+    assert.equal(udp.result.lost, 2);
+    assert.equal(mergeHlogs([logs[0]]).udp, false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 // ---- CLI -------------------------------------------------------------------
