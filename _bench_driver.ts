@@ -1,9 +1,9 @@
 /**
  * The driver of a load-test run (private to `bench.ts`): the same for
- * connections in the caller's isolate (`runBench()`) and in workers (`bench
- * --threads`). It opens the shards' connections, times the warm-up and the
- * window, takes what the shards measured at each interval boundary, adds it
- * up exactly, and drains.
+ * connections in the caller's isolate (`runBench()`, `runUdpBench()`) and in
+ * workers (`bench --threads`), over TCP or UDP. It opens the shards'
+ * connections, times the warm-up and the window, takes what the shards
+ * measured at each interval boundary, adds it up exactly, and drains.
  *
  * @module
  */
@@ -25,7 +25,7 @@ const PROGRESS_INTERVAL_MS = 250;
 /** A timer firing this early still counts as on time. */
 const TIMER_SLACK_MS = 1;
 
-/** A group of connections the driver runs: a `LocalShard` or a worker. */
+/** A group of connections the driver runs: a `LocalShard`, a `UdpShard` or a worker. */
 export interface Shard {
   /** Opens the first connection alone; throws `cannot connect to …`. */
   probe(): Promise<void>;
@@ -70,6 +70,7 @@ export interface BenchOutcome {
 class Tally {
   messages = 0;
   bytes = 0;
+  lost = 0;
   readonly histogram = new LatencyHistogram();
   readonly uncorrected: LatencyHistogram | undefined;
   constructor(open: boolean) {
@@ -78,12 +79,14 @@ class Tally {
   add(delta: ShardDelta): void {
     this.messages += delta.messages;
     this.bytes += delta.bytes;
+    this.lost += delta.lost ?? 0;
     this.histogram.addSparse(delta.histogram);
     if (delta.uncorrected) this.uncorrected?.addSparse(delta.uncorrected);
   }
   reset(): void {
     this.messages = 0;
     this.bytes = 0;
+    this.lost = 0;
     this.histogram.reset();
     this.uncorrected?.reset();
   }
@@ -155,6 +158,7 @@ export async function drive(
     histogram: totals.histogram,
     uncorrected: totals.uncorrected,
     errors,
+    lost: totals.lost,
     perConnection: fairness(perConnection),
   });
   return {

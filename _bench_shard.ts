@@ -58,6 +58,8 @@ export interface ShardDelta {
   histogram: SparseCounts;
   /** Open loop: latency from the actual send; else null. */
   uncorrected: SparseCounts | null;
+  /** UDP: replies lost (`_udp_bench.ts`); absent over TCP. */
+  lost?: number;
 }
 
 /** What a shard tells as it runs. Must not throw. */

@@ -7,12 +7,14 @@ import {
   checkTarget,
   type Command,
   formatHelp,
+  fraction,
   integer,
   oneOf,
   type Options,
   readPem,
   secondsMs,
   UsageError,
+  type Values,
 } from "./_cli.ts";
 import { LOG_DEFAULTS, LOG_FORMATS, LOG_LEVEL_NAMES } from "./log.ts";
 import {
@@ -21,6 +23,7 @@ import {
   SERVE_DEFAULTS,
   type ServeOptions,
 } from "./server.ts";
+import { serveUdp, UDP_SERVE_DEFAULTS } from "./udp.ts";
 
 const OPTIONS = {
   host: {
@@ -33,12 +36,17 @@ const OPTIONS = {
     type: "string",
     short: "p",
     arg: "N",
-    help: `TCP port; 0 picks a free one (default ${SERVE_DEFAULTS.port})`,
+    help:
+      `TCP (or UDP) port; 0 picks a free one (default ${SERVE_DEFAULTS.port})`,
   },
   unix: {
     type: "string",
     arg: "PATH",
     help: "listen on a unix socket instead of TCP",
+  },
+  udp: {
+    type: "boolean",
+    help: "serve UDP instead: echo each datagram to its sender",
   },
   mode: {
     type: "string",
@@ -85,6 +93,30 @@ const OPTIONS = {
     help: "serve TLS (PEM certificate chain and key)",
   },
   "tls-key": { type: "string", arg: "FILE" }, // in the --tls-cert row
+  drop: {
+    type: "string",
+    arg: "FRACTION",
+    help:
+      `UDP: drop this share (0-1) of datagrams unanswered (default ${UDP_SERVE_DEFAULTS.drop})`,
+  },
+  delay: {
+    type: "string",
+    arg: "MS",
+    help:
+      `wait this long before each echo; UDP only for now (default ${UDP_SERVE_DEFAULTS.delayMs})`,
+  },
+  jitter: {
+    type: "string",
+    arg: "MS",
+    help:
+      `plus a uniformly random 0..MS per echo (default ${UDP_SERVE_DEFAULTS.jitterMs})`,
+  },
+  seed: {
+    type: "string",
+    arg: "N",
+    help:
+      "seeds --drop and --jitter, so a run can be replayed (default random,\nlogged at start)",
+  },
   "log-level": {
     type: "string",
     choices: LOG_LEVEL_NAMES,
@@ -104,7 +136,47 @@ const OPTIONS = {
 } as const satisfies Options;
 
 const USAGE = "usage: tcpecho server [--host ADDR] [--port N | --unix PATH] " +
-  "[--mode raw|line] [options]  (tcpecho server --help)";
+  "[--mode raw|line | --udp] [options]  (tcpecho server --help)";
+
+/** Options that mean nothing without connections, refused with `--udp`. */
+const TCP_ONLY = [
+  "unix",
+  "tls-cert",
+  "tls-key",
+  "max-line",
+  "max-conns",
+  "max-conns-per-ip",
+  "idle-timeout",
+] as const;
+
+/**
+ * Refuses what does not go with the transport: TCP-only options with
+ * `--udp`, UDP-only ones without it.
+ *
+ * @throws {UsageError}
+ */
+function checkTransport(values: Values<typeof OPTIONS>): void {
+  if (!values.udp) {
+    if (values.drop !== undefined) {
+      throw new UsageError("--drop needs --udp");
+    }
+    // TODO(#11): --delay, --jitter and --seed for TCP.
+    for (const name of ["delay", "jitter", "seed"] as const) {
+      if (values[name] !== undefined) {
+        throw new UsageError(`--${name} works with --udp only, for now`);
+      }
+    }
+    return;
+  }
+  if (values.mode === "line") {
+    throw new UsageError("--mode line cannot go with --udp: UDP echoes raw");
+  }
+  for (const name of TCP_ONLY) {
+    if (values[name] !== undefined) {
+      throw new UsageError(`--${name} cannot go with --udp`);
+    }
+  }
+}
 
 /** `tcpecho server`: run an echo server until SIGINT/SIGTERM. */
 export const serverCommand: Command<typeof OPTIONS> = {
@@ -114,11 +186,14 @@ export const serverCommand: Command<typeof OPTIONS> = {
   help: formatHelp({
     usage: USAGE,
     description:
-      "Echo every byte (raw, RFC 862) or every line (line mode) back to each client.",
+      `Echo every byte (raw, RFC 862) or every line (line mode) back to each client,
+or with --udp each datagram to its sender.`,
     options: OPTIONS,
     width: 26,
     notes:
-      "Logs go to stderr. SIGINT/SIGTERM stop gracefully; a second signal exits 130.",
+      `Logs go to stderr. SIGINT/SIGTERM stop gracefully; a second signal exits 130.
+--udp serves from one socket in one isolate (Deno cannot share a UDP port
+between workers): --workers N over 1 with --udp is refused, auto means 1.`,
   }),
   options: OPTIONS,
   async run(values, _positionals, ctx) {
@@ -140,10 +215,28 @@ export const serverCommand: Command<typeof OPTIONS> = {
     if (verbose && quiet) {
       throw new UsageError("-v and -q cannot go together");
     }
+    checkTransport(values);
     const level = oneOf(values, "log-level", OPTIONS["log-level"].choices) ??
       (verbose ? "debug" : quiet ? "warn" : LOG_DEFAULTS.level);
     const format = oneOf(values, "log-format", OPTIONS["log-format"].choices) ??
       LOG_DEFAULTS.format;
+    if (values.udp) {
+      oneOf(values, "mode", OPTIONS.mode.choices);
+      const options = {
+        hostname: host,
+        port: integer(values, "port", [0, 65535]),
+        drop: fraction(values, "drop"),
+        delayMs: integer(values, "delay", [0, 3_600_000]),
+        jitterMs: integer(values, "jitter", [0, 3_600_000]),
+        seed: integer(values, "seed", [0, 2 ** 32 - 1]),
+        shutdownTimeoutMs: secondsMs(values, "shutdown-timeout"),
+      };
+      await ctx.configureLogging(level, format);
+      const server = serveUdp(options);
+      using _signals = ctx.onStopSignals(() => void server.close());
+      await server.finished;
+      return 0;
+    }
     const options: ServeOptions = {
       hostname: host,
       port: integer(values, "port", [0, 65535]),

@@ -59,14 +59,13 @@ type Yaml = any;
 // --- tcpecho's own command lines ---------------------------------------------
 
 /**
- * Options the SPEC names that this CLI does not have yet: `--admin` (#11),
- * `--udp` (#12). Each is added to its command's table only
- * while the real row is missing, so once one lands, the real row (its type,
- * its checks) parses the manifests and the Dockerfile, and its entry here can
- * go.
+ * Options the SPEC names that this CLI does not have yet: `--admin` (#11).
+ * Each is added to its command's table only while the real row is missing,
+ * so once one lands, the real row (its type, its checks) parses the
+ * manifests and the Dockerfile, and its entry here can go.
  */
 const PENDING_OPTIONS: Record<string, Options> = {
-  server: { admin: { type: "string" }, udp: { type: "boolean" } },
+  server: { admin: { type: "string" } },
 };
 
 function withPending(command: Command): Command {
