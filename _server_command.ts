@@ -7,6 +7,7 @@ import {
   checkTarget,
   type Command,
   formatHelp,
+  fraction,
   integer,
   oneOf,
   type Options,
@@ -21,6 +22,9 @@ import {
   SERVE_DEFAULTS,
   type ServeOptions,
 } from "./server.ts";
+
+/** The longest `--delay`, `--jitter` or `--slice-delay`: a day. */
+const MAX_FAULT_MS = 86_400_000;
 
 const OPTIONS = {
   host: {
@@ -42,9 +46,9 @@ const OPTIONS = {
   },
   mode: {
     type: "string",
-    choices: ["raw", "line"],
+    choices: ["raw", "line", "discard"],
     help:
-      `raw: bytes back as they arrive; line: answer each whole line (default ${SERVE_DEFAULTS.mode})`,
+      `raw: bytes back as they arrive; line: answer each whole line;\ndiscard: read and drop everything (default ${SERVE_DEFAULTS.mode})`,
   },
   "max-line": {
     type: "string",
@@ -85,6 +89,53 @@ const OPTIONS = {
     help: "serve TLS (PEM certificate chain and key)",
   },
   "tls-key": { type: "string", arg: "FILE" }, // in the --tls-cert row
+  delay: {
+    type: "string",
+    arg: "MS",
+    help:
+      `fault: hold each echo back this long (default ${SERVE_DEFAULTS.delayMs})`,
+  },
+  jitter: {
+    type: "string",
+    arg: "MS",
+    help:
+      `fault: plus a random 0..MS per echo, seeded (default ${SERVE_DEFAULTS.jitterMs})`,
+  },
+  slice: {
+    type: "string",
+    arg: "BYTES",
+    help:
+      `fault: write each echo in pieces of at most BYTES; 0 is off (default ${SERVE_DEFAULTS.sliceBytes})`,
+  },
+  "slice-delay": {
+    type: "string",
+    arg: "MS",
+    help:
+      `fault: pause this long between pieces (writes) (default ${SERVE_DEFAULTS.sliceDelayMs})`,
+  },
+  bandwidth: {
+    type: "string",
+    arg: "KIB",
+    help:
+      `fault: cap each connection's echo at KIB KiB/s; 0 is off (default ${SERVE_DEFAULTS.bandwidthKiBps})`,
+  },
+  "close-after": {
+    type: "string",
+    arg: "BYTES",
+    help:
+      `fault: echo this many bytes, then close the connection; 0 is off (default ${SERVE_DEFAULTS.closeAfterBytes})`,
+  },
+  faulty: {
+    type: "string",
+    arg: "FRACTION",
+    help:
+      `share of connections (0-1) the faults apply to (default ${SERVE_DEFAULTS.faulty})`,
+  },
+  seed: {
+    type: "string",
+    arg: "N",
+    help: "seeds --jitter and --faulty (default: random; logged at start)",
+  },
   "log-level": {
     type: "string",
     choices: LOG_LEVEL_NAMES,
@@ -104,7 +155,7 @@ const OPTIONS = {
 } as const satisfies Options;
 
 const USAGE = "usage: tcpecho server [--host ADDR] [--port N | --unix PATH] " +
-  "[--mode raw|line] [options]  (tcpecho server --help)";
+  "[--mode raw|line|discard] [options]  (tcpecho server --help)";
 
 /** `tcpecho server`: run an echo server until SIGINT/SIGTERM. */
 export const serverCommand: Command<typeof OPTIONS> = {
@@ -144,16 +195,40 @@ export const serverCommand: Command<typeof OPTIONS> = {
       (verbose ? "debug" : quiet ? "warn" : LOG_DEFAULTS.level);
     const format = oneOf(values, "log-format", OPTIONS["log-format"].choices) ??
       LOG_DEFAULTS.format;
+    const mode = oneOf(values, "mode", OPTIONS.mode.choices);
+    const echoFaults = [
+      "delay",
+      "jitter",
+      "slice",
+      "slice-delay",
+      "bandwidth",
+      "close-after",
+    ] as const;
+    for (const name of echoFaults) {
+      if (mode === "discard" && values[name] !== undefined) {
+        throw new UsageError(
+          `--${name} does nothing with --mode discard (nothing is echoed)`,
+        );
+      }
+    }
     const options: ServeOptions = {
       hostname: host,
       port: integer(values, "port", [0, 65535]),
       path: unix,
-      mode: oneOf(values, "mode", OPTIONS.mode.choices),
+      mode,
       maxLineBytes: integer(values, "max-line", [1, 2 ** 30]),
       maxConns: integer(values, "max-conns", [1, 2 ** 30]),
       maxConnsPerIp: integer(values, "max-conns-per-ip"),
       idleTimeoutMs: secondsMs(values, "idle-timeout"),
       shutdownTimeoutMs: secondsMs(values, "shutdown-timeout"),
+      delayMs: integer(values, "delay", [0, MAX_FAULT_MS]),
+      jitterMs: integer(values, "jitter", [0, MAX_FAULT_MS]),
+      sliceBytes: integer(values, "slice", [0, 2 ** 30]),
+      sliceDelayMs: integer(values, "slice-delay", [0, MAX_FAULT_MS]),
+      bandwidthKiBps: integer(values, "bandwidth", [0, 2 ** 30]),
+      closeAfterBytes: integer(values, "close-after"),
+      faulty: fraction(values, "faulty"),
+      seed: integer(values, "seed", [0, 2 ** 32 - 1]),
     };
     await ctx.configureLogging(level, format);
     if (certFile !== undefined && keyFile !== undefined) {
