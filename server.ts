@@ -237,7 +237,7 @@ class EchoServer implements Server {
   readonly #path: string | undefined;
   readonly #echo: Echo;
   /** With faults on: picks each connection's echo (faulty or plain). */
-  readonly #pickEcho: ((session: Session) => Echo) | undefined;
+  readonly #pickEcho: (() => Echo) | undefined;
   /** TLS only: the bound on each handshake. */
   readonly #handshakeTimeoutMs: number | undefined;
   readonly #shutdownTimeoutMs: number;
@@ -290,7 +290,7 @@ class EchoServer implements Server {
         ? (session: Session, send: Send) =>
           frameLines(session, maxLineBytes, send)
         : readChunks;
-      this.#pickEcho = (session) => {
+      this.#pickEcho = () => {
         const connFaults = faults.next();
         if (connFaults === undefined) return this.#echo;
         return (s) => {
@@ -397,7 +397,7 @@ class EchoServer implements Server {
     const session = new Session(conn, peer, ip, this.stats, this.#log);
     this.#sessions.add(session);
     // Faulty or not is decided here, in accept order, so a seed replays.
-    const echo = this.#pickEcho?.(session) ?? this.#echo;
+    const echo = this.#pickEcho?.() ?? this.#echo;
     const task: Promise<void> = this.#handle(session, permit, echo)
       .catch((err) => this.#log.error("connection task failed: {err}", { err }))
       .finally(() => {
