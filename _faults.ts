@@ -216,10 +216,14 @@ export async function echoWithFaults(
   try {
     await read(out.push);
   } catch (err) {
+    // A broken connection stops the writer too (closing the conn ends a
+    // write blocked on a client that does not read). The server's own limit
+    // (a line too long) does not: what was answered before it still goes
+    // out, as it does without faults.
     if (isDisconnect(err)) {
       out.stop(err);
-      closeQuietly(session.conn); // a write blocked on a client that does not read
-    } // else the server's own limit (a line too long): what was answered before it still goes out, as without faults
+      closeQuietly(session.conn);
+    }
     out.close();
     await writing;
     throw isDisconnect(err) ? out.error ?? err : err;
