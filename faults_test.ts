@@ -668,3 +668,21 @@ Deno.test("tcpecho server fault usage errors exit 2", async (t) => {
     });
   }
 });
+
+Deno.test("tcpecho server --help lists the fault options with their defaults", async () => {
+  const { code, stdout } = await runServer(["--help"]);
+  assert.equal(code, 0);
+  for (
+    const row of [
+      /--mode raw\|line\|discard /,
+      /--delay MS +fault: .*\(default 0\)/,
+      /--jitter MS +fault: .*\(default 0\)/,
+      /--slice BYTES +fault: .*\(default 0\)/,
+      /--slice-delay MS +fault: .*\(default 0\)/,
+      /--bandwidth KIB +fault: .*\(default 0\)/,
+      /--close-after BYTES +fault: .*\(default 0\)/,
+      /--faulty FRACTION +.*\(default 1\)/,
+      /--seed N +.*\(default: random; logged at start\)/,
+    ]
+  ) assert.match(stdout, row);
+});
