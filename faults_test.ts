@@ -221,6 +221,17 @@ Deno.test("serve() with sliceBytes and sliceDelayMs echoes in spaced pieces", as
   }
 });
 
+Deno.test("serve() with sliceDelayMs alone spaces whole echoes", async () => {
+  // Without sliceBytes each echo is one write; two writes are ≥ 200 ms apart.
+  await using server = serve({ port: 0, mode: "line", sliceDelayMs: 200 });
+  using conn = await Deno.connect({ port: server.addr.port });
+  assert.deepEqual(await roundTrip(conn, bytes("a\n")), bytes("a\n"));
+  const start = performance.now();
+  assert.deepEqual(await roundTrip(conn, bytes("b\n")), bytes("b\n"));
+  const took = performance.now() - start;
+  assert.ok(took >= 180, `second echo after ${took} ms`);
+});
+
 Deno.test("serve() with bandwidthKiBps caps the echo rate", async () => {
   await using server = serve({ port: 0, bandwidthKiBps: 64 });
   using conn = await Deno.connect({ port: server.addr.port });
