@@ -206,6 +206,7 @@ const ACCEPT_BACKOFF_MS = [5, 1000] as const;
  * console.log(server.addr.port);
  * ```
  * @throws {Error} `cannot listen on ADDR`, with the OS error as `cause`.
+ * @throws {RangeError} for a fault option out of range (`faulty: 2`).
  */
 export function serve(
   options: ServeOptions & { path: string },
@@ -269,12 +270,13 @@ class EchoServer implements Server {
       tcpBacklog,
       onConnState,
     } = options;
-    const faults = FaultPlan.from(options); // throws on a bad value
+    const plan = FaultPlan.from(options); // throws on a bad value
+    const faults = mode === "discard" ? undefined : plan; // nothing to delay
     // Listen first: if it throws, nothing else (no timer) was started.
     this.#listener = listen({ hostname, port, path, cert, key, tcpBacklog });
     this.addr = this.#listener.addr as Deno.NetAddr | Deno.UnixAddr;
     const where = formatAddr(this.addr);
-    if (faults !== undefined && mode !== "discard") {
+    if (faults !== undefined) {
       this.#log.info("faults: {faults}", { faults: faults.describe() });
     }
     this.#log.info("listening on {where}", { where });
@@ -285,7 +287,7 @@ class EchoServer implements Server {
       : mode === "discard"
       ? echoDiscard
       : echoRaw;
-    if (faults !== undefined && mode !== "discard") {
+    if (faults !== undefined) {
       const read = mode === "line"
         ? (session: Session, send: Send) =>
           frameLines(session, maxLineBytes, send)
