@@ -25,6 +25,9 @@ import {
 } from "./server.ts";
 import { serveUdp, UDP_SERVE_DEFAULTS } from "./udp.ts";
 
+/** The longest `--delay`, `--jitter` or `--slice-delay`: a day. */
+const MAX_FAULT_MS = 86_400_000;
+
 const OPTIONS = {
   host: {
     type: "string",
@@ -50,9 +53,9 @@ const OPTIONS = {
   },
   mode: {
     type: "string",
-    choices: ["raw", "line"],
+    choices: ["raw", "line", "discard"],
     help:
-      `raw: bytes back as they arrive; line: answer each whole line (default ${SERVE_DEFAULTS.mode})`,
+      `raw: bytes back as they arrive; line: answer each whole line;\ndiscard: read and drop everything (default ${SERVE_DEFAULTS.mode})`,
   },
   "max-line": {
     type: "string",
@@ -103,19 +106,49 @@ const OPTIONS = {
     type: "string",
     arg: "MS",
     help:
-      `wait this long before each echo; UDP only for now (default ${UDP_SERVE_DEFAULTS.delayMs})`,
+      `fault: hold each echo back this long, TCP and UDP (default ${SERVE_DEFAULTS.delayMs})`,
   },
   jitter: {
     type: "string",
     arg: "MS",
     help:
-      `plus a uniformly random 0..MS per echo (default ${UDP_SERVE_DEFAULTS.jitterMs})`,
+      `fault: plus a random 0..MS per echo, seeded (default ${SERVE_DEFAULTS.jitterMs})`,
+  },
+  slice: {
+    type: "string",
+    arg: "BYTES",
+    help:
+      `fault: write each echo in pieces of at most BYTES; 0 is off (default ${SERVE_DEFAULTS.sliceBytes})`,
+  },
+  "slice-delay": {
+    type: "string",
+    arg: "MS",
+    help:
+      `fault: pause this long between pieces (writes) (default ${SERVE_DEFAULTS.sliceDelayMs})`,
+  },
+  bandwidth: {
+    type: "string",
+    arg: "KIB",
+    help:
+      `fault: cap each connection's echo at KIB KiB/s; 0 is off (default ${SERVE_DEFAULTS.bandwidthKiBps})`,
+  },
+  "close-after": {
+    type: "string",
+    arg: "BYTES",
+    help:
+      `fault: echo this many bytes, then close the connection; 0 is off (default ${SERVE_DEFAULTS.closeAfterBytes})`,
+  },
+  faulty: {
+    type: "string",
+    arg: "FRACTION",
+    help:
+      `share of connections (0-1) the faults apply to (default ${SERVE_DEFAULTS.faulty})`,
   },
   seed: {
     type: "string",
     arg: "N",
     help:
-      "seeds --drop and --jitter, so a run can be replayed (default random,\nlogged at start)",
+      "seeds --jitter, --faulty and --drop (default: random; logged at start)",
   },
   "log-level": {
     type: "string",
@@ -136,7 +169,7 @@ const OPTIONS = {
 } as const satisfies Options;
 
 const USAGE = "usage: tcpecho server [--host ADDR] [--port N | --unix PATH] " +
-  "[--mode raw|line | --udp] [options]  (tcpecho server --help)";
+  "[--mode raw|line|discard | --udp] [options]  (tcpecho server --help)";
 
 /** Options that mean nothing without connections, refused with `--udp`. */
 const TCP_ONLY = [
@@ -147,6 +180,11 @@ const TCP_ONLY = [
   "max-conns",
   "max-conns-per-ip",
   "idle-timeout",
+  "slice",
+  "slice-delay",
+  "bandwidth",
+  "close-after",
+  "faulty",
 ] as const;
 
 /**
@@ -160,16 +198,12 @@ function checkTransport(values: Values<typeof OPTIONS>): void {
     if (values.drop !== undefined) {
       throw new UsageError("--drop needs --udp");
     }
-    // TODO(#11): --delay, --jitter and --seed for TCP.
-    for (const name of ["delay", "jitter", "seed"] as const) {
-      if (values[name] !== undefined) {
-        throw new UsageError(`--${name} works with --udp only, for now`);
-      }
-    }
     return;
   }
-  if (values.mode === "line") {
-    throw new UsageError("--mode line cannot go with --udp: UDP echoes raw");
+  if (values.mode !== undefined && values.mode !== "raw") {
+    throw new UsageError(
+      `--mode ${values.mode} cannot go with --udp: UDP echoes raw`,
+    );
   }
   for (const name of TCP_ONLY) {
     if (values[name] !== undefined) {
@@ -237,16 +271,40 @@ between workers): --workers N over 1 with --udp is refused, auto means 1.`,
       await server.finished;
       return 0;
     }
+    const mode = oneOf(values, "mode", OPTIONS.mode.choices);
+    const echoFaults = [
+      "delay",
+      "jitter",
+      "slice",
+      "slice-delay",
+      "bandwidth",
+      "close-after",
+    ] as const;
+    for (const name of echoFaults) {
+      if (mode === "discard" && values[name] !== undefined) {
+        throw new UsageError(
+          `--${name} does nothing with --mode discard (nothing is echoed)`,
+        );
+      }
+    }
     const options: ServeOptions = {
       hostname: host,
       port: integer(values, "port", [0, 65535]),
       path: unix,
-      mode: oneOf(values, "mode", OPTIONS.mode.choices),
+      mode,
       maxLineBytes: integer(values, "max-line", [1, 2 ** 30]),
       maxConns: integer(values, "max-conns", [1, 2 ** 30]),
       maxConnsPerIp: integer(values, "max-conns-per-ip"),
       idleTimeoutMs: secondsMs(values, "idle-timeout"),
       shutdownTimeoutMs: secondsMs(values, "shutdown-timeout"),
+      delayMs: integer(values, "delay", [0, MAX_FAULT_MS]),
+      jitterMs: integer(values, "jitter", [0, MAX_FAULT_MS]),
+      sliceBytes: integer(values, "slice", [0, 2 ** 30]),
+      sliceDelayMs: integer(values, "slice-delay", [0, MAX_FAULT_MS]),
+      bandwidthKiBps: integer(values, "bandwidth", [0, 2 ** 30]),
+      closeAfterBytes: integer(values, "close-after"),
+      faulty: fraction(values, "faulty"),
+      seed: integer(values, "seed", [0, 2 ** 32 - 1]),
     };
     await ctx.configureLogging(level, format);
     if (certFile !== undefined && keyFile !== undefined) {

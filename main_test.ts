@@ -118,7 +118,10 @@ Deno.test("tcpecho usage errors exit 2 with error and usage lines", async (t) =>
     ],
     [["server", "--port", "80a"], /--port takes a whole number/],
     [["server", "--bogus"], /^error: unknown option '--bogus'/],
-    [["server", "--mode", "fast"], /--mode takes raw or line, not "fast"/],
+    [
+      ["server", "--mode", "fast"],
+      /--mode takes raw or line or discard, not "fast"/,
+    ],
     [["server", "--tls-cert", "c.pem"], /--tls-cert and --tls-key go together/],
     [["server", "--idle-timeout=-1"], /--idle-timeout takes seconds/],
     [["server", "--idle-timeout", "-1"], /argument is ambiguous/],

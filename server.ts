@@ -8,13 +8,26 @@ import { getLogger } from "@logtape/logtape";
 import { IdleSweep } from "./_idle.ts";
 import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
 import { listen, removeSocketFile } from "./_listen.ts";
-import { type Echo, echoLines, echoRaw, seconds, Session } from "./_session.ts";
+import { echoWithFaults, FaultPlan, readChunks } from "./_faults.ts";
+import {
+  type Echo,
+  echoDiscard,
+  echoLines,
+  echoRaw,
+  frameLines,
+  seconds,
+  type Send,
+  Session,
+} from "./_session.ts";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
 
 export { removeStaleSocket } from "./_listen.ts";
 
-/** How the server answers: bytes as they arrive, or whole lines. */
-export type EchoMode = "raw" | "line";
+/**
+ * How the server answers: bytes as they arrive (`raw`, RFC 862), whole lines
+ * (`line`), or not at all (`discard`, RFC 863: read and drop everything).
+ */
+export type EchoMode = "raw" | "line" | "discard";
 
 /** Options for {@linkcode serve}. */
 export interface ServeOptions {
@@ -28,7 +41,11 @@ export interface ServeOptions {
   cert?: string;
   /** TLS private key (PEM text). */
   key?: string;
-  /** `raw`: echo bytes as they arrive; `line`: answer each whole `\n` line. @default {"raw"} */
+  /**
+   * `raw`: echo bytes as they arrive; `line`: answer each whole `\n` line;
+   * `discard`: read and drop everything, answer nothing (faults do not apply).
+   * @default {"raw"}
+   */
   mode?: EchoMode;
   /** Line mode: a line longer than this (before `\n`) closes its connection. @default {65536} */
   maxLineBytes?: number;
@@ -47,6 +64,39 @@ export interface ServeOptions {
   handshakeTimeoutMs?: number;
   /** Listen backlog (tests use `1` to make connects hang). */
   tcpBacklog?: number;
+  /**
+   * Fault: hold each echo back this long from when its bytes were read. Echoes
+   * stay in order and a streaming client is not slowed by a delay per echo:
+   * the server holds up to 256 KiB back, then stops reading. @default {0}
+   */
+  delayMs?: number;
+  /** Fault: plus a uniformly random 0 to `jitterMs` per echo (seeded). @default {0} */
+  jitterMs?: number;
+  /** Fault: write each echo in pieces of at most this many bytes; `0` is off. @default {0} */
+  sliceBytes?: number;
+  /** Fault: at least this long between two writes (pieces). @default {0} */
+  sliceDelayMs?: number;
+  /**
+   * Fault: cap each connection's echo at this many KiB/s (token bucket, bursts
+   * of 50 ms' worth); `0` is off. @default {0}
+   */
+  bandwidthKiBps?: number;
+  /**
+   * Fault: echo this many bytes on a connection, then close it (half-close,
+   * read and drop until the client's EOF for at most 1 s, close); `0` is off.
+   * @default {0}
+   */
+  closeAfterBytes?: number;
+  /**
+   * The share of connections (0 to 1) the faults apply to, drawn per
+   * connection in accept order from the seeded generator. @default {1}
+   */
+  faulty?: number;
+  /**
+   * Seeds `faulty` and `jitterMs` (a whole number 0 to 2³²−1), so a run can
+   * be replayed; drawn at random when absent. The `faults:` line says it.
+   */
+  seed?: number;
   /**
    * Called as each connection changes state (see {@linkcode ConnEvent}):
    * once per connection per state, never per message. What it throws is
@@ -103,6 +153,13 @@ export const SERVE_DEFAULTS = {
   idleTimeoutMs: 0,
   shutdownTimeoutMs: 5000,
   handshakeTimeoutMs: 10000,
+  delayMs: 0,
+  jitterMs: 0,
+  sliceBytes: 0,
+  sliceDelayMs: 0,
+  bandwidthKiBps: 0,
+  closeAfterBytes: 0,
+  faulty: 1,
 } as const;
 
 /** Live counters of a running {@linkcode Server}. */
@@ -149,6 +206,7 @@ const ACCEPT_BACKOFF_MS = [5, 1000] as const;
  * console.log(server.addr.port);
  * ```
  * @throws {Error} `cannot listen on ADDR`, with the OS error as `cause`.
+ * @throws {RangeError} for a fault option out of range (`faulty: 2`).
  */
 export function serve(
   options: ServeOptions & { path: string },
@@ -179,6 +237,8 @@ class EchoServer implements Server {
   readonly #listener: Deno.Listener;
   readonly #path: string | undefined;
   readonly #echo: Echo;
+  /** With faults on: picks each connection's echo (faulty or plain). */
+  readonly #pickEcho: (() => Echo) | undefined;
   /** TLS only: the bound on each handshake. */
   readonly #handshakeTimeoutMs: number | undefined;
   readonly #shutdownTimeoutMs: number;
@@ -210,16 +270,37 @@ class EchoServer implements Server {
       tcpBacklog,
       onConnState,
     } = options;
+    const plan = FaultPlan.from(options); // throws on a bad value
+    const faults = mode === "discard" ? undefined : plan; // nothing to delay
     // Listen first: if it throws, nothing else (no timer) was started.
     this.#listener = listen({ hostname, port, path, cert, key, tcpBacklog });
     this.addr = this.#listener.addr as Deno.NetAddr | Deno.UnixAddr;
     const where = formatAddr(this.addr);
+    if (faults !== undefined) {
+      this.#log.info("faults: {faults}", { faults: faults.describe() });
+    }
     this.#log.info("listening on {where}", { where });
 
     this.#path = path;
     this.#echo = mode === "line"
       ? (session) => echoLines(session, maxLineBytes)
+      : mode === "discard"
+      ? echoDiscard
       : echoRaw;
+    if (faults !== undefined) {
+      const read = mode === "line"
+        ? (session: Session, send: Send) =>
+          frameLines(session, maxLineBytes, send)
+        : readChunks;
+      this.#pickEcho = () => {
+        const connFaults = faults.next();
+        if (connFaults === undefined) return this.#echo;
+        return (s) => {
+          s.log.debug("[{peer}] faults apply");
+          return echoWithFaults(s, connFaults, (send) => read(s, send));
+        };
+      };
+    }
     const tls = cert !== undefined && key !== undefined;
     this.#handshakeTimeoutMs = !tls
       ? undefined
@@ -233,7 +314,10 @@ class EchoServer implements Server {
     this.#idle = new IdleSweep(
       idleTimeoutMs,
       this.#sessions,
-      (session) => session.interrupt(idle),
+      // A fault holding an echo back is our wait, not the client's idleness.
+      (session) => {
+        if (!session.holding) session.interrupt(idle);
+      },
     );
     const { promise, resolve } = Promise.withResolvers<void>();
     this.finished = promise;
@@ -314,7 +398,9 @@ class EchoServer implements Server {
     this.stats.served++;
     const session = new Session(conn, peer, ip, this.stats, this.#log);
     this.#sessions.add(session);
-    const task: Promise<void> = this.#handle(session, permit)
+    // Faulty or not is decided here, in accept order, so a seed replays.
+    const echo = this.#pickEcho?.() ?? this.#echo;
+    const task: Promise<void> = this.#handle(session, permit, echo)
       .catch((err) => this.#log.error("connection task failed: {err}", { err }))
       .finally(() => {
         this.#sessions.delete(session);
@@ -326,10 +412,14 @@ class EchoServer implements Server {
   }
 
   /** The connection task: holds the permit for as long as the session runs. */
-  async #handle(session: Session, permit: Disposable): Promise<void> {
+  async #handle(
+    session: Session,
+    permit: Disposable,
+    echo: Echo,
+  ): Promise<void> {
     using _permit = permit;
     this.#emit({ state: "open", peer: session.peer });
-    await session.run(this.#echo, this.#handshakeTimeoutMs);
+    await session.run(echo, this.#handshakeTimeoutMs);
   }
 
   /** Tells `onConnState` how `session` ended. */

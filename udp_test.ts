@@ -741,7 +741,7 @@ Deno.test("tcpecho server/client/bench --udp usage errors exit 2", async (t) => 
       ["server", "--udp", "--max-conns", "5"],
       /--max-conns cannot go with --udp/,
     ],
-    [["server", "--delay", "5"], /--delay works with --udp only/],
+    [["server", "--udp", "--slice", "5"], /--slice cannot go with --udp/],
     [["server", "--udp", "--seed", "-1"], /argument is ambiguous|--seed takes/],
     [["client", "--timeout", "1"], /^error: --timeout needs --udp$/],
     [["client", "--udp", "--tls"], /--tls cannot go with --udp/],
