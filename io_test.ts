@@ -3,6 +3,7 @@ import {
   delay,
   escapePreview,
   isDisconnect,
+  quote,
   readAll,
   type Reader,
   writeAll,
@@ -185,10 +186,31 @@ Deno.test("escapePreview() quotes text and escapes what a terminal acts on", () 
     // DEL, C1 controls (CSI), line and paragraph separators.
     ["\x7f\x9b2J\x85", '"\\u007f\\u009b2J\\u0085"'],
     ["one\u2028two\u2029", '"one\\u2028two\\u2029"'],
-    ["héllo wörld ✓", '"héllo wörld ✓"'],
+    // Bidi overrides and isolates, zero-width and format characters, BOM.
+    ["a\u202egnp.exe", '"a\\u202egnp.exe"'],
+    ["\u202a\u202b\u202c\u202d", '"\\u202a\\u202b\\u202c\\u202d"'],
+    ["\u2066x\u2067y\u2068z\u2069", '"\\u2066x\\u2067y\\u2068z\\u2069"'],
+    [
+      "zero\u200bwidth\u200c\u200d\u200e\u200f",
+      '"zero\\u200bwidth\\u200c\\u200d\\u200e\\u200f"',
+    ],
+    ["\ufeffbom\u061c\u2060", '"\\ufeffbom\\u061c\\u2060"'],
+    ["héllo wörld ✓ שלום", '"héllo wörld ✓ שלום"'],
   ];
   for (const [text, expected] of cases) {
     assert.equal(escapePreview(encoder.encode(text), 80), expected, text);
+    assert.equal(quote(text), expected, text);
+  }
+});
+
+Deno.test("quote() leaves no control, format or separator character raw", () => {
+  const unsafe = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+  for (let c = 0; c <= 0x10ffff; c++) {
+    if (c >= 0xd800 && c <= 0xdfff) continue; // lone surrogates: JSON escapes
+    const text = String.fromCodePoint(c);
+    const out = quote(text);
+    assert.ok(!unsafe.test(out), `U+${c.toString(16)} comes out raw`);
+    assert.equal(JSON.parse(out), text, `U+${c.toString(16)} round trip`);
   }
 });
 
