@@ -75,28 +75,43 @@ export function formatAddr(addr: Deno.Addr): string {
 const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
 /**
- * What a terminal may act on or a reader may not see, beyond the C0 controls
- * JSON escapes: DEL and C1 (such as CSI), every format character (zero-width
- * and bidi marks, bidi embeddings, overrides and isolates, the BOM, tag
- * characters) and the line and paragraph separators.
+ * What a terminal may act on or a reader may not see: controls (C0 such as
+ * `\n` and ESC, DEL, C1 such as CSI), every format character (zero-width and
+ * bidi marks, bidi embeddings, overrides and isolates, the BOM, tag
+ * characters), the line and paragraph separators and lone surrogates.
  */
-const INVISIBLE = /[\p{Cc}\p{Cf}\u2028\u2029]/gu;
+const UNSAFE = /[\p{Cc}\p{Cf}\p{Cs}\u2028\u2029]/gu;
+const SHORT: Readonly<Record<string, string>> = {
+  "\b": "\\b",
+  "\t": "\\t",
+  "\n": "\\n",
+  "\f": "\\f",
+  "\r": "\\r",
+};
 
 /**
- * `text` in double quotes, safe to show in one line of a log or an error
- * message: JSON escapes (quotes, backslashes, `\n`, `\t`, ESC…) and
- * `\uXXXX` for DEL, C1, line separators, zero-width and bidi controls and
- * other format characters, so a value cannot forge a line, move the cursor,
- * or hide or reorder what follows it. The result is a JSON string.
+ * `text` with every character a terminal may act on or a reader may not see
+ * escaped as JSON does (`\n`, `\t`, `\u001b`, `\u202e`…), so it cannot forge
+ * a line, move the cursor, or hide or reorder what follows it.
  */
-export function quote(text: string): string {
-  return JSON.stringify(text).replace(INVISIBLE, (c) => {
+export function escapeControls(text: string): string {
+  return text.replace(UNSAFE, (c) => {
+    if (SHORT[c] !== undefined) return SHORT[c];
     let escaped = ""; // an astral character as its two surrogates, as JSON does
     for (let i = 0; i < c.length; i++) {
       escaped += `\\u${c.charCodeAt(i).toString(16).padStart(4, "0")}`;
     }
     return escaped;
   });
+}
+
+/**
+ * `text` in double quotes, safe to show in one line of a log or an error
+ * message: quotes and backslashes escaped, then {@linkcode escapeControls}.
+ * The result is a JSON string.
+ */
+export function quote(text: string): string {
+  return `"${escapeControls(text.replace(/["\\]/g, "\\$&"))}"`;
 }
 
 /**

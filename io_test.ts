@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   delay,
+  escapeControls,
   escapePreview,
   isDisconnect,
   quote,
@@ -203,15 +204,18 @@ Deno.test("escapePreview() quotes text and escapes what a terminal acts on", () 
   }
 });
 
-Deno.test("quote() leaves no control, format or separator character raw", () => {
-  const unsafe = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+Deno.test("quote() and escapeControls() leave no control, format or separator character raw", () => {
+  const unsafe = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/u;
   for (let c = 0; c <= 0x10ffff; c++) {
-    if (c >= 0xd800 && c <= 0xdfff) continue; // lone surrogates: JSON escapes
-    const text = String.fromCodePoint(c);
-    const out = quote(text);
-    assert.ok(!unsafe.test(out), `U+${c.toString(16)} comes out raw`);
-    assert.equal(JSON.parse(out), text, `U+${c.toString(16)} round trip`);
+    const text = String.fromCodePoint(c); // lone surrogates too
+    const quoted = quote(text);
+    assert.ok(!unsafe.test(quoted), `U+${c.toString(16)} comes out raw`);
+    assert.equal(JSON.parse(quoted), text, `U+${c.toString(16)} round trip`);
+    const escaped = escapeControls(text);
+    assert.ok(!unsafe.test(escaped), `U+${c.toString(16)} comes out raw`);
+    if (!unsafe.test(text)) assert.equal(escaped, text, "kept as it is");
   }
+  assert.equal(escapeControls('a\tb "c" \\'), 'a\\tb "c" \\');
 });
 
 Deno.test("escapePreview() shows invalid UTF-8 as U+FFFD", () => {
