@@ -71,8 +71,9 @@ Deno.test("connect() gives up after connectTimeoutMs", async () => {
   );
 });
 
-Deno.test("forTerminal() escapes control characters but keeps text", () => {
-  assert.equal(forTerminal("héllo\tok"), "héllo\tok");
+Deno.test("forTerminal() escapes control characters, tab included, but keeps text", () => {
+  assert.equal(forTerminal("héllo\tok"), "héllo\\tok");
+  assert.equal(forTerminal("\u202egnp\u200b.exe ✓"), "\\u202egnp\\u200b.exe ✓");
   assert.equal(forTerminal("a\x1b[2Jb\rc\x07"), "a\\u001b[2Jb\\rc\\u0007");
 });
 

@@ -39,6 +39,7 @@ export {
   connect,
   CONNECT_DEFAULTS,
   type ConnectOptions,
+  type ExchangeOptions,
   type Input,
   interactive,
   type InteractiveEnd,
