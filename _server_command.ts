@@ -4,6 +4,8 @@
  * @module
  */
 import {
+  bytes,
+  checkKeyPair,
   checkTarget,
   type Command,
   formatHelp,
@@ -104,7 +106,8 @@ const OPTIONS = {
 } as const satisfies Options;
 
 const USAGE = "usage: tcpecho server [--host ADDR] [--port N | --unix PATH] " +
-  "[--mode raw|line] [options]  (tcpecho server --help)";
+  "[--mode raw|line] [--tls-cert FILE --tls-key FILE] [options]" +
+  "  (tcpecho server --help)";
 
 /** `tcpecho server`: run an echo server until SIGINT/SIGTERM. */
 export const serverCommand: Command<typeof OPTIONS> = {
@@ -149,16 +152,24 @@ export const serverCommand: Command<typeof OPTIONS> = {
       port: integer(values, "port", [0, 65535]),
       path: unix,
       mode: oneOf(values, "mode", OPTIONS.mode.choices),
-      maxLineBytes: integer(values, "max-line", [1, 2 ** 30]),
+      maxLineBytes: bytes(values, "max-line", [1, 2 ** 30]),
       maxConns: integer(values, "max-conns", [1, 2 ** 30]),
       maxConnsPerIp: integer(values, "max-conns-per-ip"),
       idleTimeoutMs: secondsMs(values, "idle-timeout"),
       shutdownTimeoutMs: secondsMs(values, "shutdown-timeout"),
     };
+    if (
+      options.maxLineBytes !== undefined &&
+      (options.mode ?? SERVE_DEFAULTS.mode) !== "line"
+    ) throw new UsageError("--max-line applies to --mode line");
     await ctx.configureLogging(level, format);
     if (certFile !== undefined && keyFile !== undefined) {
       options.cert = await readPem(certFile, "TLS certificate", "CERTIFICATE");
       options.key = await readPem(keyFile, "TLS key", "PRIVATE KEY");
+      await checkKeyPair(
+        { file: certFile, pem: options.cert },
+        { file: keyFile, pem: options.key },
+      );
     }
     if (options.path !== undefined) await removeStaleSocket(options.path);
     const server = serve(options);

@@ -297,7 +297,8 @@ Deno.test("tcpecho client --tls refuses a server it cannot verify", async (t) =>
     assert.equal(out.code, 1);
     assert.equal(
       out.stderr,
-      `error: cannot connect to 127.0.0.1:${port}: invalid peer certificate: UnknownIssuer\n`,
+      `error: cannot connect to 127.0.0.1:${port}: invalid peer certificate: UnknownIssuer` +
+        " (trust the server's CA with --ca FILE, or skip the check with --insecure)\n",
     );
   });
   await t.step("another CA", async () => {
@@ -306,7 +307,10 @@ Deno.test("tcpecho client --tls refuses a server it cannot verify", async (t) =>
       bytes("x"),
     );
     assert.equal(out.code, 1);
-    assert.match(out.stderr, /invalid peer certificate: UnknownIssuer\n$/);
+    assert.match(
+      out.stderr,
+      /invalid peer certificate: UnknownIssuer \(.*--ca FILE.*--insecure\)\n$/,
+    );
   });
   await t.step("a CA file that holds no certificate", async () => {
     const out = await pipeThroughClient(
