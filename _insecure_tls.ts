@@ -4,9 +4,12 @@
  * `unsafelyDisableHostnameVerification` skips the name check only, and
  * `--unsafely-ignore-certificate-errors` is a runtime flag, not an option.
  * Its `node:tls` takes `rejectUnauthorized: false`, so this connects with
- * `node:tls` and gives the socket the shape of a `Deno.Conn`. Reads take
- * from the socket in paused mode, so backpressure holds; it is slower than a
- * `Deno.TlsConn`, which matters to `bench` only.
+ * `node:tls` and gives the socket the shape of a `Deno.Conn`. It is slower
+ * than a `Deno.TlsConn`, which matters to `bench` only, and it does not push
+ * back on the server: that node:tls never ends the stream of a socket that
+ * was paused (`pause()`, or read in paused mode), so the socket flows and
+ * what arrives waits here until read. For an echo server that is at most
+ * what we sent and have not read back.
  *
  * @module
  */
@@ -87,7 +90,8 @@ class InsecureTlsConn implements Deno.Conn {
   readonly localAddr: Deno.Addr;
   readonly remoteAddr: Deno.Addr;
   #socket: TLSSocket;
-  #rest: Uint8Array | undefined; // read from the socket, not yet taken
+  #chunks: Uint8Array[] = []; // received; read up to #head
+  #head = 0;
   #ended = false;
   #error: Error | undefined;
   #closed = false;
@@ -108,7 +112,11 @@ class InsecureTlsConn implements Deno.Conn {
       this.#wake = undefined;
       resolve?.();
     };
-    socket.on("readable", wake); // a listener keeps it paused: backpressure
+    // Flowing, never paused: see the module's note.
+    socket.on("data", (chunk: Uint8Array) => {
+      this.#chunks.push(chunk);
+      wake();
+    });
     socket.on("end", () => {
       this.#ended = true;
       wake();
@@ -123,12 +131,15 @@ class InsecureTlsConn implements Deno.Conn {
   async read(p: Uint8Array): Promise<number | null> {
     for (;;) {
       if (this.#closed) throw new Deno.errors.Interrupted("connection closed");
-      this.#rest ??= (this.#socket.read() as Uint8Array | null) ?? undefined;
-      const rest = this.#rest;
-      if (rest !== undefined) {
-        const n = Math.min(p.length, rest.length);
-        p.set(rest.subarray(0, n));
-        this.#rest = n < rest.length ? rest.subarray(n) : undefined;
+      const chunk = this.#chunks[this.#head];
+      if (chunk !== undefined) {
+        const n = Math.min(p.length, chunk.length);
+        p.set(chunk.subarray(0, n));
+        if (n < chunk.length) this.#chunks[this.#head] = chunk.subarray(n);
+        else if (++this.#head === this.#chunks.length) {
+          this.#chunks = [];
+          this.#head = 0;
+        }
         return n;
       }
       if (this.#error) throw this.#error;
