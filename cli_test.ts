@@ -38,7 +38,7 @@ async function runBounded(args: string[], ms = 20_000) {
 
 /** Asserts a usage error: exit 2, one `error: MESSAGE` line, the usage line. */
 async function assertUsageError(args: string[], message: string | RegExp) {
-  const { code, stdout, stderr } = await runCli(args);
+  const { code, stdout, stderr } = await runBounded(args, 10_000);
   assert.equal(code, 2, `${args.join(" ")}: ${stderr}`);
   assert.equal(stdout, "");
   const lines = stderr.trimEnd().split("\n");
