@@ -372,6 +372,30 @@ Deno.test("tcpecho error lines escape what a user typed: one line, no ESC", asyn
   );
 });
 
+Deno.test("tcpecho server -v escapes bidi and zero-width characters in its log previews", async () => {
+  await using server = await ServerProcess.start([
+    "--port",
+    "0",
+    "--mode",
+    "line",
+    "-v",
+  ]);
+  using conn = await Deno.connect({ port: server.port });
+  const line = new TextEncoder().encode(
+    "evil\u202etxt.exe\u200b\u2066x\ufeff\n",
+  );
+  assert.deepEqual(await echoAll(conn, line), line);
+  const logged = await server.waitFor(/req: /);
+  assert.ok(
+    logged.endsWith(
+      'req: "evil\\u202etxt.exe\\u200b\\u2066x\\ufeff\\n", ' +
+        'resp: "evil\\u202etxt.exe\\u200b\\u2066x\\ufeff\\n"',
+    ),
+    logged,
+  );
+  assert.ok(!/[\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/.test(logged));
+});
+
 // ---- certificate, key and CA files ----------------------------------------
 
 Deno.test({
