@@ -8,6 +8,7 @@
  * @module
  */
 import {
+  bytes,
   type Command,
   CONNECT_OPTIONS,
   connectOptions,
@@ -115,9 +116,10 @@ within ${UDP_BENCH_DEFAULTS.lossTimeoutMs / 1000} s is lost`,
 } as const satisfies Options;
 
 const USAGE = "usage: tcpecho bench [--host ADDR] [--port N | --unix PATH] " +
-  "[--tls] [-c N] [-s BYTES] [-d SECONDS] [--pattern pingpong|stream|connect] " +
+  "[--tls [--ca FILE | --insecure]] [--connect-timeout SECONDS] " +
+  "[-c N] [-s BYTES] [-d SECONDS] [--pattern pingpong|stream|connect] " +
   "[--rate N] [--lines] [--udp] [--threads N] [--interval SECONDS] [--hlog FILE] " +
-  "[--json] [--spawn-server]  (tcpecho bench --help)";
+  "[--json] [--spawn-server] [HOST [PORT] | HOST:PORT]  (tcpecho bench --help)";
 
 /** How many error lines `bench` prints as they happen; the report groups them all. */
 const ERRORS_SHOWN = 5;
@@ -208,12 +210,15 @@ events per turn (128 unless set), so every connection gets its turn. With
 "tcpecho bench merge --help": one report from several --hlog files.`,
   }),
   options: OPTIONS,
-  async run(values, _positionals, ctx) {
+  allowPositionals: true,
+  async run(values, positionals, ctx) {
     const { host, port, unix, lines, udp, json, hlog, "spawn-server": spawn } =
       values;
-    if (spawn && (host ?? port ?? unix) !== undefined) {
+    if (
+      spawn && ((host ?? port ?? unix) !== undefined || positionals.length > 0)
+    ) {
       throw new UsageError(
-        "--spawn-server measures its own server: no --host, --port or --unix",
+        "--spawn-server measures its own server: no --host, --port, --unix or HOST PORT",
       );
     }
     if (udp) {
@@ -229,17 +234,14 @@ events per turn (128 unless set), so every connection gets its turn. With
           "--tls-cert and --tls-key and bench it with --tls --ca",
       );
     }
-    const target = await connectOptions(values);
+    const target = await connectOptions(values, positionals);
     const connections = integer(values, "connections", [1, 100_000]) ??
       BENCH_DEFAULTS.connections;
-    const sizeBytes = integer(values, "size", [
+    const sizeBytes = bytes(values, "size", [
       1,
       udp ? MAX_UDP4_PAYLOAD : 16 << 20,
     ]) ?? BENCH_DEFAULTS.sizeBytes;
-    const durationMs = secondsMs(values, "duration");
-    if (durationMs === 0) {
-      throw new UsageError("--duration must be more than 0");
-    }
+    const durationMs = secondsMs(values, "duration", { positive: true });
     const pattern = oneOf(values, "pattern", OPTIONS.pattern.choices) ??
       BENCH_DEFAULTS.pattern;
     if (udp && pattern !== "pingpong") {

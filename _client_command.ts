@@ -11,6 +11,7 @@ import {
   integer,
   type Options,
   secondsMs,
+  targetFromPositionals,
   UsageError,
   type Values,
 } from "./_cli.ts";
@@ -42,13 +43,28 @@ const OPTIONS = {
       UDP_CLIENT_DEFAULTS.timeoutMs / 1000
     })`,
   },
+  "idle-timeout": {
+    type: "string",
+    arg: "SECONDS",
+    help: "fail if the server is silent this long while an echo or its\n" +
+      "close is due; 0 is off (default 0)",
+  },
 } as const satisfies Options;
 
 const USAGE = "usage: tcpecho client [--host ADDR] [--port N | --unix PATH] " +
-  "[--tls [--ca FILE] | --udp [--timeout SECONDS]]  (tcpecho client --help)";
+  "[--tls [--ca FILE | --insecure]] [--udp [--timeout SECONDS]] " +
+  "[--connect-timeout SECONDS] [--idle-timeout SECONDS] [HOST [PORT] | HOST:PORT]" +
+  "  (tcpecho client --help)";
 
 /** Options that need a connection, refused with `--udp`. */
-const TCP_ONLY = ["unix", "tls", "ca", "connect-timeout"] as const;
+const TCP_ONLY = [
+  "unix",
+  "tls",
+  "ca",
+  "insecure",
+  "connect-timeout",
+  "idle-timeout",
+] as const;
 
 /** `tcpecho client`: readline on a terminal, a byte-exact pipe otherwise. */
 export const clientCommand: Command<typeof OPTIONS> = {
@@ -60,7 +76,9 @@ export const clientCommand: Command<typeof OPTIONS> = {
     usage: USAGE,
     description:
       `On a terminal: type lines, see "server say# …"; Ctrl+D ends, Ctrl+C aborts.
-Otherwise a byte-exact pipe: stdin to the server, the echo to stdout.`,
+Otherwise a byte-exact pipe: stdin to the server, the echo to stdout; it exits 1
+if the server closes before echoing everything sent. HOST PORT, HOST:PORT or
+[V6]:PORT may stand for --host and --port, as for nc.`,
     options: OPTIONS,
     width: 28,
     notes:
@@ -68,26 +86,31 @@ Otherwise a byte-exact pipe: stdin to the server, the echo to stdout.`,
 for each reply before the next line and exits 1 if any was lost.`,
   }),
   options: OPTIONS,
-  async run(values) {
-    if (values.udp) return await runUdp(values);
+  allowPositionals: true,
+  async run(values, positionals) {
+    if (values.udp) return await runUdp(values, positionals);
     if (values.timeout !== undefined) {
       throw new UsageError("--timeout needs --udp");
     }
-    const options = await connectOptions(values);
+    const options = await connectOptions(values, positionals);
+    const idleTimeoutMs = secondsMs(values, "idle-timeout");
     using conn = await connect(options);
     if (!Deno.stdin.isTerminal()) {
-      await pipe(conn);
+      await pipe(conn, Deno.stdin, Deno.stdout, { idleTimeoutMs });
       return 0;
     }
     console.error(`connected to ${targetName(options)}`);
-    const end = await interactive(conn);
+    const end = await interactive(conn, { idleTimeoutMs });
     if (end === "server-closed") console.error("connection closed by server");
     return end === "interrupted" ? 130 : 0;
   },
 };
 
 /** `client --udp`: lines as datagrams, lost replies on stderr. */
-async function runUdp(values: Values<typeof OPTIONS>): Promise<number> {
+async function runUdp(
+  values: Values<typeof OPTIONS>,
+  positionals: readonly string[],
+): Promise<number> {
   for (const name of TCP_ONLY) {
     if (values[name] !== undefined) {
       throw new UsageError(`--${name} cannot go with --udp`);
@@ -96,9 +119,10 @@ async function runUdp(values: Values<typeof OPTIONS>): Promise<number> {
   const timeoutMs = secondsMs(values, "timeout") ??
     UDP_CLIENT_DEFAULTS.timeoutMs;
   if (timeoutMs === 0) throw new UsageError("--timeout must be more than 0");
+  const target = targetFromPositionals(values, positionals);
   using conn = await connectUdp({
-    hostname: values.host,
-    port: integer(values, "port", [1, 65535]),
+    hostname: target.host,
+    port: integer(target, "port", [1, 65535]),
   });
   const within = `within ${timeoutMs / 1000} s`;
   if (!Deno.stdin.isTerminal()) {

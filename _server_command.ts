@@ -4,6 +4,8 @@
  * @module
  */
 import {
+  bytes,
+  checkKeyPair,
   checkTarget,
   type Command,
   formatHelp,
@@ -169,7 +171,8 @@ const OPTIONS = {
 } as const satisfies Options;
 
 const USAGE = "usage: tcpecho server [--host ADDR] [--port N | --unix PATH] " +
-  "[--mode raw|line|discard | --udp] [options]  (tcpecho server --help)";
+  "[--mode raw|line|discard | --udp] [--tls-cert FILE --tls-key FILE] [options]" +
+  "  (tcpecho server --help)";
 
 /** Options that mean nothing without connections, refused with `--udp`. */
 const TCP_ONLY = [
@@ -292,7 +295,7 @@ between workers): --workers N over 1 with --udp is refused, auto means 1.`,
       port: integer(values, "port", [0, 65535]),
       path: unix,
       mode,
-      maxLineBytes: integer(values, "max-line", [1, 2 ** 30]),
+      maxLineBytes: bytes(values, "max-line", [1, 2 ** 30]),
       maxConns: integer(values, "max-conns", [1, 2 ** 30]),
       maxConnsPerIp: integer(values, "max-conns-per-ip"),
       idleTimeoutMs: secondsMs(values, "idle-timeout"),
@@ -306,10 +309,18 @@ between workers): --workers N over 1 with --udp is refused, auto means 1.`,
       faulty: fraction(values, "faulty"),
       seed: integer(values, "seed", [0, 2 ** 32 - 1]),
     };
+    if (
+      options.maxLineBytes !== undefined &&
+      (options.mode ?? SERVE_DEFAULTS.mode) !== "line"
+    ) throw new UsageError("--max-line applies to --mode line");
     await ctx.configureLogging(level, format);
     if (certFile !== undefined && keyFile !== undefined) {
       options.cert = await readPem(certFile, "TLS certificate", "CERTIFICATE");
       options.key = await readPem(keyFile, "TLS key", "PRIVATE KEY");
+      await checkKeyPair(
+        { file: certFile, pem: options.cert },
+        { file: keyFile, pem: options.key },
+      );
     }
     if (options.path !== undefined) await removeStaleSocket(options.path);
     const server = serve(options);

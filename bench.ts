@@ -267,6 +267,7 @@ export function checkBenchOptions(options: BenchOptions) {
     path,
     tls,
     caCerts,
+    insecure,
     connectTimeoutMs,
   } = options;
   if (!Number.isSafeInteger(connections) || connections < 1) {
@@ -310,7 +311,15 @@ export function checkBenchOptions(options: BenchOptions) {
     onError,
     intervals,
     shard: {
-      target: { hostname, port, path, tls, caCerts, connectTimeoutMs },
+      target: {
+        hostname,
+        port,
+        path,
+        tls,
+        caCerts,
+        insecure,
+        connectTimeoutMs,
+      },
       pattern,
       sizeBytes,
       lines,

@@ -1,8 +1,17 @@
 import assert from "node:assert/strict";
-import { connect, forTerminal } from "./client.ts";
+import { connect, forTerminal, type Input, pipe } from "./client.ts";
 import { serve } from "./server.ts";
-import { LineSplitter, readLines } from "./io.ts";
-import { cli, randomBytes, runCli, writeAll } from "./testing.ts";
+import { delay, LineSplitter, readLines } from "./io.ts";
+import {
+  cli,
+  ConnEvents,
+  echoServer,
+  randomBytes,
+  readAll,
+  roundTrip,
+  runCli,
+  writeAll,
+} from "./testing.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 
@@ -53,6 +62,231 @@ Deno.test("tcpecho client exits 1 when nothing listens", async () => {
   );
 });
 
+// ---- nothing lost silently (#14 item 4) -----------------------------------
+
+Deno.test("tcpecho client exits 1 when the server echoes 100 kB of 1 MB and resets", async () => {
+  // Echoes the first 100,000 bytes, then closes with input unread: a reset.
+  const cut = 100_000;
+  await using server = echoServer({
+    mangle: (chunk, { offset }) =>
+      offset >= cut ? "close" : chunk.subarray(0, cut - offset),
+  });
+  const data = randomBytes(1_000_000, 7);
+  const out = await pipeThroughClient(["-p", `${server.port}`], data);
+  assert.equal(out.code, 1, out.stderr);
+  assert.deepEqual(out.stdout, data.subarray(0, cut));
+  assert.match(
+    out.stderr,
+    /^error: (connection lost after 100000 of \d+ bytes came back: (Connection reset by peer|Broken pipe) \(os error \d+\)|the server closed the connection after echoing 100000 of \d+ bytes)\n$/,
+  );
+});
+
+Deno.test("tcpecho client exits 1 when the server closes over --max-line", async () => {
+  await using server = serve({ port: 0, mode: "line", maxLineBytes: 10 });
+  const data = bytes(`short\n${"x".repeat(100)}\n`);
+  const out = await pipeThroughClient(["-p", `${server.addr.port}`], data);
+  assert.equal(out.code, 1, out.stderr);
+  assert.deepEqual(out.stdout, bytes("short\n"));
+  assert.match(
+    out.stderr,
+    /^error: (the server closed the connection after echoing 6 of 107 bytes|connection lost after 6 of 107 bytes came back: .*)\n$/,
+  );
+});
+
+/**
+ * Stdin as a test drives it: `data` on the first read, then nothing until
+ * `close()` (the pipe's reaction to the server's close), then EOF.
+ */
+function inputOf(data: Uint8Array): Input {
+  let given = false;
+  const closed = Promise.withResolvers<null>();
+  return {
+    read(buf: Uint8Array): Promise<number | null> {
+      if (given) return closed.promise;
+      given = true;
+      buf.set(data);
+      return Promise.resolve(data.length); // ahead of any socket event
+    },
+    close: () => closed.resolve(null),
+  };
+}
+
+Deno.test("pipe() rejects when the server refuses the connection over maxConns", async () => {
+  // In the CLI a refusal can beat the first read of stdin: then nothing
+  // was sent and nothing is lost (exit 0). Here the bytes are taken first.
+  using events = new ConnEvents();
+  await using server = serve({
+    port: 0,
+    maxConns: 1,
+    onConnState: events.onConnState,
+  });
+  using first = await Deno.connect({ port: server.addr.port });
+  assert.deepEqual(await roundTrip(first, bytes("a")), bytes("a")); // served
+  using conn = await Deno.connect({ port: server.addr.port });
+  const output: Uint8Array[] = [];
+  await assert.rejects(
+    pipe(conn, inputOf(bytes("ping\n")), {
+      write: (b) => Promise.resolve(output.push(b.slice()) && b.length),
+    }),
+    (err: Error) =>
+      /^(the server closed the connection after echoing 0 of 5 bytes|connection lost after 0 of 5 bytes came back)$/
+        .test(err.message),
+  );
+  await events.find("refused");
+  assert.deepEqual(output, []);
+});
+
+Deno.test("tcpecho client exits 0 when a server that is not an echo answers more than was sent", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    using conn = await listener.accept();
+    await readAll(conn); // the request, to our half-close
+    await writeAll(conn, bytes("a longer answer than the question\n"));
+  })();
+  const out = await pipeThroughClient(
+    ["-p", `${listener.addr.port}`],
+    bytes("q?\n"),
+  );
+  await serving;
+  assert.equal(out.stderr, "");
+  assert.equal(out.code, 0);
+  assert.equal(
+    new TextDecoder().decode(out.stdout),
+    "a longer answer than the question\n",
+  );
+});
+
+Deno.test("tcpecho client --idle-timeout fails on a server that never answers", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepted = listener.accept(); // held, never read or written
+  const out = await pipeThroughClient(
+    ["-p", `${listener.addr.port}`, "--idle-timeout", "100ms"],
+    bytes("ping\n"),
+  );
+  (await accepted).close();
+  assert.equal(out.code, 1);
+  assert.equal(out.stderr, "error: no data from the server for 0.1 s\n");
+});
+
+Deno.test("tcpecho client --idle-timeout fails on a server that echoes but never closes", async () => {
+  await using server = echoServer({ hold: true }); // ignores our half-close
+  const data = bytes("ping\n");
+  const out = await pipeThroughClient(
+    ["-p", `${server.port}`, "--idle-timeout", "0.1"],
+    data,
+  );
+  assert.deepEqual(out.stdout, data);
+  assert.equal(out.code, 1);
+  assert.equal(out.stderr, "error: no data from the server for 0.1 s\n");
+});
+
+Deno.test("tcpecho client --idle-timeout does not count time spent waiting for stdin", async () => {
+  await using server = serve({ port: 0 });
+  const child = cli(
+    ["client", "-p", `${server.addr.port}`, "--idle-timeout", "50ms"],
+    "piped",
+  ).spawn();
+  const writer = child.stdin.getWriter();
+  const reader = child.stdout.getReader();
+  await writer.write(bytes("a"));
+  assert.deepEqual((await reader.read()).value, bytes("a"));
+  // A negative: no event says "the timer did not fire", so stdin stays
+  // silent for six idle periods, everything echoed meanwhile.
+  const quiet = new AbortController();
+  await delay(300, quiet.signal);
+  await writer.write(bytes("b"));
+  assert.deepEqual((await reader.read()).value, bytes("b"));
+  await writer.close();
+  assert.equal((await reader.read()).done, true);
+  const [status, stderr] = await Promise.all([
+    child.status,
+    new Response(child.stderr).text(),
+  ]);
+  assert.equal(stderr, "");
+  assert.equal(status.code, 0);
+});
+
+// ---- --insecure -----------------------------------------------------------
+
+Deno.test("connect() with insecure trusts a self-signed server and half-closes like a conn", async () => {
+  await using server = serve({ port: 0, ...TLS });
+  await using _nobody = serve({ port: 0 }); // a port for the refused case
+  const data = randomBytes(1 << 20, 23);
+  {
+    using conn = await connect({
+      port: server.addr.port,
+      tls: true,
+      insecure: true,
+    });
+    assert.equal((conn.remoteAddr as Deno.NetAddr).port, server.addr.port);
+    const [echo] = await Promise.all([
+      readAll(conn),
+      (async () => {
+        await writeAll(conn, data);
+        await conn.closeWrite();
+      })(),
+    ]);
+    assert.deepEqual(echo, data);
+  }
+  // Without insecure, the same server is refused.
+  await assert.rejects(
+    connect({ port: server.addr.port, tls: true }),
+    (err: Error) => /UnknownIssuer/.test(String(err.cause)),
+  );
+});
+
+Deno.test("tcpecho client --tls --insecure pipes to a server it cannot verify, and says so", async () => {
+  await using server = serve({ port: 0, ...TLS });
+  const data = randomBytes(256 * 1024, 24);
+  const out = await pipeThroughClient(
+    ["--tls", "--insecure", "-p", `${server.addr.port}`],
+    data,
+  );
+  assert.equal(
+    out.stderr,
+    "warning: --insecure: the server's certificate is not verified\n",
+  );
+  assert.equal(out.code, 0);
+  assert.deepEqual(out.stdout, data);
+  for (
+    const [args, message] of [
+      [["--insecure"], "error: --insecure needs --tls"],
+      [
+        ["--tls", "--insecure", "--ca", testdata("ca.pem")],
+        "error: --insecure trusts any certificate: no --ca with it",
+      ],
+    ]
+  ) {
+    const bad = await runCli(["client", ...args, "-p", "1"]);
+    assert.equal(bad.code, 2);
+    assert.equal(bad.stderr.split("\n")[0], message);
+  }
+});
+
+Deno.test("tcpecho bench --tls --insecure measures a server it cannot verify", async () => {
+  await using server = serve({ port: 0, ...TLS });
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "--tls",
+    "--insecure",
+    "-p",
+    `${server.addr.port}`,
+    "-c",
+    "2",
+    "-d",
+    "0.2",
+    "--json",
+  ]);
+  assert.equal(code, 0, stderr);
+  assert.equal(
+    stderr,
+    "warning: --insecure: the server's certificate is not verified\n",
+  );
+  const result = JSON.parse(stdout);
+  assert.equal(result.errors, 0);
+  assert.ok(result.messages > 0);
+});
+
 Deno.test("connect() gives up after connectTimeoutMs", async () => {
   // Backlog 1 with two connections nobody accepts: a third connect hangs.
   using listener = Deno.listen({
@@ -71,15 +305,19 @@ Deno.test("connect() gives up after connectTimeoutMs", async () => {
   );
 });
 
-Deno.test("forTerminal() escapes control characters but keeps text", () => {
-  assert.equal(forTerminal("héllo\tok"), "héllo\tok");
+Deno.test("forTerminal() escapes control characters, tab included, but keeps text", () => {
+  assert.equal(forTerminal("héllo\tok"), "héllo\\tok");
+  assert.equal(forTerminal("\u202egnp\u200b.exe ✓"), "\\u202egnp\\u200b.exe ✓");
   assert.equal(forTerminal("a\x1b[2Jb\rc\x07"), "a\\u001b[2Jb\\rc\\u0007");
 });
 
 /** The client under a real pseudo-terminal, via script(1). */
-function underPty(port: number) {
+function underPty(port: number, args: string[] = []) {
   const main = new URL("./main.ts", import.meta.url).pathname;
-  const command = `${Deno.execPath()} run -A --quiet ${main} client -p ${port}`;
+  const command =
+    `${Deno.execPath()} run -A --quiet ${main} client -p ${port} ${
+      args.join(" ")
+    }`;
   const child = new Deno.Command("script", {
     args: ["-qefc", command, "/dev/null"],
     stdin: "piped",
@@ -146,6 +384,8 @@ Deno.test({
     await pty.type("\x04"); // Ctrl+D
     assert.equal(await pty.exit(), 0, pty.screen);
     assert.equal(server.stats.bytesIn, "hello\nsecond line\n".length);
+    // The prompt's line is ended: the shell's prompt starts on its own.
+    assert.ok(pty.screen.endsWith("> \r\n"), JSON.stringify(pty.screen));
   },
 });
 
@@ -156,8 +396,10 @@ Deno.test({
     await using server = serve({ port: 0 });
     const pty = underPty(server.addr.port);
     await pty.see("connected to");
+    await pty.see("\n> "); // readline reads the keys: no SIGINT from the tty
     await pty.type("\x03"); // Ctrl+C
     assert.equal(await pty.exit(), 130, pty.screen);
+    assert.ok(pty.screen.endsWith("> \r\n"), JSON.stringify(pty.screen));
   },
 });
 
@@ -173,6 +415,31 @@ Deno.test({
     await server.close();
     await pty.see("connection closed by server");
     assert.equal(await pty.exit(), 0, pty.screen);
+    // The prompt makes way for the message.
+    assert.ok(
+      pty.screen.endsWith("\r\x1b[Kconnection closed by server\r\n"),
+      JSON.stringify(pty.screen),
+    );
+  },
+});
+
+Deno.test({
+  name: "tcpecho client on a terminal --idle-timeout fails on a silent server",
+  ignore: !hasScript,
+  async fn() {
+    using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const pty = underPty(listener.addr.port, ["--idle-timeout", "100ms"]);
+    using _conn = await listener.accept(); // never reads or answers
+    await pty.see("connected to");
+    await pty.type("anyone?\r");
+    await pty.see("error: no data from the server for 0.1 s");
+    assert.equal(await pty.exit(), 1, pty.screen);
+    assert.ok(
+      pty.screen.endsWith(
+        "\r\x1b[Kerror: no data from the server for 0.1 s\r\n",
+      ),
+      JSON.stringify(pty.screen),
+    );
   },
 });
 
@@ -257,18 +524,24 @@ const TLS = {
   key: Deno.readTextFileSync(testdata("server-key.pem")),
 };
 
-/** Runs `tcpecho client ARGS` with `data` on stdin; returns its output. */
+/** Runs `tcpecho client ARGS` with `data` on stdin (killed after 20 s); returns its output. */
 async function pipeThroughClient(args: string[], data: Uint8Array) {
   const child = cli(["client", ...args], "piped").spawn();
-  const [, out] = await Promise.all([
-    (async () => {
-      const writer = child.stdin.getWriter();
-      await writer.write(data);
-      await writer.close();
-    })().catch(() => {}), // a client that failed to connect reads nothing
-    child.output(),
-  ]);
-  return { ...out, stderr: new TextDecoder().decode(out.stderr) };
+  // A client that hangs is killed: its test fails instead of the suite.
+  const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
+  try {
+    const [, out] = await Promise.all([
+      (async () => {
+        const writer = child.stdin.getWriter();
+        await writer.write(data);
+        await writer.close();
+      })().catch(() => {}), // a client that failed to connect reads nothing
+      child.output(),
+    ]);
+    return { ...out, stderr: new TextDecoder().decode(out.stderr) };
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 Deno.test("tcpecho client --tls --ca pipes byte-exact to a TLS server", async () => {
@@ -296,7 +569,8 @@ Deno.test("tcpecho client --tls refuses a server it cannot verify", async (t) =>
     assert.equal(out.code, 1);
     assert.equal(
       out.stderr,
-      `error: cannot connect to 127.0.0.1:${port}: invalid peer certificate: UnknownIssuer\n`,
+      `error: cannot connect to 127.0.0.1:${port}: invalid peer certificate: UnknownIssuer` +
+        " (trust the server's CA with --ca FILE, or skip the check with --insecure)\n",
     );
   });
   await t.step("another CA", async () => {
@@ -305,7 +579,10 @@ Deno.test("tcpecho client --tls refuses a server it cannot verify", async (t) =>
       bytes("x"),
     );
     assert.equal(out.code, 1);
-    assert.match(out.stderr, /invalid peer certificate: UnknownIssuer\n$/);
+    assert.match(
+      out.stderr,
+      /invalid peer certificate: UnknownIssuer \(.*--ca FILE.*--insecure\)\n$/,
+    );
   });
   await t.step("a CA file that holds no certificate", async () => {
     const out = await pipeThroughClient(

@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import {
   delay,
+  escapeControls,
   escapePreview,
   isDisconnect,
+  quote,
   readAll,
   type Reader,
   writeAll,
@@ -185,11 +187,35 @@ Deno.test("escapePreview() quotes text and escapes what a terminal acts on", () 
     // DEL, C1 controls (CSI), line and paragraph separators.
     ["\x7f\x9b2J\x85", '"\\u007f\\u009b2J\\u0085"'],
     ["one\u2028two\u2029", '"one\\u2028two\\u2029"'],
-    ["héllo wörld ✓", '"héllo wörld ✓"'],
+    // Bidi overrides and isolates, zero-width and format characters, BOM.
+    ["a\u202egnp.exe", '"a\\u202egnp.exe"'],
+    ["\u202a\u202b\u202c\u202d", '"\\u202a\\u202b\\u202c\\u202d"'],
+    ["\u2066x\u2067y\u2068z\u2069", '"\\u2066x\\u2067y\\u2068z\\u2069"'],
+    [
+      "zero\u200bwidth\u200c\u200d\u200e\u200f",
+      '"zero\\u200bwidth\\u200c\\u200d\\u200e\\u200f"',
+    ],
+    ["\ufeffbom\u061c\u2060", '"\\ufeffbom\\u061c\\u2060"'],
+    ["héllo wörld ✓ שלום", '"héllo wörld ✓ שלום"'],
   ];
   for (const [text, expected] of cases) {
     assert.equal(escapePreview(encoder.encode(text), 80), expected, text);
+    assert.equal(quote(text), expected, text);
   }
+});
+
+Deno.test("quote() and escapeControls() leave no control, format or separator character raw", () => {
+  const unsafe = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/u;
+  for (let c = 0; c <= 0x10ffff; c++) {
+    const text = String.fromCodePoint(c); // lone surrogates too
+    const quoted = quote(text);
+    assert.ok(!unsafe.test(quoted), `U+${c.toString(16)} comes out raw`);
+    assert.equal(JSON.parse(quoted), text, `U+${c.toString(16)} round trip`);
+    const escaped = escapeControls(text);
+    assert.ok(!unsafe.test(escaped), `U+${c.toString(16)} comes out raw`);
+    if (!unsafe.test(text)) assert.equal(escaped, text, "kept as it is");
+  }
+  assert.equal(escapeControls('a\tb "c" \\'), 'a\\tb "c" \\');
 });
 
 Deno.test("escapePreview() shows invalid UTF-8 as U+FFFD", () => {

@@ -111,7 +111,7 @@ Deno.test("findCommand() follows subcommands and leaves their arguments", () => 
 Deno.test("tcpecho usage errors exit 2 with error and usage lines", async (t) => {
   const cases: [string[], RegExp][] = [
     [[], /^error: a command is required$/],
-    [["serve"], /^error: unknown command "serve"$/],
+    [["serve"], /^error: unknown command "serve": did you mean server\?$/],
     [
       ["server", "--port", "70000"],
       /--port takes a whole number from 0 to 65535, not "70000"/,
@@ -123,8 +123,11 @@ Deno.test("tcpecho usage errors exit 2 with error and usage lines", async (t) =>
       /--mode takes raw or line or discard, not "fast"/,
     ],
     [["server", "--tls-cert", "c.pem"], /--tls-cert and --tls-key go together/],
-    [["server", "--idle-timeout=-1"], /--idle-timeout takes seconds/],
-    [["server", "--idle-timeout", "-1"], /argument is ambiguous/],
+    [["server", "--idle-timeout=-1"], /--idle-timeout takes a duration ≥ 0/],
+    [
+      ["server", "--idle-timeout", "-1"],
+      /^error: --idle-timeout takes a duration ≥ 0, such as 30, 500ms, 10s or 1m, not "-1"$/,
+    ],
     [["server", "extra"], /unexpected argument 'extra'/],
     [["client", "--port", "0"], /--port takes a whole number from 1 to 65535/],
     [

@@ -44,6 +44,7 @@ export {
   connect,
   CONNECT_DEFAULTS,
   type ConnectOptions,
+  type ExchangeOptions,
   type Input,
   interactive,
   type InteractiveEnd,

@@ -758,7 +758,7 @@ Deno.test("tcpecho server/client/bench --udp usage errors exit 2", async (t) => 
     [["bench", "--udp", "--lines"], /--lines cannot go with --udp/],
     [
       ["bench", "--udp", "-s", "65508"],
-      /--size takes a whole number from 1 to 65507/,
+      /--size takes a size from 1 to 65507 bytes/,
     ],
   ];
   for (const [args, message] of cases) {
