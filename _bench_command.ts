@@ -65,6 +65,12 @@ const OPTIONS = {
     type: "boolean",
     help: "one JSON object on stdout instead of the table",
   },
+  "send-proxy": {
+    type: "string",
+    choices: ["v1", "v2"],
+    help: "each connection first sends a PROXY header (its own address as\n" +
+      "the source), for servers run with --proxy-protocol",
+  },
   "spawn-server": {
     type: "boolean",
     help: 'start "tcpecho server --port 0" (with --lines: --mode line)\n' +
@@ -112,12 +118,18 @@ still prints what was measured (exit 130).`,
       throw new UsageError("--duration must be more than 0");
     }
     const pattern = oneOf(values, "pattern", OPTIONS.pattern.choices);
+    const sendProxy = oneOf(
+      values,
+      "send-proxy",
+      OPTIONS["send-proxy"].choices,
+    );
     const stop = new AbortController();
     using _signals = ctx.onStopSignals(() => stop.abort());
     // The spawned server speaks what we send: lines get a line-mode server.
     await using server = spawn
       ? await spawnServer([
         ...(lines ? ["--mode", "line"] : []),
+        ...(sendProxy ? ["--proxy-protocol", sendProxy] : []),
         ...(connections > SERVE_DEFAULTS.maxConns
           ? ["--max-conns", `${connections}`]
           : []),
@@ -137,6 +149,7 @@ still prints what was measured (exit 130).`,
       durationMs,
       pattern,
       lines,
+      sendProxy,
       signal: stop.signal,
       onProgress: progress
         ? (p) =>

@@ -5,13 +5,18 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
+import { AccessList } from "./_cidr.ts";
 import { IdleSweep } from "./_idle.ts";
 import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
 import { listen, removeSocketFile } from "./_listen.ts";
+import type { ProxyAccept } from "./_proxy_protocol.ts";
+import { Admission, NO_PERMIT, type RefusalCode } from "./_admission.ts";
 import { type Echo, echoLines, echoRaw, seconds, Session } from "./_session.ts";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
 
 export { removeStaleSocket } from "./_listen.ts";
+export type { ProxyAccept } from "./_proxy_protocol.ts";
+export type { RefusalCode } from "./_admission.ts";
 
 /** How the server answers: bytes as they arrive, or whole lines. */
 export type EchoMode = "raw" | "line";
@@ -48,6 +53,18 @@ export interface ServeOptions {
   /** Listen backlog (tests use `1` to make connects hang). */
   tcpBacklog?: number;
   /**
+   * Only clients in these ranges may connect (`10.0.0.0/8`, `::1`…; IPv4-mapped
+   * IPv6 is IPv4); others are accepted and closed. Empty: all. @default {[]}
+   */
+  allow?: readonly string[];
+  /** Clients in these ranges are refused, even when `allow` lets them in. @default {[]} */
+  deny?: readonly string[];
+  /**
+   * Each connection starts with a PROXY header of this version (`any`: either),
+   * read within `handshakeTimeoutMs`; its source is the client. @default {"off"}
+   */
+  proxyProtocol?: "off" | ProxyAccept;
+  /**
    * Called as each connection changes state (see {@linkcode ConnEvent}):
    * once per connection per state, never per message. What it throws is
    * logged at error and goes no further.
@@ -64,13 +81,20 @@ export interface ServeOptions {
 export type ConnEvent =
   | {
     state: "open";
-    /** The peer tag logs show: `ip:port`, `[::1]:port` or `unix#N`. */
+    /**
+     * The peer tag logs show: `ip:port`, `[::1]:port` or `unix#N`; with a
+     * PROXY header, its source's.
+     */
     peer: string;
+    /** With a PROXY header that named a source: the socket's own peer tag. */
+    via?: string;
   }
   | {
     state: "closed";
     /** The peer tag, as in `open`. */
     peer: string;
+    /** As in `open`. */
+    via?: string;
     /** Bytes received on this connection. */
     bytesIn: number;
     /** Bytes echoed on this connection. */
@@ -79,8 +103,9 @@ export type ConnEvent =
     durationMs: number;
     /**
      * Why the server closed it (`idle for 1.00 s`, `line longer than …`,
-     * `TLS handshake failed: …`, `server shutting down`…); absent when the
-     * client ended it or it failed.
+     * `TLS handshake failed: …`, `bad PROXY header: …`, `server shutting
+     * down`…); absent when the client ended it or it failed. A bad or
+     * missing PROXY header: `closed` with no `open` before, socket's peer.
      */
     reason?: string;
   }
@@ -88,7 +113,11 @@ export type ConnEvent =
     state: "refused";
     /** The peer tag, as in `open`. */
     peer: string;
-    /** Which limit refused it: `too many connections (max-conns 10000)`… */
+    /** As in `open`. */
+    via?: string;
+    /** Which rule refused it, for programs. */
+    code: RefusalCode;
+    /** The same for people: `too many connections (max-conns 10000)`… */
     reason: string;
   };
 
@@ -103,15 +132,22 @@ export const SERVE_DEFAULTS = {
   idleTimeoutMs: 0,
   shutdownTimeoutMs: 5000,
   handshakeTimeoutMs: 10000,
+  allow: [],
+  deny: [],
+  proxyProtocol: "off",
 } as const;
 
 /** Live counters of a running {@linkcode Server}. */
 export interface ServerStats {
   /** Connections open now. */
   active: number;
-  /** Connections served (accepted and not refused by a limit), open or done. */
+  /**
+   * Connections served (accepted and not refused by a limit or `allow`/`deny`),
+   * open or done. Connections still reading their PROXY header are not yet
+   * counted.
+   */
   served: number;
-  /** Connections accepted and closed at once by `maxConns` / `maxConnsPerIp`. */
+  /** Connections accepted and closed at once by `maxConns`, `maxConnsPerIp`, `allow` or `deny`. */
   refused: number;
   /** Bytes received from clients. */
   bytesIn: number;
@@ -181,8 +217,10 @@ class EchoServer implements Server {
   readonly #echo: Echo;
   /** TLS only: the bound on each handshake. */
   readonly #handshakeTimeoutMs: number | undefined;
+  readonly #proxy: ProxyAccept | undefined; // PROXY header versions taken
+  readonly #headerTimeoutMs: number;
   readonly #shutdownTimeoutMs: number;
-  readonly #limits: ConnLimits;
+  readonly #admission: Admission;
   readonly #idle: IdleSweep<Session>;
   readonly #onConnState: ((event: ConnEvent) => void) | undefined;
   readonly #sessions = new Set<Session>();
@@ -208,8 +246,13 @@ class EchoServer implements Server {
       shutdownTimeoutMs = SERVE_DEFAULTS.shutdownTimeoutMs,
       handshakeTimeoutMs = SERVE_DEFAULTS.handshakeTimeoutMs,
       tcpBacklog,
+      allow = SERVE_DEFAULTS.allow,
+      deny = SERVE_DEFAULTS.deny,
+      proxyProtocol = SERVE_DEFAULTS.proxyProtocol,
       onConnState,
     } = options;
+    // Check the rules before listening: a bad one throws with nothing open.
+    const access = new AccessList(allow, deny);
     // Listen first: if it throws, nothing else (no timer) was started.
     this.#listener = listen({ hostname, port, path, cert, key, tcpBacklog });
     this.addr = this.#listener.addr as Deno.NetAddr | Deno.UnixAddr;
@@ -221,14 +264,27 @@ class EchoServer implements Server {
       ? (session) => echoLines(session, maxLineBytes)
       : echoRaw;
     const tls = cert !== undefined && key !== undefined;
-    this.#handshakeTimeoutMs = !tls
-      ? undefined
-      : idleTimeoutMs > 0
+    const boundMs = idleTimeoutMs > 0
       ? Math.min(idleTimeoutMs, handshakeTimeoutMs)
       : handshakeTimeoutMs;
+    this.#handshakeTimeoutMs = tls ? boundMs : undefined;
+    this.#proxy = proxyProtocol === "off" ? undefined : proxyProtocol;
+    this.#headerTimeoutMs = boundMs;
     this.#shutdownTimeoutMs = shutdownTimeoutMs;
     this.#onConnState = onConnState;
-    this.#limits = new LocalConnLimits(maxConns, maxConnsPerIp);
+    // Two limits: all connections at accept, one address's once it is known.
+    const limits: ConnLimits = new LocalConnLimits(maxConns, 0);
+    const ipLimits = maxConnsPerIp > 0
+      ? new LocalConnLimits(Infinity, maxConnsPerIp)
+      : undefined;
+    this.#admission = new Admission(
+      { limits, ipLimits, access: access.empty ? undefined : access },
+      this.#log,
+      (refusal) => {
+        this.stats.refused++;
+        this.#emit({ state: "refused", ...refusal });
+      },
+    );
     const idle = `idle for ${seconds(idleTimeoutMs)}`;
     this.#idle = new IdleSweep(
       idleTimeoutMs,
@@ -294,47 +350,95 @@ class EchoServer implements Server {
     }
   }
 
-  /** Refuses `conn` past a limit; otherwise starts and tracks its task. */
+  /**
+   * Refuses `conn` past `maxConns`; otherwise, with the PROXY protocol,
+   * starts a task that reads its header first, and without, admits the
+   * client (`allow`/`deny`, `maxConnsPerIp`) and starts its session.
+   */
   #admit(conn: Deno.Conn): void {
     const remote = conn.remoteAddr;
     const ip = "hostname" in remote ? remote.hostname : "unix";
     const peer = "hostname" in remote
       ? formatAddr(remote)
       : `unix#${++this.#unixCount}`;
-    const permit = this.#limits.acquire(ip);
-    if (permit === undefined) {
-      const refusal = this.#limits.refusal(ip);
-      this.stats.refused++;
-      this.#log.warn("[{peer}] refused: {refusal}", { peer, refusal });
-      conn.close();
-      this.#emit({ state: "refused", peer, reason: refusal });
+    const slot = this.#admission.accept(conn, peer, ip);
+    if (slot === undefined) return;
+    if (this.#proxy !== undefined) {
+      const session = new Session(conn, peer, ip, this.stats, this.#log);
+      this.#track(session, this.#handleProxied(session, slot, this.#proxy));
       return;
     }
-    this.stats.active++;
+    const permit = this.#admission.client(conn, peer, ip);
+    if (permit === undefined) {
+      slot[Symbol.dispose]();
+      return;
+    }
     this.stats.served++;
     const session = new Session(conn, peer, ip, this.stats, this.#log);
+    this.#track(session, this.#handle(session, slot, permit));
+  }
+
+  /**
+   * Counts and tracks a session's task until it ends; then tells
+   * `onConnState` it closed, unless the task says it was refused.
+   */
+  #track(session: Session, handling: Promise<boolean>): void {
+    this.stats.active++;
     this.#sessions.add(session);
-    const task: Promise<void> = this.#handle(session, permit)
-      .catch((err) => this.#log.error("connection task failed: {err}", { err }))
-      .finally(() => {
+    const task: Promise<void> = handling
+      .catch((err) => {
+        this.#log.error("connection task failed: {err}", { err });
+        return true;
+      })
+      .then((served) => {
         this.#sessions.delete(session);
         this.#tasks.delete(task);
         this.stats.active--;
-        if (this.#onConnState !== undefined) this.#emitClosed(session);
+        if (served && this.#onConnState !== undefined) {
+          this.#emitClosed(session);
+        }
       });
     this.#tasks.add(task);
   }
 
-  /** The connection task: holds the permit for as long as the session runs. */
-  async #handle(session: Session, permit: Disposable): Promise<void> {
+  /** The connection task: holds the permits for as long as the session runs. */
+  async #handle(
+    session: Session,
+    slot: Disposable,
+    permit: Disposable,
+  ): Promise<boolean> {
+    using _slot = slot;
     using _permit = permit;
-    this.#emit({ state: "open", peer: session.peer });
+    const { peer, via } = session;
+    this.#emit(via ? { state: "open", peer, via } : { state: "open", peer });
     await session.run(this.#echo, this.#handshakeTimeoutMs);
+    return true;
+  }
+
+  /**
+   * A PROXY protocol connection's task: reads the header, admits the client
+   * it names, and runs the session. Resolves `false` if it was refused.
+   */
+  async #handleProxied(
+    session: Session,
+    slot: Disposable,
+    accept: ProxyAccept,
+  ): Promise<boolean> {
+    using _slot = slot;
+    if (!(await session.readProxyHeader(accept, this.#headerTimeoutMs))) {
+      this.stats.served++; // a connection closed with a warning, not refused
+      return true;
+    }
+    const { conn, peer, ip, via } = session;
+    const permit = this.#admission.client(conn, peer, ip, via);
+    if (permit === undefined) return false;
+    this.stats.served++;
+    return await this.#handle(session, NO_PERMIT, permit);
   }
 
   /** Tells `onConnState` how `session` ended. */
   #emitClosed(session: Session): void {
-    const { peer, bytesIn, bytesOut, durationMs, closeReason } = session;
+    const { peer, via, bytesIn, bytesOut, durationMs, closeReason } = session;
     const event: ConnEvent = {
       state: "closed",
       peer,
@@ -342,6 +446,7 @@ class EchoServer implements Server {
       bytesOut,
       durationMs,
     };
+    if (via !== undefined) event.via = via;
     if (closeReason !== undefined) event.reason = closeReason;
     this.#emit(event);
   }
@@ -382,6 +487,7 @@ class EchoServer implements Server {
       await Promise.allSettled(tasks);
     }
     this.#idle[Symbol.dispose]();
+    this.#admission[Symbol.dispose]();
     if (this.#path !== undefined) removeSocketFile(this.#path);
     log.info("stopped: {served} connections served, {bytesOut} bytes echoed", {
       served: this.stats.served,
