@@ -68,7 +68,7 @@ export class LocalConnLimits implements ConnLimits {
     };
   }
 
-  refusal(ip: string): string {
+  refusal(_ip: string): string {
     return this.#open >= this.#maxConns
       ? `too many connections (max-conns ${this.#maxConns})`
       : `too many connections (max-conns-per-ip ${this.#maxConnsPerIp})`;
