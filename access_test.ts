@@ -763,3 +763,115 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
     },
   );
 });
+
+// ---- TLS after the PROXY header --------------------------------------------
+
+const testdata = (name: string) =>
+  Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
+const CERT = testdata("server.pem");
+const KEY = testdata("server-key.pem");
+const CA = testdata("ca.pem");
+
+Deno.test("serve() with TLS and proxyProtocol: the header, then the handshake", async () => {
+  using events = new ConnEvents();
+  await using logs = await captureLogs();
+  await using server = serve({
+    port: 0,
+    cert: CERT,
+    key: KEY,
+    proxyProtocol: "any",
+    onConnState: events.onConnState,
+  });
+  const tcpConn = await Deno.connect({ port: server.addr.port });
+  const via = peerOf(tcpConn);
+  await writeAll(
+    tcpConn,
+    formatProxyHeader({
+      version: 2,
+      command: "proxy",
+      source: tcp("203.0.113.7", 4242),
+      destination: tcp("192.0.2.1", 443),
+    }),
+  );
+  using conn = await Deno.startTls(tcpConn, {
+    hostname: "localhost",
+    caCerts: [CA],
+  });
+  // 256 KiB, then our close_notify: all of it comes back, and the server's
+  // close_notify ends the stream cleanly (an unclean end would throw).
+  const data = new Uint8Array(256 * 1024).map((_, i) => i * 7);
+  assert.deepEqual(await echoAll(conn, data), data);
+  const closed = await events.find("closed");
+  assert.equal(closed.peer, "203.0.113.7:4242");
+  assert.equal(closed.via, via);
+  assert.equal(closed.bytesIn, data.length);
+  assert.equal(closed.reason, undefined);
+  assert.ok(
+    logs.records.map(render).includes(`[203.0.113.7:4242] online (via ${via})`),
+  );
+  // TLS without a header first: refused at once as not a PROXY header.
+  using plain = await Deno.connectTls({
+    port: server.addr.port,
+    hostname: "localhost",
+    caCerts: [CA],
+  });
+  await assert.rejects(plain.handshake());
+  const bad = await events.find("closed", (e) => e.reason !== undefined);
+  assert.equal(bad.reason, "bad PROXY header: not a PROXY header");
+});
+
+Deno.test("serve() with TLS and proxyProtocol bounds the handshake after the header", async () => {
+  using events = new ConnEvents();
+  await using server = serve({
+    port: 0,
+    cert: CERT,
+    key: KEY,
+    proxyProtocol: "v1",
+    handshakeTimeoutMs: 50,
+    onConnState: events.onConnState,
+  });
+  using conn = await Deno.connect({ port: server.addr.port });
+  await writeAll(conn, v1("198.51.100.9"));
+  // A header, then no handshake: closed by the timeout, relay and all.
+  const closed = await events.find("closed");
+  assert.equal(closed.peer, "198.51.100.9:4242");
+  assert.equal(closed.reason, "no TLS handshake within 0.05 s");
+  assert.equal(await conn.read(new Uint8Array(1)), null);
+  assert.equal(server.stats.active, 0);
+});
+
+Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy-protocol v2", async () => {
+  const dir = new URL("./testdata/", import.meta.url).pathname;
+  await using server = await ServerProcess.start([
+    "--port",
+    "0",
+    "--tls-cert",
+    `${dir}server.pem`,
+    "--tls-key",
+    `${dir}server-key.pem`,
+    "--proxy-protocol",
+    "v2",
+  ]);
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "--host",
+    "localhost",
+    "--port",
+    `${server.port}`,
+    "--tls",
+    "--ca",
+    `${dir}ca.pem`,
+    "--send-proxy",
+    "v2",
+    "-c",
+    "4",
+    "-d",
+    "0.3",
+    "--json",
+  ]);
+  assert.equal(code, 0, stderr);
+  const result = JSON.parse(stdout);
+  assert.equal(result.errors, 0);
+  assert.ok(result.messages > 0);
+  await server.waitFor(/\] online \(via /);
+});

@@ -6,15 +6,18 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { AccessList } from "./_cidr.ts";
+import type { ConnEvent } from "./_conn_event.ts";
 import { IdleSweep } from "./_idle.ts";
 import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
 import { listen, removeSocketFile } from "./_listen.ts";
 import type { ProxyAccept } from "./_proxy_protocol.ts";
 import { Admission, NO_PERMIT, type RefusalCode } from "./_admission.ts";
 import { type Echo, echoLines, echoRaw, seconds, Session } from "./_session.ts";
+import { TlsRelay } from "./_tls_relay.ts";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
 
 export { removeStaleSocket } from "./_listen.ts";
+export type { ConnEvent } from "./_conn_event.ts";
 export type { ProxyAccept } from "./_proxy_protocol.ts";
 export type { RefusalCode } from "./_admission.ts";
 
@@ -71,55 +74,6 @@ export interface ServeOptions {
    */
   onConnState?: (event: ConnEvent) => void;
 }
-
-/**
- * A connection changed state, as {@linkcode ServeOptions.onConnState} hears
- * it (Go's `http.ConnState`): `open` once admitted; `closed` once it is
- * closed and no longer counted in {@linkcode ServerStats.active}; `refused`
- * when a limit turned it away (it was closed at once and never opened).
- */
-export type ConnEvent =
-  | {
-    state: "open";
-    /**
-     * The peer tag logs show: `ip:port`, `[::1]:port` or `unix#N`; with a
-     * PROXY header, its source's.
-     */
-    peer: string;
-    /** With a PROXY header that named a source: the socket's own peer tag. */
-    via?: string;
-  }
-  | {
-    state: "closed";
-    /** The peer tag, as in `open`. */
-    peer: string;
-    /** As in `open`. */
-    via?: string;
-    /** Bytes received on this connection. */
-    bytesIn: number;
-    /** Bytes echoed on this connection. */
-    bytesOut: number;
-    /** Milliseconds from accept to close. */
-    durationMs: number;
-    /**
-     * Why the server closed it (`idle for 1.00 s`, `line longer than …`,
-     * `TLS handshake failed: …`, `bad PROXY header: …`, `server shutting
-     * down`…); absent when the client ended it or it failed. A bad or
-     * missing PROXY header: `closed` with no `open` before, socket's peer.
-     */
-    reason?: string;
-  }
-  | {
-    state: "refused";
-    /** The peer tag, as in `open`. */
-    peer: string;
-    /** As in `open`. */
-    via?: string;
-    /** Which rule refused it, for programs. */
-    code: RefusalCode;
-    /** The same for people: `too many connections (max-conns 10000)`… */
-    reason: string;
-  };
 
 /** Defaults of {@linkcode ServeOptions}; also printed by `--help`. */
 export const SERVE_DEFAULTS = {
@@ -219,6 +173,7 @@ class EchoServer implements Server {
   readonly #handshakeTimeoutMs: number | undefined;
   readonly #proxy: ProxyAccept | undefined; // PROXY header versions taken
   readonly #headerTimeoutMs: number;
+  readonly #relay: TlsRelay | undefined; // TLS after a PROXY header
   readonly #shutdownTimeoutMs: number;
   readonly #admission: Admission;
   readonly #idle: IdleSweep<Session>;
@@ -253,23 +208,33 @@ class EchoServer implements Server {
     } = options;
     // Check the rules before listening: a bad one throws with nothing open.
     const access = new AccessList(allow, deny);
-    // Listen first: if it throws, nothing else (no timer) was started.
-    this.#listener = listen({ hostname, port, path, cert, key, tcpBacklog });
+    const tls = cert !== undefined && key !== undefined;
+    this.#proxy = proxyProtocol === "off" ? undefined : proxyProtocol;
+    // Listen first: if it throws, nothing else (no timer) was started. With
+    // a PROXY header before TLS, the port is plain TCP (see _tls_relay.ts).
+    const relay = tls && this.#proxy !== undefined;
+    this.#listener = relay
+      ? listen({ hostname, port, tcpBacklog })
+      : listen({ hostname, port, path, cert, key, tcpBacklog });
     this.addr = this.#listener.addr as Deno.NetAddr | Deno.UnixAddr;
-    const where = formatAddr(this.addr);
-    this.#log.info("listening on {where}", { where });
 
     this.#path = path;
     this.#echo = mode === "line"
       ? (session) => echoLines(session, maxLineBytes)
       : echoRaw;
-    const tls = cert !== undefined && key !== undefined;
     const boundMs = idleTimeoutMs > 0
       ? Math.min(idleTimeoutMs, handshakeTimeoutMs)
       : handshakeTimeoutMs;
     this.#handshakeTimeoutMs = tls ? boundMs : undefined;
-    this.#proxy = proxyProtocol === "off" ? undefined : proxyProtocol;
     this.#headerTimeoutMs = boundMs;
+    try {
+      this.#relay = relay ? new TlsRelay(cert!, key!, boundMs) : undefined;
+    } catch (cause) {
+      this.#listener.close();
+      throw new Error(`cannot listen on ${formatAddr(this.addr)}`, { cause });
+    }
+    const where = formatAddr(this.addr);
+    this.#log.info("listening on {where}", { where });
     this.#shutdownTimeoutMs = shutdownTimeoutMs;
     this.#onConnState = onConnState;
     // Two limits: all connections at accept, one address's once it is known.
@@ -433,7 +398,14 @@ class EchoServer implements Server {
     const permit = this.#admission.client(conn, peer, ip, via);
     if (permit === undefined) return false;
     this.stats.served++;
-    return await this.#handle(session, NO_PERMIT, permit);
+    if (this.#relay === undefined) {
+      return await this.#handle(session, NO_PERMIT, permit);
+    }
+    using _permit = permit;
+    return await this.#relay.serve(
+      session,
+      (s) => this.#handle(s, NO_PERMIT, NO_PERMIT),
+    );
   }
 
   /** Tells `onConnState` how `session` ended. */
@@ -488,6 +460,7 @@ class EchoServer implements Server {
     }
     this.#idle[Symbol.dispose]();
     this.#admission[Symbol.dispose]();
+    await this.#relay?.close();
     if (this.#path !== undefined) removeSocketFile(this.#path);
     log.info("stopped: {served} connections served, {bytesOut} bytes echoed", {
       served: this.stats.served,
