@@ -11,7 +11,7 @@ import { IdleSweep } from "./_idle.ts";
 import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
 import { listen, removeSocketFile } from "./_listen.ts";
 import type { ProxyAccept } from "./_proxy_protocol.ts";
-import { Admission, NO_PERMIT, type RefusalCode } from "./_admission.ts";
+import { Admission, NO_PERMIT } from "./_admission.ts";
 import { type Echo, echoLines, echoRaw, seconds, Session } from "./_session.ts";
 import { TlsRelay } from "./_tls_relay.ts";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
