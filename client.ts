@@ -8,6 +8,8 @@
 import process from "node:process";
 import { createInterface } from "node:readline";
 import { type ProxyVersion, sendProxyHeader } from "./_proxy_protocol.ts";
+
+export type { ProxyVersion } from "./_proxy_protocol.ts";
 import {
   formatAddr,
   isDisconnect,

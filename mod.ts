@@ -28,6 +28,8 @@
 export {
   type ConnEvent,
   type EchoMode,
+  type ProxyAccept,
+  type RefusalCode,
   removeStaleSocket,
   serve,
   SERVE_DEFAULTS,
@@ -43,6 +45,7 @@ export {
   interactive,
   type InteractiveEnd,
   pipe,
+  type ProxyVersion,
 } from "./client.ts";
 export {
   BENCH_DEFAULTS,
