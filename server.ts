@@ -50,7 +50,8 @@ export interface ServeOptions {
   shutdownTimeoutMs?: number;
   /**
    * TLS: close a connection whose handshake has not finished after this long
-   * (or after `idleTimeoutMs`, when shorter). @default {10000}
+   * (or after `idleTimeoutMs`, when shorter); the same bound holds for the
+   * PROXY header. @default {10000}
    */
   handshakeTimeoutMs?: number;
   /** Listen backlog (tests use `1` to make connects hang). */
