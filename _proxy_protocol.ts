@@ -255,15 +255,17 @@ function formatIPv6(bytes: Uint8Array | number[]): string {
 
 /**
  * The peer tag and limits address of a connection that sent `header`, or
- * `undefined` when it keeps its socket's own. A Unix source is
- * `unix:PATH`, its address `unix`; bytes of the path that are not printable
+ * `undefined` when it keeps its socket's own (as with an unnamed Unix
+ * source, which has no path). A Unix source is `unix:PATH`, its address `unix`; bytes of the path that are not printable
  * ASCII are escaped (`\x0a`), so a header cannot forge log lines.
  */
 export function proxiedPeer(
   header: ProxyHeader,
 ): { peer: string; ip: string } | undefined {
   const { source } = header;
-  if (source === undefined) return undefined;
+  if (source === undefined || ("path" in source && !source.path)) {
+    return undefined;
+  }
   if (!("path" in source)) {
     return { peer: formatAddr(source), ip: source.hostname };
   }
@@ -344,7 +346,9 @@ function tcpBytes(src: Deno.NetAddr, dst: Deno.NetAddr, kind: number) {
 
 function unixBytes({ path }: Deno.UnixAddr): Uint8Array {
   const out = new Uint8Array(V2_UNIX_BYTES);
-  out.set(new TextEncoder().encode(path).subarray(0, V2_UNIX_BYTES - 1));
+  // An unnamed socket (a client's) has no path: Deno gives `null`.
+  const bytes = new TextEncoder().encode(path ?? "");
+  out.set(bytes.subarray(0, V2_UNIX_BYTES - 1));
   return out;
 }
 

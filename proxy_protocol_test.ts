@@ -391,4 +391,58 @@ Deno.test("proxiedPeer() tags the source; escapes a Unix path; keeps none for UN
     },
   );
   assert.equal(proxiedPeer({ version: 2, command: "local" }), undefined);
+  const unnamed: Deno.UnixAddr = { transport: "unix", path: "" };
+  assert.equal(
+    proxiedPeer({
+      version: 2,
+      command: "proxy",
+      source: unnamed,
+      destination: unnamed,
+    }),
+    undefined,
+  );
+});
+
+Deno.test("proxyHeaderFor() names the connection's own ends; an unnamed Unix client has no path", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using conn = await Deno.connect({ port: listener.addr.port });
+  using _accepted = await listener.accept();
+  const local = conn.localAddr as Deno.NetAddr;
+  for (const version of ["v1", "v2"] as const) {
+    assert.deepEqual(
+      parseProxyHeader(proxyHeaderFor(conn, version), version)?.header,
+      {
+        version: version === "v1" ? 1 : 2,
+        command: "proxy",
+        source: tcp("127.0.0.1", local.port),
+        destination: tcp("127.0.0.1", listener.addr.port),
+      },
+    );
+  }
+  if (Deno.build.os === "windows") return;
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/s.sock`;
+    using unix = Deno.listen({ transport: "unix", path });
+    using client = await Deno.connect({ transport: "unix", path });
+    using _server = await unix.accept();
+    assert.deepEqual(
+      parseProxyHeader(proxyHeaderFor(client, "v2"), "v2")?.header,
+      {
+        version: 2,
+        command: "proxy",
+        source: { transport: "unix", path: "" },
+        destination: { transport: "unix", path },
+      },
+    );
+    assert.deepEqual(
+      parseProxyHeader(proxyHeaderFor(client, "v1"), "v1")?.header,
+      {
+        version: 1,
+        command: "proxy",
+      },
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
