@@ -12,6 +12,7 @@ import {
   type ProxyAccept,
   type ProxyHeader,
   ProxyHeaderError,
+  proxyHeaderFor,
   V1_MAX_BYTES,
 } from "./_proxy_protocol.ts";
 
