@@ -224,6 +224,22 @@ export function integer<K extends string>(
   return n;
 }
 
+/** A fraction from 0 to 1 (`0.25`, `.5`, `1`), or a usage error naming the option. */
+export function fraction<K extends string>(
+  values: { readonly [P in NoInfer<K>]?: string },
+  name: K,
+): number | undefined {
+  const value = values[name];
+  if (value === undefined) return undefined;
+  const f = /^(\d+(\.\d*)?|\.\d+)$/.test(value) ? Number(value) : NaN;
+  if (!(f >= 0 && f <= 1)) {
+    throw new UsageError(
+      `--${name} takes a fraction from 0 to 1, not "${value}"`,
+    );
+  }
+  return f;
+}
+
 /** Seconds (fractions allowed) as milliseconds, or a usage error. */
 export function secondsMs<K extends string>(
   values: { readonly [P in NoInfer<K>]?: string },

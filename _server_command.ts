@@ -7,12 +7,14 @@ import {
   checkTarget,
   type Command,
   formatHelp,
+  fraction,
   integer,
   oneOf,
   type Options,
   readPem,
   secondsMs,
   UsageError,
+  type Values,
 } from "./_cli.ts";
 import { serveAdmin } from "./_admin.ts";
 import { parseCidr } from "./_cidr.ts";
@@ -25,6 +27,10 @@ import {
   type ServeOptions,
   type Server,
 } from "./server.ts";
+import { serveUdp, UDP_SERVE_DEFAULTS } from "./udp.ts";
+
+/** The longest `--delay`, `--jitter` or `--slice-delay`: a day. */
+const MAX_FAULT_MS = 86_400_000;
 
 const OPTIONS = {
   host: {
@@ -37,18 +43,23 @@ const OPTIONS = {
     type: "string",
     short: "p",
     arg: "N",
-    help: `TCP port; 0 picks a free one (default ${SERVE_DEFAULTS.port})`,
+    help:
+      `TCP (or UDP) port; 0 picks a free one (default ${SERVE_DEFAULTS.port})`,
   },
   unix: {
     type: "string",
     arg: "PATH",
     help: "listen on a unix socket instead of TCP",
   },
+  udp: {
+    type: "boolean",
+    help: "serve UDP instead: echo each datagram to its sender",
+  },
   mode: {
     type: "string",
-    choices: ["raw", "line"],
+    choices: ["raw", "line", "discard"],
     help:
-      `raw: bytes back as they arrive; line: answer each whole line (default ${SERVE_DEFAULTS.mode})`,
+      `raw: bytes back as they arrive; line: answer each whole line;\ndiscard: read and drop everything (default ${SERVE_DEFAULTS.mode})`,
   },
   "max-line": {
     type: "string",
@@ -89,6 +100,60 @@ const OPTIONS = {
     help: "serve TLS (PEM certificate chain and key)",
   },
   "tls-key": { type: "string", arg: "FILE" }, // in the --tls-cert row
+  drop: {
+    type: "string",
+    arg: "FRACTION",
+    help:
+      `UDP: drop this share (0-1) of datagrams unanswered (default ${UDP_SERVE_DEFAULTS.drop})`,
+  },
+  delay: {
+    type: "string",
+    arg: "MS",
+    help:
+      `fault: hold each echo back this long, TCP and UDP (default ${SERVE_DEFAULTS.delayMs})`,
+  },
+  jitter: {
+    type: "string",
+    arg: "MS",
+    help:
+      `fault: plus a random 0..MS per echo, seeded (default ${SERVE_DEFAULTS.jitterMs})`,
+  },
+  slice: {
+    type: "string",
+    arg: "BYTES",
+    help:
+      `fault: write each echo in pieces of at most BYTES; 0 is off (default ${SERVE_DEFAULTS.sliceBytes})`,
+  },
+  "slice-delay": {
+    type: "string",
+    arg: "MS",
+    help:
+      `fault: pause this long between pieces (writes) (default ${SERVE_DEFAULTS.sliceDelayMs})`,
+  },
+  bandwidth: {
+    type: "string",
+    arg: "KIB",
+    help:
+      `fault: cap each connection's echo at KIB KiB/s; 0 is off (default ${SERVE_DEFAULTS.bandwidthKiBps})`,
+  },
+  "close-after": {
+    type: "string",
+    arg: "BYTES",
+    help:
+      `fault: echo this many bytes, then close the connection; 0 is off (default ${SERVE_DEFAULTS.closeAfterBytes})`,
+  },
+  faulty: {
+    type: "string",
+    arg: "FRACTION",
+    help:
+      `share of connections (0-1) the faults apply to (default ${SERVE_DEFAULTS.faulty})`,
+  },
+  seed: {
+    type: "string",
+    arg: "N",
+    help:
+      "seeds --jitter, --faulty and --drop (default: random; logged at start)",
+  },
   allow: {
     type: "string",
     multiple: true,
@@ -133,7 +198,52 @@ const OPTIONS = {
 } as const satisfies Options;
 
 const USAGE = "usage: tcpecho server [--host ADDR] [--port N | --unix PATH] " +
-  "[--mode raw|line] [options]  (tcpecho server --help)";
+  "[--mode raw|line|discard | --udp] [options]  (tcpecho server --help)";
+
+/** Options that mean nothing without connections, refused with `--udp`. */
+const TCP_ONLY = [
+  "unix",
+  "tls-cert",
+  "tls-key",
+  "max-line",
+  "max-conns",
+  "max-conns-per-ip",
+  "idle-timeout",
+  "slice",
+  "slice-delay",
+  "bandwidth",
+  "close-after",
+  "faulty",
+  "allow",
+  "deny",
+  "proxy-protocol",
+  "admin",
+] as const;
+
+/**
+ * Refuses what does not go with the transport: TCP-only options with
+ * `--udp`, UDP-only ones without it.
+ *
+ * @throws {UsageError}
+ */
+function checkTransport(values: Values<typeof OPTIONS>): void {
+  if (!values.udp) {
+    if (values.drop !== undefined) {
+      throw new UsageError("--drop needs --udp");
+    }
+    return;
+  }
+  if (values.mode !== undefined && values.mode !== "raw") {
+    throw new UsageError(
+      `--mode ${values.mode} cannot go with --udp: UDP echoes raw`,
+    );
+  }
+  for (const name of TCP_ONLY) {
+    if (values[name] !== undefined) {
+      throw new UsageError(`--${name} cannot go with --udp`);
+    }
+  }
+}
 
 /** `tcpecho server`: run an echo server until SIGINT/SIGTERM. */
 export const serverCommand: Command<typeof OPTIONS> = {
@@ -143,11 +253,14 @@ export const serverCommand: Command<typeof OPTIONS> = {
   help: formatHelp({
     usage: USAGE,
     description:
-      "Echo every byte (raw, RFC 862) or every line (line mode) back to each client.",
+      `Echo every byte (raw, RFC 862) or every line (line mode) back to each client,
+or with --udp each datagram to its sender.`,
     options: OPTIONS,
     width: 26,
     notes:
-      "Logs go to stderr. SIGINT/SIGTERM stop gracefully; a second signal exits 130.",
+      `Logs go to stderr. SIGINT/SIGTERM stop gracefully; a second signal exits 130.
+--udp serves from one socket in one isolate (Deno cannot share a UDP port
+between workers): --workers N over 1 with --udp is refused, auto means 1.`,
   }),
   options: OPTIONS,
   async run(values, _positionals, ctx) {
@@ -169,6 +282,7 @@ export const serverCommand: Command<typeof OPTIONS> = {
     if (verbose && quiet) {
       throw new UsageError("-v and -q cannot go together");
     }
+    checkTransport(values);
     const { allow = [], deny = [] } = values;
     for (const [name, rules] of [["allow", allow], ["deny", deny]] as const) {
       for (const rule of rules) {
@@ -200,16 +314,57 @@ export const serverCommand: Command<typeof OPTIONS> = {
       (verbose ? "debug" : quiet ? "warn" : LOG_DEFAULTS.level);
     const format = oneOf(values, "log-format", OPTIONS["log-format"].choices) ??
       LOG_DEFAULTS.format;
+    if (values.udp) {
+      oneOf(values, "mode", OPTIONS.mode.choices);
+      const options = {
+        hostname: host,
+        port: integer(values, "port", [0, 65535]),
+        drop: fraction(values, "drop"),
+        delayMs: integer(values, "delay", [0, 3_600_000]),
+        jitterMs: integer(values, "jitter", [0, 3_600_000]),
+        seed: integer(values, "seed", [0, 2 ** 32 - 1]),
+        shutdownTimeoutMs: secondsMs(values, "shutdown-timeout"),
+      };
+      await ctx.configureLogging(level, format);
+      const server = serveUdp(options);
+      using _signals = ctx.onStopSignals(() => void server.close());
+      await server.finished;
+      return 0;
+    }
+    const mode = oneOf(values, "mode", OPTIONS.mode.choices);
+    const echoFaults = [
+      "delay",
+      "jitter",
+      "slice",
+      "slice-delay",
+      "bandwidth",
+      "close-after",
+    ] as const;
+    for (const name of echoFaults) {
+      if (mode === "discard" && values[name] !== undefined) {
+        throw new UsageError(
+          `--${name} does nothing with --mode discard (nothing is echoed)`,
+        );
+      }
+    }
     const options: ServeOptions = {
       hostname: host,
       port: integer(values, "port", [0, 65535]),
       path: unix,
-      mode: oneOf(values, "mode", OPTIONS.mode.choices),
+      mode,
       maxLineBytes: integer(values, "max-line", [1, 2 ** 30]),
       maxConns: integer(values, "max-conns", [1, 2 ** 30]),
       maxConnsPerIp: integer(values, "max-conns-per-ip"),
       idleTimeoutMs: secondsMs(values, "idle-timeout"),
       shutdownTimeoutMs: secondsMs(values, "shutdown-timeout"),
+      delayMs: integer(values, "delay", [0, MAX_FAULT_MS]),
+      jitterMs: integer(values, "jitter", [0, MAX_FAULT_MS]),
+      sliceBytes: integer(values, "slice", [0, 2 ** 30]),
+      sliceDelayMs: integer(values, "slice-delay", [0, MAX_FAULT_MS]),
+      bandwidthKiBps: integer(values, "bandwidth", [0, 2 ** 30]),
+      closeAfterBytes: integer(values, "close-after"),
+      faulty: fraction(values, "faulty"),
+      seed: integer(values, "seed", [0, 2 ** 32 - 1]),
       allow,
       deny,
       proxyProtocol,

@@ -1,8 +1,8 @@
 /**
  * One connection of the echo server: {@linkcode Session} (the conn, its peer
  * tag, its byte counts, why the server closed it), the TLS handshake, and the
- * raw and line echo loops over an adaptive {@linkcode ReadBuffer}. Private to
- * `server.ts`.
+ * raw, line and discard loops over an adaptive {@linkcode ReadBuffer}.
+ * Private to `server.ts` (and `_faults.ts`, which wraps the echo's writes).
  *
  * @module
  */
@@ -32,8 +32,17 @@ export interface ByteTotals {
   bytesOut: number;
 }
 
-/** Echoes a session until the client's EOF: {@linkcode echoRaw} or {@linkcode echoLines}. */
+/**
+ * Echoes a session until the client's EOF: {@linkcode echoRaw},
+ * {@linkcode echoLines} or {@linkcode echoDiscard}.
+ */
 export type Echo = (session: Session) => Promise<void>;
+
+/**
+ * Sends one echo (bytes the caller may reuse once it resolves) and counts it;
+ * resolving is the caller's cue to read again (backpressure).
+ */
+export type Send = (bytes: Uint8Array) => Promise<void>;
 
 /**
  * One open connection, as its task, the idle sweep and shutdown see it. Its
@@ -68,8 +77,15 @@ export class Session {
    * shutdown); `undefined` while open and when the client ended it.
    */
   closeReason?: string;
+  /**
+   * True while a fault (delay, slice delay, bandwidth) holds an echo back on
+   * purpose: that wait is not the client's idleness, so the idle sweep spares
+   * the session.
+   */
+  holding = false;
   readonly #totals: ByteTotals;
   readonly #serverLog: Logger;
+  #interrupted?: AbortController;
   readonly #startedAt = performance.now();
   #endedAt?: number;
 
@@ -114,6 +130,19 @@ export class Session {
   }
 
   /**
+   * Aborts when {@linkcode Session.interrupt} ends the connection, for waits
+   * that are not a read or write on it (a fault's delay). Made on first use:
+   * the plain echo loops never pay for it.
+   */
+  get interrupted(): AbortSignal {
+    if (this.#interrupted === undefined) {
+      this.#interrupted = new AbortController();
+      if (this.closeReason !== undefined) this.#abort();
+    }
+    return this.#interrupted.signal;
+  }
+
+  /**
    * Ends the connection from outside (idle sweep, handshake timer, shutdown):
    * the task's pending read or write rejects and it logs `reason`. Only the
    * first reason counts, and the conn is closed only once.
@@ -126,6 +155,13 @@ export class Session {
     } catch {
       // its task closed it a moment ago and is about to end
     }
+    this.#abort();
+  }
+
+  #abort(): void {
+    this.#interrupted?.abort(
+      new Deno.errors.Interrupted(`interrupted: ${this.closeReason}`),
+    );
   }
 
   /**
@@ -288,16 +324,29 @@ export async function echoLines(
   session: Session,
   maxLineBytes: number,
 ): Promise<void> {
+  const { conn } = session;
+  await frameLines(session, maxLineBytes, async (bytes) => {
+    await writeAll(conn, bytes);
+    session.sent(bytes.length);
+  });
+  await conn.closeWrite();
+}
+
+/**
+ * The line framing of {@linkcode echoLines}, up to the client's EOF: each
+ * batch of whole lines (and the tail at EOF) goes to `send`.
+ */
+export async function frameLines(
+  session: Session,
+  maxLineBytes: number,
+  send: Send,
+): Promise<void> {
   const { conn, log } = session;
   const debug = log.isEnabledFor("debug");
   const tooLong = () =>
     new LimitError(`line longer than ${maxLineBytes} bytes (max-line)`);
   const rb = new ReadBuffer();
   let end = 0; // bytes held in rb.bytes; they hold no "\n"
-  const send = async (bytes: Uint8Array) => {
-    await writeAll(conn, bytes);
-    session.sent(bytes.length);
-  };
   for (;;) {
     if (end === rb.bytes.length) rb.grow(end);
     const n = await conn.read(end === 0 ? rb.bytes : rb.bytes.subarray(end));
@@ -332,6 +381,25 @@ export async function echoLines(
     if (debug) logLine(log, tail);
     await send(tail);
   }
+}
+
+/**
+ * Discard mode (RFC 863): read and drop everything, answer nothing; at the
+ * client's EOF, close.
+ */
+export async function echoDiscard(session: Session): Promise<void> {
+  const { conn, log } = session;
+  const debug = log.isEnabledFor("debug");
+  const rb = new ReadBuffer();
+  for (
+    let n = await conn.read(rb.bytes);
+    n !== null;
+    n = await conn.read(rb.bytes)
+  ) {
+    session.received(n);
+    if (debug) log.debug("[{peer}] discarded {n} bytes", { n });
+    rb.adapt(n);
+  }
   await conn.closeWrite();
 }
 
@@ -347,7 +415,7 @@ function logLine(log: Logger, line: Uint8Array): void {
  * {@linkcode MAX_READ_BYTES} (big reads are what make streaming fast);
  * {@linkcode SHRINK_AFTER_READS} small reads in a row halve it again.
  */
-class ReadBuffer {
+export class ReadBuffer {
   bytes: Uint8Array = new Uint8Array(MIN_READ_BYTES);
   #smallReads = 0;
 

@@ -8,21 +8,20 @@
  * @module
  */
 
-import { benchResult, messagesOf } from "./_bench_report.ts";
-import {
-  EchoError,
-  MEASURE,
-  pingpong,
-  Run,
-  STOP,
-  stream,
-} from "./_bench_connection.ts";
+import { drive } from "./_bench_driver.ts";
+import { LocalShard } from "./_bench_shard.ts";
 import { Payload } from "./_payload.ts";
-import { connect, type ConnectOptions } from "./client.ts";
-import { delay } from "./io.ts";
+import type { LatencyHistogram } from "./_histogram.ts";
+import type { ConnectOptions } from "./client.ts";
 
 // The public names main.ts and the tests take from here.
-export { formatProgress, formatReport } from "./_bench_report.ts";
+export {
+  type ErrorGroup,
+  formatInterval,
+  formatProgress,
+  formatReport,
+  type ReportDetails,
+} from "./_bench_report.ts";
 export { LatencyHistogram } from "./_histogram.ts";
 export { Payload, type PayloadOptions } from "./_payload.ts";
 export {
@@ -33,7 +32,7 @@ export {
 
 /** Options for {@linkcode runBench}; the target is a {@linkcode ConnectOptions}. */
 export interface BenchOptions extends ConnectOptions {
-  /** Concurrent connections. @default {50} */
+  /** Concurrent connections (connect pattern: parallel slots). @default {50} */
   connections?: number;
   /** Message size in bytes. @default {64} */
   sizeBytes?: number;
@@ -44,9 +43,19 @@ export interface BenchOptions extends ConnectOptions {
   /**
    * `pingpong`: one message in flight per connection, round trips timed.
    * `stream`: each connection writes and reads continuously.
+   * `connect`: each slot connects, sends one message, reads its echo,
+   * half-closes, sees the server close, and again; the whole cycle is timed.
    * @default {"pingpong"}
    */
   pattern?: BenchPattern;
+  /**
+   * Open loop (pingpong, connect): this many messages per second in total,
+   * spread evenly over the connections; latency counts from each message's
+   * intended send time (coordinated omission corrected, as wrk2 does), and
+   * {@linkcode BenchResult.latency_uncorrected_us} from its actual send.
+   * Off (closed loop) when undefined.
+   */
+  rate?: number;
   /**
    * Send lines, for a line-mode server: every message is `sizeBytes - 1`
    * printable bytes (space to `~`) and a `\n`, still different per message
@@ -63,14 +72,20 @@ export interface BenchOptions extends ConnectOptions {
    * @default {2000}
    */
   drainTimeoutMs?: number;
-  /** Called about every 250 ms during the window. Must not throw. */
+  /** Called about every 250 ms during the warm-up and the window. Must not throw. */
   onProgress?: (progress: BenchProgress) => void;
   /** Called once for each error counted in {@linkcode BenchResult.errors}. Must not throw. */
   onError?: (error: Error) => void;
+  /**
+   * Called at the end of each interval of the window (and for the last,
+   * shorter one), per listener: the `--interval` lines and the `--hlog`
+   * file. The intervals of one listener add up to the whole window exactly.
+   */
+  intervals?: readonly BenchIntervalListener[];
 }
 
 /** Load patterns of {@linkcode BenchOptions.pattern}. */
-export type BenchPattern = "pingpong" | "stream";
+export type BenchPattern = "pingpong" | "stream" | "connect";
 
 /** Defaults of {@linkcode BenchOptions}; also printed by `--help`. */
 export const BENCH_DEFAULTS = {
@@ -83,11 +98,13 @@ export const BENCH_DEFAULTS = {
   drainTimeoutMs: 2_000,
 } as const;
 
-/** A snapshot of a running window, for a live progress line. */
+/** A snapshot of a running warm-up or window, for a live progress line. */
 export interface BenchProgress {
-  /** Time since the window opened. */
+  /** Warm-up (nothing counted yet) or the measuring window. */
+  phase: "warmup" | "measure";
+  /** Time since the phase began. */
   elapsedMs: number;
-  /** Planned length of the window. */
+  /** Planned length of the phase. */
   durationMs: number;
   /** Messages completed in the window so far (stream: bytes / size). */
   messages: number;
@@ -97,16 +114,66 @@ export interface BenchProgress {
   errors: number;
 }
 
-/** Round-trip latency percentiles in microseconds. */
+/** Who wants an interval, and how long one is. */
+export interface BenchIntervalListener {
+  /** The interval's length in ms. */
+  everyMs: number;
+  /** Called at each interval's end. Must not throw. */
+  onInterval(interval: BenchInterval): void;
+}
+
+/** What one interval of the window measured. */
+export interface BenchInterval {
+  /** Its start, ms after the window opened. */
+  startMs: number;
+  /** Its end, ms after the window opened. */
+  endMs: number;
+  /** Its start, ms since the epoch. */
+  startEpochMs: number;
+  /** Its end, ms since the epoch. */
+  endEpochMs: number;
+  /** Messages completed in it (stream: bytes / size). */
+  messages: number;
+  /** Echoed bytes received in it. */
+  bytes: number;
+  /** Errors so far in the run. */
+  errors: number;
+  /** Its latencies (open loop: corrected); empty for stream. Valid during the call only. */
+  histogram: LatencyHistogram;
+  /** Open loop: its latencies from the actual send. Valid during the call only. */
+  uncorrected?: LatencyHistogram;
+}
+
+/** Latency percentiles in microseconds. */
 export interface LatencySummary {
   /** Median. */
   p50: number;
+  /** 75th percentile. */
+  p75: number;
   /** 90th percentile. */
   p90: number;
+  /** 95th percentile. */
+  p95: number;
   /** 99th percentile. */
   p99: number;
-  /** Slowest round trip. */
+  /** 99.9th percentile. */
+  p999: number;
+  /** 99.99th percentile. */
+  p9999: number;
+  /** Slowest. */
   max: number;
+}
+
+/** How evenly connections were served: messages (stream: MiB) each got through in the window. */
+export interface PerConnection {
+  /** The least served connection's count. */
+  min: number;
+  /** The median count. */
+  median: number;
+  /** The most served connection's count. */
+  max: number;
+  /** Jain's fairness index: 1 = every connection alike. */
+  jain: number;
 }
 
 /**
@@ -122,7 +189,7 @@ export interface BenchResult {
   size: number;
   /** Length of the measuring window actually run, in seconds. */
   duration_s: number;
-  /** Messages echoed in full within the window (stream: `bytes / size`, rounded down). */
+  /** Messages echoed in full within the window (stream: `bytes / size`, rounded down; connect: cycles). */
   messages: number;
   /** `messages / duration_s`. */
   messages_per_s: number;
@@ -130,31 +197,35 @@ export interface BenchResult {
   bytes: number;
   /** `bytes / duration_s` in MiB (2^20 bytes). */
   mib_per_s: number;
-  /** Round-trip latency; `null` for `stream` (or when no round trip completed). */
+  /** Round trip (connect: the cycle) latency; `null` for `stream` or when none completed. */
   latency_us: LatencySummary | null;
   /** Failed connects, resets, early closes, echo mismatches (warm-up included). */
   errors: number;
+  /** The open loop's asked rate in messages/s, or `null`. */
+  rate: number | null;
+  /** Open loop: latency from each message's actual send; else `null`. */
+  latency_uncorrected_us: LatencySummary | null;
+  /** Connect pattern: connections completed per second; else `null`. */
+  connects_per_s: number | null;
+  /** UDP: datagrams not answered in time; 0 over TCP. */
+  lost: number;
+  /** A tcpecho addition: per-connection counts, as the C load generator reports them. */
+  per_conn: PerConnection | null;
 }
 
-// ---- the run ------------------------------------------------------------------
-
-/** How often {@linkcode BenchOptions.onProgress} is called. */
-const PROGRESS_INTERVAL_MS = 250;
-/** Connections opened at once. */
-const CONNECT_CONCURRENCY = 32;
-
 /**
- * Runs a load test against an echo server and returns what it measured.
+ * Runs a load test against an echo server, in the caller's isolate, and
+ * returns what it measured.
  *
  * Opens `connections` connections (the first alone, so a dead target fails
  * fast), loads them for `warmupMs`, measures for `durationMs`, then stops
  * sending, half-closes every connection, reads until the server closes (at
- * most `drainTimeoutMs`, then closes it: an error) and awaits every task. Every echoed byte is checked;
- * a mismatch, reset, early close or failed connect counts in `errors` and
- * ends that connection only.
+ * most `drainTimeoutMs`, then closes it: an error) and awaits every task.
+ * Every echoed byte is checked; a mismatch, reset, early close or failed
+ * connect counts in `errors` and ends that connection only.
  *
- * @throws {Error} `cannot connect to HOST:PORT` (from {@linkcode connect})
- *   when the first connection fails.
+ * @throws {Error} `cannot connect to HOST:PORT` (from `connect()`) when the
+ *   first connection fails.
  * @throws {RangeError} for an invalid option.
  * @example
  * ```ts ignore
@@ -165,6 +236,19 @@ const CONNECT_CONCURRENCY = 32;
 export async function runBench(
   options: BenchOptions = {},
 ): Promise<BenchResult> {
+  const settings = checkBenchOptions(options);
+  const { result } = await drive(settings, (events) => [
+    new LocalShard({
+      ...settings.shard,
+      first: 0,
+      count: settings.connections,
+    }, events),
+  ]);
+  return result;
+}
+
+/** The options of a run, checked and defaulted, for the driver and its shards. */
+export function checkBenchOptions(options: BenchOptions) {
   const {
     connections = BENCH_DEFAULTS.connections,
     sizeBytes = BENCH_DEFAULTS.sizeBytes,
@@ -173,9 +257,18 @@ export async function runBench(
     pattern = BENCH_DEFAULTS.pattern,
     lines = BENCH_DEFAULTS.lines,
     drainTimeoutMs = BENCH_DEFAULTS.drainTimeoutMs,
+    rate,
     signal,
     onProgress,
     onError,
+    intervals,
+    hostname,
+    port,
+    path,
+    tls,
+    caCerts,
+    connectTimeoutMs,
+    sendProxy,
   } = options;
   if (!Number.isSafeInteger(connections) || connections < 1) {
     throw new RangeError(
@@ -185,155 +278,61 @@ export async function runBench(
   checkMs("durationMs", durationMs);
   checkMs("warmupMs", warmupMs);
   checkMs("drainTimeoutMs", drainTimeoutMs);
-  if (pattern !== "pingpong" && pattern !== "stream") {
+  if (pattern !== "pingpong" && pattern !== "stream" && pattern !== "connect") {
     throw new RangeError(
-      `invalid pattern "${pattern}": expected pingpong or stream`,
+      `invalid pattern "${pattern}": expected pingpong, stream or connect`,
     );
   }
-  const run = new Run(
-    new Payload(sizeBytes, { lines }),
-    pattern === "pingpong" ? pingpong : stream,
+  if (rate !== undefined && !(rate > 0 && Number.isFinite(rate))) {
+    throw new RangeError(`invalid rate ${rate}: expected a number above 0`);
+  }
+  if (rate !== undefined && pattern === "stream") {
+    throw new RangeError(
+      "invalid rate: the stream pattern has no messages to pace",
+    );
+  }
+  for (const { everyMs } of intervals ?? []) {
+    if (!(everyMs >= 1 && Number.isFinite(everyMs))) {
+      throw new RangeError(
+        `invalid interval ${everyMs}: expected 1 ms or more`,
+      );
+    }
+  }
+  new Payload(sizeBytes); // throws RangeError for a bad size
+  return {
+    pattern,
+    connections,
+    sizeBytes,
+    durationMs,
+    warmupMs,
+    rate: rate ?? 0,
+    signal,
+    onProgress,
     onError,
-  );
-
-  // The first connection alone: a dead target is one error, not `connections`.
-  try {
-    run.start(await connect(options), 0);
-  } catch (err) {
-    if (!signal?.aborted) throw err;
-    return benchResult(run, pattern, connections, sizeBytes, 0);
-  }
-  let windowMs = 0;
-  try {
-    await openConnections(run, connections, options);
-    windowMs = await measureWindow(run, {
-      warmupMs,
-      durationMs,
-      messages: () => messagesOf(run, pattern, sizeBytes),
-      signal,
-      onProgress,
-    });
-  } finally {
-    await drain(run, drainTimeoutMs, signal);
-  }
-  return benchResult(run, pattern, connections, sizeBytes, windowMs);
+    intervals,
+    shard: {
+      target: {
+        hostname,
+        port,
+        path,
+        tls,
+        caCerts,
+        connectTimeoutMs,
+        sendProxy,
+      },
+      pattern,
+      sizeBytes,
+      lines,
+      connections,
+      rate: rate ?? 0,
+      scheduleEpochMs: performance.timeOrigin + performance.now(),
+      drainTimeoutMs,
+    },
+  };
 }
 
 function checkMs(name: string, value: number): void {
   if (!(value >= 0 && Number.isFinite(value))) {
     throw new RangeError(`invalid ${name} ${value}: expected 0 or more`);
-  }
-}
-
-/**
- * Opens connections 1 to `connections - 1`, {@linkcode CONNECT_CONCURRENCY}
- * at a time, and starts each; a failed connect is an error of the run.
- */
-async function openConnections(
-  run: Run,
-  connections: number,
-  options: BenchOptions,
-): Promise<void> {
-  const { signal } = options;
-  let next = 1;
-  const opener = async () => {
-    while (next < connections && !signal?.aborted) {
-      const index = next++;
-      run.connectsPending++;
-      try {
-        run.start(await connect(options), index);
-      } catch (err) {
-        if (!signal?.aborted) {
-          run.fail(new Error(`connection ${index} failed`, { cause: err }));
-        }
-      } finally {
-        run.connectsPending--;
-      }
-    }
-  };
-  const openers = [];
-  for (let i = 0; i < Math.min(CONNECT_CONCURRENCY, connections - 1); i++) {
-    openers.push(opener());
-  }
-  await Promise.all(openers);
-  run.checkAllGone();
-}
-
-/**
- * The warm-up, then the measuring window (with progress calls), each cut
- * short by `signal` or by every connection having ended.
- *
- * @returns the length of the window in ms (0 if it never opened).
- */
-async function measureWindow(
-  run: Run,
-  window: {
-    warmupMs: number;
-    durationMs: number;
-    /** Messages so far in the window, for the progress calls. */
-    messages: () => number;
-    signal?: AbortSignal;
-    onProgress?: (progress: BenchProgress) => void;
-  },
-): Promise<number> {
-  const { warmupMs, durationMs, messages, signal, onProgress } = window;
-  const stopWindow = AbortSignal.any(
-    signal ? [signal, run.allGone.signal] : [run.allGone.signal],
-  );
-  await delay(warmupMs, stopWindow);
-  if (stopWindow.aborted) return 0;
-  const windowStart = performance.now();
-  run.phase = MEASURE;
-  const progressTimer = onProgress && setInterval(() => {
-    onProgress({
-      elapsedMs: performance.now() - windowStart,
-      durationMs,
-      messages: messages(),
-      bytes: run.bytes,
-      errors: run.errors,
-    });
-  }, PROGRESS_INTERVAL_MS);
-  try {
-    await delay(durationMs, stopWindow);
-    return performance.now() - windowStart;
-  } finally {
-    clearInterval(progressTimer);
-  }
-}
-
-/**
- * Ends the run: connections finish their message, half-close and wait for
- * the server's close; whoever is still open after `drainTimeoutMs` is
- * interrupted (an error unless `signal` stopped the run). Resolves once
- * every connection task has ended.
- */
-async function drain(
-  run: Run,
-  drainTimeoutMs: number,
-  signal: AbortSignal | undefined,
-): Promise<void> {
-  run.phase = STOP;
-  const drainTimer = setTimeout(() => {
-    for (const connection of run.live) {
-      connection.interrupted = true;
-      if (!signal?.aborted) {
-        const { index, halfClosed } = connection;
-        run.fail(
-          new EchoError(
-            halfClosed
-              ? `connection ${index}: server did not close within ${drainTimeoutMs} ms of the half-close`
-              : `connection ${index}: no echo within ${drainTimeoutMs} ms after the window`,
-          ),
-        );
-      }
-      try {
-        connection.conn.close();
-      } catch { /* closed already by its owner */ }
-    }
-  }, drainTimeoutMs);
-  try {
-    await Promise.all(run.tasks); // runConnection never rejects
-  } finally {
-    clearTimeout(drainTimer);
   }
 }

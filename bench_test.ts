@@ -10,6 +10,11 @@ import {
   runBench,
   spawnServer,
 } from "./bench.ts";
+import { drive } from "./_bench_driver.ts";
+import { ErrorGroups } from "./_bench_report.ts";
+import { split, WorkerShard } from "./_bench_threads.ts";
+import { EchoError } from "./_bench_connection.ts";
+import { checkBenchOptions } from "./bench.ts";
 import { serve } from "./server.ts";
 import { echoServer, flipBitAt, stubServer } from "./testing.ts";
 
@@ -415,7 +420,7 @@ Deno.test("runBench() throws when it cannot connect", async () => {
   );
 });
 
-Deno.test("runBench() result has exactly the SPEC's JSON keys, in order", async () => {
+Deno.test("runBench() result has the SPEC's JSON keys in order, then per_conn", async () => {
   await using server = echoServer();
   const result = await runBench({
     port: server.port,
@@ -435,34 +440,345 @@ Deno.test("runBench() result has exactly the SPEC's JSON keys, in order", async 
     "mib_per_s",
     "latency_us",
     "errors",
+    "rate",
+    "latency_uncorrected_us",
+    "connects_per_s",
+    "lost",
+    "per_conn",
   ]);
-  assert.deepEqual(Object.keys(json.latency_us), ["p50", "p90", "p99", "max"]);
+  assert.deepEqual(Object.keys(json.latency_us), [
+    "p50",
+    "p75",
+    "p90",
+    "p95",
+    "p99",
+    "p999",
+    "p9999",
+    "max",
+  ]);
+  assert.equal(json.rate, null);
+  assert.equal(json.latency_uncorrected_us, null);
+  assert.equal(json.connects_per_s, null);
+  assert.equal(json.lost, 0);
+  assert.deepEqual(Object.keys(json.per_conn), [
+    "min",
+    "median",
+    "max",
+    "jain",
+  ]);
+  assert.equal(json.per_conn.min, json.messages, "one connection did them all");
 });
 
-Deno.test("formatReport() shows rates, latency and errors", () => {
-  const result: BenchResult = {
-    pattern: "pingpong",
-    connections: BENCH_DEFAULTS.connections,
-    size: 64,
-    duration_s: 10,
-    messages: 1_234_567,
-    messages_per_s: 123_456.7,
-    bytes: 79_012_288,
-    mib_per_s: 7.54,
-    latency_us: { p50: 284, p90: 350.1, p99: 598, max: 5578 },
-    errors: 0,
-  };
+const SAMPLE: BenchResult = {
+  pattern: "pingpong",
+  connections: BENCH_DEFAULTS.connections,
+  size: 64,
+  duration_s: 10,
+  messages: 1_234_567,
+  messages_per_s: 123_456.7,
+  bytes: 79_012_288,
+  mib_per_s: 7.54,
+  latency_us: {
+    p50: 284,
+    p75: 300,
+    p90: 350.1,
+    p95: 400,
+    p99: 598,
+    p999: 1200,
+    p9999: 2500,
+    max: 1_005_578,
+  },
+  errors: 0,
+  rate: null,
+  latency_uncorrected_us: null,
+  connects_per_s: null,
+  lost: 0,
+  per_conn: { min: 24_000, median: 24_691, max: 25_000, jain: 0.999 },
+};
+
+Deno.test("formatReport() shows rates, scaled latency, fairness and errors", () => {
   assert.equal(
-    formatReport(result),
+    formatReport(SAMPLE, { target: "127.0.0.1:8080", warmupMs: 1000 }),
     [
-      "pingpong: 50 connections, 64-byte messages, 10.00 s",
-      "messages  1,234,567 (123,456.7 msg/s)",
-      "bytes     79,012,288 (7.54 MiB/s)",
-      "latency   p50 284 µs, p90 350.1 µs, p99 598 µs, max 5,578 µs",
-      "errors    0",
+      "bench 127.0.0.1:8080: pingpong, 50 connections, 64-byte messages, 10.00 s after a 1 s warm-up",
+      "messages   1,234,567 (123,456.7 msg/s)",
+      "bytes      79,012,288 echoed bytes received (7.54 MiB/s)",
+      "latency    round trip",
+      "  p50 284.00 µs, p75 300.00 µs, p90 350.10 µs, p95 400.00 µs",
+      "  p99 598.00 µs, p99.9 1.20 ms, p99.99 2.50 ms, max 1.01 s",
+      "per conn   min 24,000, median 24,691, max 25,000 messages (Jain 0.999)",
+      "errors     0",
     ].join("\n"),
   );
-  assert.doesNotMatch(formatReport({ ...result, latency_us: null }), /latency/);
+  assert.doesNotMatch(formatReport({ ...SAMPLE, latency_us: null }), /latency/);
+});
+
+// ---- load tester v2 ---------------------------------------------------------------
+
+/**
+ * An echo server that, once it has echoed `stallAfter` bytes in all, holds
+ * every echo for `stallMs` once (the stall), then echoes on.
+ */
+function stallingServer(stallAfter: number, stallMs: number) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let echoed = 0;
+  let stall: Promise<void> | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const tasks: Promise<void>[] = [];
+  const handle = async (conn: Deno.Conn) => {
+    using _conn = conn;
+    const buffer = new Uint8Array(65536);
+    try {
+      for (
+        let n = await conn.read(buffer);
+        n !== null;
+        n = await conn.read(buffer)
+      ) {
+        echoed += n;
+        if (echoed >= stallAfter && stall === undefined) {
+          stall = new Promise((resolve) =>
+            timer = setTimeout(resolve, stallMs)
+          );
+        }
+        if (stall) await stall;
+        let done = 0;
+        while (done < n) done += await conn.write(buffer.subarray(done, n));
+      }
+      await conn.closeWrite();
+    } catch { /* reset or closed */ }
+  };
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) tasks.push(handle(conn));
+    } catch { /* closed */ }
+  })();
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await accepting;
+      await Promise.all(tasks);
+      clearTimeout(timer);
+    },
+  };
+}
+
+Deno.test("runBench() with rate: a 500 ms stall shows in the corrected p99, not in the uncorrected", async () => {
+  await using server = stallingServer(64 * 200, 500);
+  const result = await runBench({
+    port: server.port,
+    connections: 4,
+    rate: 2000,
+    durationMs: 1500,
+    warmupMs: 0,
+  });
+  assert.equal(result.errors, 0);
+  assert.equal(result.rate, 2000);
+  const corrected = result.latency_us!;
+  const uncorrected = result.latency_uncorrected_us!;
+  // ~1000 of ~3000 messages were due during the stall: their wait counts.
+  assert.ok(corrected.p99 > 300_000, `corrected p99 ${corrected.p99} µs`);
+  // only the 4 in flight waited once sent: under 1%.
+  assert.ok(uncorrected.p99 < 100_000, `uncorrected p99 ${uncorrected.p99} µs`);
+  assert.ok(uncorrected.max > 400_000, `uncorrected max ${uncorrected.max} µs`);
+  assert.ok(
+    result.messages > 2000,
+    `${result.messages} messages: it caught up`,
+  );
+});
+
+Deno.test("runBench() with rate paces the messages to the asked rate", async () => {
+  await using server = echoServer();
+  const result = await runBench({
+    port: server.port,
+    connections: 5,
+    rate: 1000,
+    durationMs: 1000,
+    warmupMs: 100,
+  });
+  assert.equal(result.errors, 0);
+  assert.ok(
+    Math.abs(result.messages_per_s - 1000) < 60,
+    `${result.messages_per_s} msg/s`,
+  );
+  assert.ok(result.latency_uncorrected_us!.p50 <= result.latency_us!.p50);
+  await assert.rejects(runBench({ port: server.port, rate: 0 }), RangeError);
+  await assert.rejects(
+    runBench({ port: server.port, rate: 10, pattern: "stream" }),
+    RangeError,
+  );
+});
+
+Deno.test("runBench() connect pattern: one message per connection, counted as connects", async () => {
+  await using server = serve({ port: 0 });
+  const result = await runBench({
+    port: server.addr.port,
+    connections: 3,
+    pattern: "connect",
+    ...SHORT,
+  });
+  assertSane(result);
+  assert.equal(result.pattern, "connect");
+  assert.equal(result.connects_per_s, result.messages_per_s);
+  assert.equal(result.bytes, result.messages * 64);
+  const served = server.stats.served;
+  // every counted cycle was a connection of its own (plus warm-up and the last ones)
+  assert.ok(
+    served >= result.messages + 3,
+    `${served} served, ${result.messages} counted`,
+  );
+  assert.ok(served <= result.messages * 3 + 10, `${served} served`);
+  assert.equal(result.latency_us!.max >= result.latency_us!.p50, true);
+  const perConn = result.per_conn!;
+  assert.equal(
+    Math.round(perConn.median * 3) >= 1,
+    true,
+  );
+});
+
+Deno.test("runBench() completes 16 MiB messages (reading while it writes)", async () => {
+  await using server = serve({ port: 0 });
+  const result = await runBench({
+    port: server.addr.port,
+    connections: 1,
+    sizeBytes: 16 << 20,
+    durationMs: 300,
+    warmupMs: 0,
+    drainTimeoutMs: 20_000,
+  });
+  assert.equal(result.errors, 0);
+  assert.ok(result.messages >= 1, "a 16 MiB round trip completed");
+  assert.equal(result.bytes, result.messages * (16 << 20));
+});
+
+Deno.test("the text histogram's counts add up to the messages", async () => {
+  await using server = echoServer();
+  const histogram = new LatencyHistogram();
+  const seen: number[] = [];
+  const result = await runBench({
+    port: server.port,
+    connections: 4,
+    ...SHORT,
+    intervals: [{
+      everyMs: 100,
+      onInterval: (i) => {
+        histogram.add(i.histogram);
+        seen.push(i.messages);
+      },
+    }],
+  });
+  assert.equal(
+    histogram.count,
+    result.messages,
+    "the intervals add up to the window",
+  );
+  assert.equal(seen.reduce((a, b) => a + b, 0), result.messages);
+  const report = formatReport(result, { histogram });
+  const rows = [
+    ...report.matchAll(/^ +[\d.]+ (?:µs|ms|s) \[ *([\d,]+)\] \|■*$/gm),
+  ];
+  assert.equal(rows.length, 10, report);
+  const total = rows.reduce(
+    (sum, [, n]) => sum + Number(n.replaceAll(",", "")),
+    0,
+  );
+  assert.equal(total, result.messages);
+  assert.match(report, /^ {2}mean [\d.]+ µs, stdev [\d.]+ µs$/m);
+});
+
+Deno.test("drive() over two WorkerShards: one result, the sum of both workers", async () => {
+  await using server = serve({ port: 0 });
+  const settings = checkBenchOptions({
+    port: server.addr.port,
+    connections: 5,
+    ...SHORT,
+  });
+  const workers: WorkerShard[] = [];
+  const perWorker: number[] = [];
+  try {
+    const { result, histogram } = await drive(
+      settings,
+      (events) =>
+        split(5, 2).map((share, i) => {
+          const worker = new WorkerShard(
+            i,
+            { ...settings.shard, ...share },
+            events,
+          );
+          workers.push(worker);
+          // what each worker counts, seen through its takes
+          const take = worker.endWindow.bind(worker);
+          worker.endWindow = async () => {
+            const delta = await take();
+            perWorker[i] = (perWorker[i] ?? 0) + delta.messages;
+            return delta;
+          };
+          return worker;
+        }),
+    );
+    assertSane(result);
+    assert.deepEqual(split(5, 2), [{ first: 0, count: 3 }, {
+      first: 3,
+      count: 2,
+    }]);
+    assert.equal(workers.length, 2);
+    assert.equal(perWorker.length, 2);
+    assert.ok(perWorker.every((n) => n > 0), `${perWorker}`);
+    assert.equal(perWorker[0] + perWorker[1], result.messages);
+    assert.equal(result.bytes, result.messages * 64);
+    assert.equal(histogram.count, result.messages);
+    assert.ok(result.per_conn!.min > 0, "every connection of both workers ran");
+  } finally {
+    for (const worker of workers) await worker[Symbol.asyncDispose]();
+  }
+});
+
+Deno.test("ErrorGroups groups errors by cause, with hints", () => {
+  const describe = (err: Error) => err.message;
+  const groups = new ErrorGroups({ lines: false, sizeBytes: 64 });
+  const emfile = Object.assign(new Error("Too many open files (os error 24)"), {
+    code: "EMFILE",
+  });
+  for (let i = 0; i < 70; i++) {
+    groups.add(
+      new Error(`connection ${i} failed`, {
+        cause: new Error("cannot connect to 127.0.0.1:8080", { cause: emfile }),
+      }),
+      describe,
+    );
+  }
+  groups.add(
+    new EchoError(
+      "connection 3: no echo within 2000 ms after the window",
+      "no echo",
+    ),
+    describe,
+  );
+  const [first, second] = groups.groups;
+  assert.equal(first.count, 70);
+  assert.equal(
+    first.cause,
+    "cannot connect: Too many open files (os error 24)",
+  );
+  assert.match(first.hint!, /ulimit -n/);
+  assert.equal(second.cause, "no echo");
+  assert.match(second.hint!, /is the server in line mode\? try --lines/);
+  const lines = new ErrorGroups({ lines: true, sizeBytes: 100_000 });
+  lines.add(
+    new EchoError(
+      "x",
+      "server closed the connection before echoing everything",
+    ),
+    describe,
+  );
+  assert.match(lines.groups[0].hint!, /--max-line 99999/);
+  const report = formatReport({ ...SAMPLE, errors: 71 }, {
+    errors: groups.groups,
+  });
+  assert.match(
+    report,
+    /^errors {5}71\n {6}70 × cannot connect: Too many open files \(os error 24\)\n {11}hint: .*ulimit -n/m,
+  );
 });
 
 // ---- spawnServer ------------------------------------------------------------------

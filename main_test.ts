@@ -118,7 +118,10 @@ Deno.test("tcpecho usage errors exit 2 with error and usage lines", async (t) =>
     ],
     [["server", "--port", "80a"], /--port takes a whole number/],
     [["server", "--bogus"], /^error: unknown option '--bogus'/],
-    [["server", "--mode", "fast"], /--mode takes raw or line, not "fast"/],
+    [
+      ["server", "--mode", "fast"],
+      /--mode takes raw or line or discard, not "fast"/,
+    ],
     [["server", "--tls-cert", "c.pem"], /--tls-cert and --tls-key go together/],
     [["server", "--idle-timeout=-1"], /--idle-timeout takes seconds/],
     [["server", "--idle-timeout", "-1"], /argument is ambiguous/],
@@ -378,11 +381,20 @@ Deno.test("tcpecho bench --spawn-server --json prints the spec's object", async 
     "mib_per_s",
     "latency_us",
     "errors",
+    "rate",
+    "latency_uncorrected_us",
+    "connects_per_s",
+    "lost",
+    "per_conn",
   ]);
   assert.deepEqual(Object.keys(result.latency_us), [
     "p50",
+    "p75",
     "p90",
+    "p95",
     "p99",
+    "p999",
+    "p9999",
     "max",
   ]);
   assert.equal(result.errors, 0);
@@ -432,6 +444,12 @@ Deno.test("tcpecho bench usage errors exit 2", async () => {
       ["bench", "-c", "0"],
       ["bench", "-d", "0"],
       ["bench", "--spawn-server", "-p", "9"],
+      ["bench", "--spawn-server", "--tls"],
+      ["bench", "--pattern", "stream", "--rate", "100"],
+      ["bench", "--pattern", "stream", "--hlog", "x.hlog"],
+      ["bench", "--threads", "0"],
+      ["bench", "--interval", "0"],
+      ["bench", "merge"],
     ]
   ) {
     const { code, stderr } = await runCli(args);
@@ -465,4 +483,82 @@ Deno.test({
     assert.equal(result.errors, 0);
     assert.ok(result.duration_s < 60);
   },
+});
+
+Deno.test("tcpecho bench --interval prints one line per interval on stderr, kept", async () => {
+  await using server = serve({ port: 0 });
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "-p",
+    `${server.addr.port}`,
+    "-c",
+    "2",
+    "-d",
+    "1",
+    "--interval",
+    "0.25",
+    "--json",
+  ]);
+  assert.equal(code, 0, stderr);
+  const lines = stderr.trimEnd().split("\n");
+  assert.ok(lines.length >= 4 && lines.length <= 5, stderr);
+  for (const line of lines) {
+    assert.match(
+      line,
+      /^\[ +\d+\.\d- +\d+\.\d s\] +[\d,]+ msg\/s +[\d.]+ MiB\/s {2}p99 [\d.]+ (µs|ms)$/,
+    );
+  }
+  assert.match(lines[0], /^\[ {2}0\.0- {2}0\.[23] s\]/);
+  assert.ok(JSON.parse(stdout).messages > 0);
+});
+
+Deno.test("tcpecho bench --threads 2: one result over both workers", async () => {
+  await using server = serve({ port: 0 });
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "-p",
+    `${server.addr.port}`,
+    "-c",
+    "6",
+    "-d",
+    "0.5",
+    "--threads",
+    "2",
+  ]);
+  assert.equal(code, 0, stderr);
+  assert.match(
+    stdout,
+    /^bench 127\.0\.0\.1:\d+: pingpong, 6 connections, 64-byte messages, 0\.5\d s after a 1 s warm-up, 2 threads$/m,
+  );
+  const messages = Number(
+    /^messages +([\d,]+)/m.exec(stdout)![1].replaceAll(",", ""),
+  );
+  const bytes = Number(
+    /^bytes +([\d,]+) echoed bytes received/m.exec(stdout)![1].replaceAll(
+      ",",
+      "",
+    ),
+  );
+  assert.equal(bytes, messages * 64);
+  assert.equal(server.stats.served, 6);
+  assert.match(stdout, /^per conn +min [1-9]/m);
+});
+
+Deno.test("tcpecho bench groups errors by cause and hints at --lines", async () => {
+  await using server = serve({ port: 0, mode: "line" });
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "-p",
+    `${server.addr.port}`,
+    "-c",
+    "2",
+    "-d",
+    "0.2",
+  ]);
+  assert.equal(code, 1, stderr);
+  assert.match(
+    stdout,
+    /^errors {5}2\n {7}2 × no echo\n {11}hint: is the server in line mode\? try --lines$/m,
+  );
+  assert.match(stderr, /^error: 2 errors during the run/m);
 });

@@ -1,12 +1,17 @@
 /**
  * tcpecho as a library: an RFC 862 echo server ({@linkcode serve}), a client
  * ({@linkcode connect}, {@linkcode pipe}, {@linkcode interactive}) and a load
- * tester that checks every echoed byte ({@linkcode runBench}). The command
- * line program is the package's `./cli` export.
+ * tester that checks every echoed byte ({@linkcode runBench}). The same over
+ * UDP: {@linkcode serveUdp}, {@linkcode connectUdp} (with
+ * {@linkcode udpPipe}, {@linkcode udpInteractive}) and
+ * {@linkcode runUdpBench}; they need Deno's unstable net API
+ * (`--unstable-net`). The command line program is the package's `./cli`
+ * export.
  *
  * Options left out take the values in {@linkcode SERVE_DEFAULTS},
- * {@linkcode CONNECT_DEFAULTS} and {@linkcode BENCH_DEFAULTS}, the same ones
- * the CLI's `--help` prints. The library logs through LogTape under the
+ * {@linkcode CONNECT_DEFAULTS} and {@linkcode BENCH_DEFAULTS} (over UDP also
+ * {@linkcode UDP_SERVE_DEFAULTS}, {@linkcode UDP_CLIENT_DEFAULTS} and
+ * {@linkcode UDP_BENCH_DEFAULTS}), the same ones the CLI's `--help` prints. The library logs through LogTape under the
  * `["tcpecho"]` category and configures nothing itself.
  *
  * @example Serve on a free port, load it for a second, stop
@@ -49,12 +54,40 @@ export {
 } from "./client.ts";
 export {
   BENCH_DEFAULTS,
+  type BenchInterval,
+  type BenchIntervalListener,
   type BenchOptions,
   type BenchPattern,
   type BenchProgress,
   type BenchResult,
+  type ErrorGroup,
   formatReport,
+  LatencyHistogram,
   type LatencySummary,
+  type PerConnection,
+  type ReportDetails,
   runBench,
 } from "./bench.ts";
+export {
+  connectUdp,
+  type DatagramEvent,
+  MAX_UDP4_PAYLOAD,
+  MAX_UDP_PAYLOAD,
+  runUdpBench,
+  serveUdp,
+  UDP_BENCH_DEFAULTS,
+  UDP_CLIENT_DEFAULTS,
+  UDP_SERVE_DEFAULTS,
+  type UdpBenchOptions,
+  UdpConn,
+  type UdpConnectOptions,
+  udpInteractive,
+  udpPipe,
+  type UdpPipeOptions,
+  type UdpPipeResult,
+  type UdpServeOptions,
+  type UdpServer,
+  type UdpServerStats,
+} from "./udp.ts";
+export type { Bar, SparseCounts } from "./_histogram.ts";
 export type { Reader, Writer } from "./io.ts";

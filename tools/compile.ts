@@ -89,6 +89,9 @@ export function outputPath(target?: Target, outDir: string = OUT_DIR): string {
   return `${outDir}/${name}`;
 }
 
+/** Modules started with `new Worker()`: the binary must include them. */
+export const WORKER_MODULES: readonly string[] = ["_bench_worker.ts"];
+
 /** The `deno compile` arguments that build `target` (this machine's when omitted). */
 export function compileArgs(
   target?: Target,
@@ -99,6 +102,8 @@ export function compileArgs(
     ...PERMISSIONS,
     ...(target ? ["--target", target] : []),
     // deno compile adds `.exe` itself for Windows.
+    // Worker modules are not found by deno compile's module graph.
+    ...WORKER_MODULES.flatMap((module) => ["--include", module]),
     "-o",
     outputPath(target, outDir).replace(/\.exe$/, ""),
     "main.ts",

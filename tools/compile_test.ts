@@ -53,6 +53,8 @@ Deno.test("compileArgs() builds main.ts with PERMISSIONS into dist/", () => {
     ...PERMISSIONS,
     "--target",
     "aarch64-pc-windows-msvc",
+    "--include",
+    "_bench_worker.ts", // a worker: not in the module graph
     "-o",
     "dist/tcpecho-aarch64-pc-windows-msvc", // deno compile adds .exe
     "main.ts",
