@@ -875,3 +875,25 @@ Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy
   assert.ok(result.messages > 0);
   await server.waitFor(/\] online \(via /);
 });
+
+Deno.test("serve() with proxyProtocol and faults: the bytes after the header are echoed in slices", async () => {
+  using events = new ConnEvents();
+  await using server = serve({
+    port: 0,
+    proxyProtocol: "v2",
+    sliceBytes: 3,
+    mode: "line",
+    onConnState: events.onConnState,
+  });
+  using conn = await Deno.connect({ port: server.addr.port });
+  const header = formatProxyHeader({
+    version: 2,
+    command: "proxy",
+    source: tcp("192.0.2.77", 7777),
+    destination: tcp("192.0.2.1", 7),
+  });
+  const data = bytes("first line\nsecond\n");
+  const back = await echoAll(conn, new Uint8Array([...header, ...data]));
+  assert.deepEqual(back, data);
+  assert.equal((await events.find("closed")).peer, "192.0.2.77:7777");
+});
