@@ -380,8 +380,10 @@ Deno.test("serve() with proxyProtocol closes bad headers at once, with a warning
         onConnState: events.onConnState,
       });
       using conn = await Deno.connect({ port: server.addr.port });
+      using dog = watchdog(10_000, () => conn.close()); // waiting: it failed
       await writeAll(conn, data); // and no more: no EOF either
       const back = await readAll(conn).catch(() => new Uint8Array());
+      assert.equal(dog.fired, false, "the server waited for more bytes");
       assert.deepEqual(back, new Uint8Array()); // nothing echoed
       const closed = await events.find("closed", () => true, 10_000);
       assert.equal(closed.peer, peerOf(conn));
