@@ -107,6 +107,12 @@ within ${UDP_BENCH_DEFAULTS.lossTimeoutMs / 1000} s is lost`,
     type: "boolean",
     help: "one JSON object on stdout instead of the report",
   },
+  "send-proxy": {
+    type: "string",
+    choices: ["v1", "v2"],
+    help: "each connection first sends a PROXY header (its own address as\n" +
+      "the source), for servers run with --proxy-protocol",
+  },
   "spawn-server": {
     type: "boolean",
     help: 'start "tcpecho server --port 0" (with --lines: --mode line and a\n' +
@@ -259,6 +265,15 @@ events per turn (128 unless set), so every connection gets its turn. With
     if (intervalMs !== undefined && intervalMs < 10) {
       throw new UsageError("--interval must be at least 0.01 seconds");
     }
+    const sendProxy = oneOf(
+      values,
+      "send-proxy",
+      OPTIONS["send-proxy"].choices,
+    );
+    if (udp && sendProxy !== undefined) {
+      throw new UsageError("--send-proxy cannot go with --udp");
+    }
+    target.sendProxy = sendProxy;
     const stop = new AbortController();
     using _signals = ctx.onStopSignals(() => stop.abort());
     // The spawned server speaks what we send: lines get a line-mode server
@@ -266,6 +281,7 @@ events per turn (128 unless set), so every connection gets its turn. With
     await using server = spawn
       ? await spawnServer([
         ...(lines ? ["--mode", "line"] : []),
+        ...(sendProxy ? ["--proxy-protocol", sendProxy] : []),
         ...(lines && sizeBytes - 1 > SERVE_DEFAULTS.maxLineBytes
           ? ["--max-line", `${sizeBytes - 1}`]
           : []),

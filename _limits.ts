@@ -19,7 +19,10 @@ export interface ConnLimits {
    *   when a limit is reached
    */
   acquire(ip: string): Disposable | undefined;
-  /** Why {@linkcode ConnLimits.acquire} refuses `ip` now (logs and events show it). */
+  /**
+   * Why {@linkcode ConnLimits.acquire} refuses `ip` now (logs and events show
+   * it after the peer tag, which names the address).
+   */
   refusal(ip: string): string;
 }
 
@@ -65,9 +68,9 @@ export class LocalConnLimits implements ConnLimits {
     };
   }
 
-  refusal(ip: string): string {
+  refusal(_ip: string): string {
     return this.#open >= this.#maxConns
       ? `too many connections (max-conns ${this.#maxConns})`
-      : `too many connections from ${ip} (max-conns-per-ip ${this.#maxConnsPerIp})`;
+      : `too many connections (max-conns-per-ip ${this.#maxConnsPerIp})`;
   }
 }

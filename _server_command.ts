@@ -18,12 +18,16 @@ import {
   UsageError,
   type Values,
 } from "./_cli.ts";
+import { serveAdmin } from "./_admin.ts";
+import { parseCidr } from "./_cidr.ts";
+import { emptySnapshot, MetricsRecorder } from "./_metrics.ts";
 import { LOG_DEFAULTS, LOG_FORMATS, LOG_LEVEL_NAMES } from "./log.ts";
 import {
   removeStaleSocket,
   serve,
   SERVE_DEFAULTS,
   type ServeOptions,
+  type Server,
 } from "./server.ts";
 import { serveUdp, UDP_SERVE_DEFAULTS } from "./udp.ts";
 
@@ -152,6 +156,31 @@ const OPTIONS = {
     help:
       "seeds --jitter, --faulty and --drop (default: random; logged at start)",
   },
+  allow: {
+    type: "string",
+    multiple: true,
+    arg: "CIDR",
+    help:
+      "only clients in this range (IPv4 or IPv6; an address is one host);\n" +
+      "repeatable; others are accepted and closed (default everyone)",
+  },
+  deny: {
+    type: "string",
+    multiple: true,
+    arg: "CIDR",
+    help: "refuse clients in this range, even if allowed; repeatable",
+  },
+  "proxy-protocol": {
+    type: "string",
+    choices: ["v1", "v2", "any"],
+    help: "each connection starts with a PROXY header (HAProxy's); its\n" +
+      "source is the client for logs, limits, --allow/--deny (default off)",
+  },
+  admin: {
+    type: "string",
+    arg: "HOST:PORT",
+    help: "serve GET /metrics (Prometheus), /healthz, /readyz (default off)",
+  },
   "log-level": {
     type: "string",
     choices: LOG_LEVEL_NAMES,
@@ -188,6 +217,10 @@ const TCP_ONLY = [
   "bandwidth",
   "close-after",
   "faulty",
+  "allow",
+  "deny",
+  "proxy-protocol",
+  "admin",
 ] as const;
 
 /**
@@ -253,6 +286,33 @@ between workers): --workers N over 1 with --udp is refused, auto means 1.`,
       throw new UsageError("-v and -q cannot go together");
     }
     checkTransport(values);
+    const { allow = [], deny = [] } = values;
+    for (const [name, rules] of [["allow", allow], ["deny", deny]] as const) {
+      for (const rule of rules) {
+        try {
+          parseCidr(rule);
+        } catch {
+          throw new UsageError(
+            `--${name} takes an IP address or CIDR range, not "${rule}"`,
+          );
+        }
+      }
+    }
+    const proxyProtocol = oneOf(
+      values,
+      "proxy-protocol",
+      OPTIONS["proxy-protocol"].choices,
+    );
+    if (
+      unix !== undefined && allow.length + deny.length > 0 && !proxyProtocol
+    ) {
+      throw new UsageError(
+        "--allow and --deny need client addresses: not --unix (unless --proxy-protocol)",
+      );
+    }
+    const admin = values.admin === undefined
+      ? undefined
+      : hostPort(values.admin, "admin");
     const level = oneOf(values, "log-level", OPTIONS["log-level"].choices) ??
       (verbose ? "debug" : quiet ? "warn" : LOG_DEFAULTS.level);
     const format = oneOf(values, "log-format", OPTIONS["log-format"].choices) ??
@@ -308,6 +368,9 @@ between workers): --workers N over 1 with --udp is refused, auto means 1.`,
       closeAfterBytes: integer(values, "close-after"),
       faulty: fraction(values, "faulty"),
       seed: integer(values, "seed", [0, 2 ** 32 - 1]),
+      allow,
+      deny,
+      proxyProtocol,
     };
     if (
       options.maxLineBytes !== undefined &&
@@ -323,9 +386,36 @@ between workers): --workers N over 1 with --udp is refused, auto means 1.`,
       );
     }
     if (options.path !== undefined) await removeStaleSocket(options.path);
-    const server = serve(options);
-    using _signals = ctx.onStopSignals(() => void server.close());
-    await server.finished;
+    // The admin endpoint binds first: if it cannot, no client was accepted.
+    let server: Server | undefined;
+    let draining = false;
+    const metrics = admin && new MetricsRecorder();
+    options.onConnState = metrics?.onConnState;
+    await using _admin = admin && serveAdmin({
+      ...admin,
+      snapshot: () =>
+        server ? metrics!.snapshot(server.stats) : emptySnapshot(),
+      ready: () => server !== undefined && !draining,
+    });
+    const running = server = serve(options);
+    using _signals = ctx.onStopSignals(() => {
+      draining = true;
+      void running.close();
+    });
+    await running.finished;
     return 0;
   },
 };
+
+/** `HOST:PORT` or `[IPv6]:PORT`, or a usage error naming the option. */
+function hostPort(
+  value: string,
+  name: string,
+): { hostname: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(value);
+  const port = Number(match?.[3]);
+  if (match === null || port > 65535) {
+    throw new UsageError(`--${name} takes HOST:PORT, not "${value}"`);
+  }
+  return { hostname: match[1] ?? match[2], port };
+}

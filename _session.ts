@@ -7,6 +7,13 @@
  * @module
  */
 import type { Logger } from "@logtape/logtape";
+import {
+  PrefixedConn,
+  proxiedPeer,
+  type ProxyAccept,
+  ProxyHeaderError,
+  readProxyHeader,
+} from "./_proxy_protocol.ts";
 import { escapePreview, isDisconnect, writeAll } from "./io.ts";
 
 /** Read buffer bounds: see {@linkcode ReadBuffer}. */
@@ -43,14 +50,22 @@ export type Send = (bytes: Uint8Array) => Promise<void>;
  * {@linkcode Session.interrupt}.
  */
 export class Session {
-  /** The connection; {@linkcode Session.run} owns and closes it. */
-  readonly conn: Deno.Conn;
-  /** The tag logs show: `ip:port`, `[::1]:port` or `unix#N`. */
-  readonly peer: string;
+  /**
+   * The connection; {@linkcode Session.run} owns and closes it. After a
+   * PROXY header, a {@linkcode PrefixedConn} holding what came with it.
+   */
+  conn: Deno.Conn;
+  /**
+   * The tag logs show: `ip:port`, `[::1]:port` or `unix#N`; after a PROXY
+   * header, its source's.
+   */
+  peer: string;
   /** The client address limits count by (`unix` for Unix sockets). */
-  readonly ip: string;
+  ip: string;
+  /** With a PROXY header that named a source: the socket's own peer tag. */
+  via?: string;
   /** The server's logger with `peer` attached. */
-  readonly log: Logger;
+  log: Logger;
   /** Bytes received on this connection. */
   bytesIn = 0;
   /** Bytes echoed on this connection. */
@@ -69,6 +84,7 @@ export class Session {
    */
   holding = false;
   readonly #totals: ByteTotals;
+  readonly #serverLog: Logger;
   #interrupted?: AbortController;
   readonly #startedAt = performance.now();
   #endedAt?: number;
@@ -90,6 +106,7 @@ export class Session {
     this.peer = peer;
     this.ip = ip;
     this.#totals = totals;
+    this.#serverLog = log;
     this.log = log.with({ peer });
   }
 
@@ -148,6 +165,57 @@ export class Session {
   }
 
   /**
+   * Reads the PROXY header within `timeoutMs` (closing the connection if it
+   * does not come) and takes its source as this session's peer; bytes that
+   * came with it are read first by the echo. Failures are logged here (a
+   * warning for a bad, missing or late header) and set
+   * {@linkcode Session.closeReason}.
+   *
+   * @returns whether a header was read; if not, the connection is closed
+   */
+  async readProxyHeader(
+    accept: ProxyAccept,
+    timeoutMs: number,
+  ): Promise<boolean> {
+    let late = false;
+    const timer = setTimeout(() => {
+      late = this.closeReason === undefined;
+      this.interrupt(`no PROXY header within ${seconds(timeoutMs)}`);
+    }, timeoutMs);
+    try {
+      const { header, rest } = await readProxyHeader(this.conn, accept);
+      const proxied = proxiedPeer(header);
+      if (proxied !== undefined) {
+        this.via = this.peer;
+        this.peer = proxied.peer;
+        this.ip = proxied.ip;
+        this.log = this.#serverLog.with({ peer: proxied.peer });
+      }
+      if (rest.length > 0) this.conn = new PrefixedConn(this.conn, rest);
+      return true;
+    } catch (err) {
+      this.#endedAt = performance.now();
+      this.conn[Symbol.dispose]();
+      const { log } = this;
+      if (err instanceof ProxyHeaderError && this.closeReason === undefined) {
+        this.closeReason = `bad PROXY header: ${err.message}`;
+        log.warn("[{peer}] closing: {reason}", { reason: this.closeReason });
+      } else if (late) {
+        log.warn("[{peer}] closing: {reason}", { reason: this.closeReason });
+      } else if (this.closeReason !== undefined) {
+        log.info("[{peer}] closing: {reason}", { reason: this.closeReason });
+      } else if (isDisconnect(err)) {
+        log.debug("[{peer}] {err}", { err: String(err) });
+      } else {
+        log.error("[{peer}] connection failed: {err}", { err });
+      }
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
    * The connection task: logs `online`, completes the TLS handshake when
    * `handshakeTimeoutMs` is given, echoes until the client's EOF, logs how it
    * ended and `offline`, and closes the conn. Expected failures end here;
@@ -157,8 +225,9 @@ export class Session {
    */
   async run(echo: Echo, handshakeTimeoutMs?: number): Promise<void> {
     using _conn = this.conn; // closed however we leave
-    const { log } = this;
-    log.info("[{peer}] online");
+    const { log, via } = this;
+    if (via === undefined) log.info("[{peer}] online");
+    else log.info("[{peer}] online (via {via})", { via });
     try {
       if (handshakeTimeoutMs !== undefined) {
         await handshake(this, handshakeTimeoutMs);

@@ -269,6 +269,7 @@ export function checkBenchOptions(options: BenchOptions) {
     caCerts,
     insecure,
     connectTimeoutMs,
+    sendProxy,
   } = options;
   if (!Number.isSafeInteger(connections) || connections < 1) {
     throw new RangeError(
@@ -319,6 +320,7 @@ export function checkBenchOptions(options: BenchOptions) {
         caCerts,
         insecure,
         connectTimeoutMs,
+        sendProxy,
       },
       pattern,
       sizeBytes,

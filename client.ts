@@ -7,6 +7,9 @@
  */
 import process from "node:process";
 import { createInterface } from "node:readline";
+import { type ProxyVersion, sendProxyHeader } from "./_proxy_protocol.ts";
+
+export type { ProxyVersion } from "./_proxy_protocol.ts";
 import {
   escapeControls,
   formatAddr,
@@ -39,6 +42,12 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   /** Abort the connect attempt. */
   signal?: AbortSignal;
+  /**
+   * First send a PROXY header of this version (before TLS), naming our own
+   * address as the source and the server's as the destination, for servers
+   * that expect one (`tcpecho server --proxy-protocol`).
+   */
+  sendProxy?: ProxyVersion;
 }
 
 /** Defaults of {@linkcode ConnectOptions}; also printed by `--help`. */
@@ -78,6 +87,7 @@ export async function connect(
     insecure = false,
     connectTimeoutMs = CONNECT_DEFAULTS.connectTimeoutMs,
     signal,
+    sendProxy,
   } = options;
   const timeout = new AbortController();
   const timer = setTimeout(() => timeout.abort(), connectTimeoutMs);
@@ -91,6 +101,14 @@ export async function connect(
     const tcp = path === undefined
       ? await Deno.connect({ hostname, port, signal: abort })
       : await Deno.connect({ transport: "unix", path }); // local: never hangs
+    if (sendProxy !== undefined) {
+      try {
+        await sendProxyHeader(tcp, sendProxy);
+      } catch (err) {
+        tcp.close();
+        throw err;
+      }
+    }
     if (!tls) return tcp;
     const conn = await Deno.startTls(tcp as Deno.TcpConn, {
       hostname: path === undefined ? hostname : "localhost",

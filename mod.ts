@@ -33,6 +33,8 @@
 export {
   type ConnEvent,
   type EchoMode,
+  type ProxyAccept,
+  type RefusalCode,
   removeStaleSocket,
   serve,
   SERVE_DEFAULTS,
@@ -49,6 +51,7 @@ export {
   interactive,
   type InteractiveEnd,
   pipe,
+  type ProxyVersion,
 } from "./client.ts";
 export {
   BENCH_DEFAULTS,

@@ -5,10 +5,20 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
+import { AccessList } from "./_cidr.ts";
+import {
+  type ConnEvent,
+  SERVE_DEFAULTS,
+  type ServeOptions,
+  type Server,
+  type ServerStats,
+} from "./_server_types.ts";
 import { IdleSweep } from "./_idle.ts";
 import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
 import { listen, removeSocketFile } from "./_listen.ts";
 import { echoWithFaults, FaultPlan, readChunks } from "./_faults.ts";
+import type { ProxyAccept } from "./_proxy_protocol.ts";
+import { Admission, NO_PERMIT } from "./_admission.ts";
 import {
   type Echo,
   echoDiscard,
@@ -19,179 +29,20 @@ import {
   type Send,
   Session,
 } from "./_session.ts";
+import { TlsRelay } from "./_tls_relay.ts";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
 
 export { removeStaleSocket } from "./_listen.ts";
-
-/**
- * How the server answers: bytes as they arrive (`raw`, RFC 862), whole lines
- * (`line`), or not at all (`discard`, RFC 863: read and drop everything).
- */
-export type EchoMode = "raw" | "line" | "discard";
-
-/** Options for {@linkcode serve}. */
-export interface ServeOptions {
-  /** Address to bind. @default {"127.0.0.1"} */
-  hostname?: string;
-  /** TCP port; `0` lets the OS choose. @default {8080} */
-  port?: number;
-  /** Listen on this Unix socket path instead of TCP. */
-  path?: string;
-  /** TLS certificate chain (PEM text); serve TLS when given with `key`. */
-  cert?: string;
-  /** TLS private key (PEM text). */
-  key?: string;
-  /**
-   * `raw`: echo bytes as they arrive; `line`: answer each whole `\n` line;
-   * `discard`: read and drop everything, answer nothing (faults do not apply).
-   * @default {"raw"}
-   */
-  mode?: EchoMode;
-  /** Line mode: a line longer than this (before `\n`) closes its connection. @default {65536} */
-  maxLineBytes?: number;
-  /** Connections served at once; one more is accepted and closed. @default {10000} */
-  maxConns?: number;
-  /** Connections at once from one client address; `0` is no limit. @default {0} */
-  maxConnsPerIp?: number;
-  /** Close a connection that moved no byte for this long; `0` is never. @default {0} */
-  idleTimeoutMs?: number;
-  /** On {@linkcode Server.close}: wait this long for clients, then close them. @default {5000} */
-  shutdownTimeoutMs?: number;
-  /**
-   * TLS: close a connection whose handshake has not finished after this long
-   * (or after `idleTimeoutMs`, when shorter). @default {10000}
-   */
-  handshakeTimeoutMs?: number;
-  /** Listen backlog (tests use `1` to make connects hang). */
-  tcpBacklog?: number;
-  /**
-   * Fault: hold each echo back this long from when its bytes were read. Echoes
-   * stay in order and a streaming client is not slowed by a delay per echo:
-   * the server holds up to 256 KiB back, then stops reading. @default {0}
-   */
-  delayMs?: number;
-  /** Fault: plus a uniformly random 0 to `jitterMs` per echo (seeded). @default {0} */
-  jitterMs?: number;
-  /** Fault: write each echo in pieces of at most this many bytes; `0` is off. @default {0} */
-  sliceBytes?: number;
-  /** Fault: at least this long between two writes (pieces). @default {0} */
-  sliceDelayMs?: number;
-  /**
-   * Fault: cap each connection's echo at this many KiB/s (token bucket, bursts
-   * of 50 ms' worth); `0` is off. @default {0}
-   */
-  bandwidthKiBps?: number;
-  /**
-   * Fault: echo this many bytes on a connection, then close it (half-close,
-   * read and drop until the client's EOF for at most 1 s, close); `0` is off.
-   * @default {0}
-   */
-  closeAfterBytes?: number;
-  /**
-   * The share of connections (0 to 1) the faults apply to, drawn per
-   * connection in accept order from the seeded generator. @default {1}
-   */
-  faulty?: number;
-  /**
-   * Seeds `faulty` and `jitterMs` (a whole number 0 to 2³²−1), so a run can
-   * be replayed; drawn at random when absent. The `faults:` line says it.
-   */
-  seed?: number;
-  /**
-   * Called as each connection changes state (see {@linkcode ConnEvent}):
-   * once per connection per state, never per message. What it throws is
-   * logged at error and goes no further.
-   */
-  onConnState?: (event: ConnEvent) => void;
-}
-
-/**
- * A connection changed state, as {@linkcode ServeOptions.onConnState} hears
- * it (Go's `http.ConnState`): `open` once admitted; `closed` once it is
- * closed and no longer counted in {@linkcode ServerStats.active}; `refused`
- * when a limit turned it away (it was closed at once and never opened).
- */
-export type ConnEvent =
-  | {
-    state: "open";
-    /** The peer tag logs show: `ip:port`, `[::1]:port` or `unix#N`. */
-    peer: string;
-  }
-  | {
-    state: "closed";
-    /** The peer tag, as in `open`. */
-    peer: string;
-    /** Bytes received on this connection. */
-    bytesIn: number;
-    /** Bytes echoed on this connection. */
-    bytesOut: number;
-    /** Milliseconds from accept to close. */
-    durationMs: number;
-    /**
-     * Why the server closed it (`idle for 1.00 s`, `line longer than …`,
-     * `TLS handshake failed: …`, `server shutting down`…); absent when the
-     * client ended it or it failed.
-     */
-    reason?: string;
-  }
-  | {
-    state: "refused";
-    /** The peer tag, as in `open`. */
-    peer: string;
-    /** Which limit refused it: `too many connections (max-conns 10000)`… */
-    reason: string;
-  };
-
-/** Defaults of {@linkcode ServeOptions}; also printed by `--help`. */
-export const SERVE_DEFAULTS = {
-  hostname: "127.0.0.1",
-  port: 8080,
-  mode: "raw",
-  maxLineBytes: 65536,
-  maxConns: 10000,
-  maxConnsPerIp: 0,
-  idleTimeoutMs: 0,
-  shutdownTimeoutMs: 5000,
-  handshakeTimeoutMs: 10000,
-  delayMs: 0,
-  jitterMs: 0,
-  sliceBytes: 0,
-  sliceDelayMs: 0,
-  bandwidthKiBps: 0,
-  closeAfterBytes: 0,
-  faulty: 1,
-} as const;
-
-/** Live counters of a running {@linkcode Server}. */
-export interface ServerStats {
-  /** Connections open now. */
-  active: number;
-  /** Connections served (accepted and not refused by a limit), open or done. */
-  served: number;
-  /** Connections accepted and closed at once by `maxConns` / `maxConnsPerIp`. */
-  refused: number;
-  /** Bytes received from clients. */
-  bytesIn: number;
-  /** Bytes echoed back. */
-  bytesOut: number;
-}
-
-/** A running echo server, shaped like `Deno.HttpServer`. */
-export interface Server<
-  Addr extends Deno.NetAddr | Deno.UnixAddr = Deno.NetAddr | Deno.UnixAddr,
-> extends AsyncDisposable {
-  /** Where it listens; with `port: 0`, the real port. */
-  readonly addr: Addr;
-  /** Settles once the server has stopped and every connection is closed. */
-  readonly finished: Promise<void>;
-  /** Live counters. */
-  readonly stats: Readonly<ServerStats>;
-  /**
-   * Stops gracefully: no new connections, waits up to `shutdownTimeoutMs` for
-   * clients to finish, then closes the rest. Idempotent.
-   */
-  close(): Promise<void>;
-}
+export {
+  type ConnEvent,
+  type EchoMode,
+  type ProxyAccept,
+  type RefusalCode,
+  SERVE_DEFAULTS,
+  type ServeOptions,
+  type Server,
+  type ServerStats,
+} from "./_server_types.ts";
 
 /** Accept-error backoff (EMFILE and the like): first and longest wait. */
 const ACCEPT_BACKOFF_MS = [5, 1000] as const;
@@ -241,8 +92,11 @@ class EchoServer implements Server {
   readonly #pickEcho: (() => Echo) | undefined;
   /** TLS only: the bound on each handshake. */
   readonly #handshakeTimeoutMs: number | undefined;
+  readonly #proxy: ProxyAccept | undefined; // PROXY header versions taken
+  readonly #headerTimeoutMs: number;
+  readonly #relay: TlsRelay | undefined; // TLS after a PROXY header
   readonly #shutdownTimeoutMs: number;
-  readonly #limits: ConnLimits;
+  readonly #admission: Admission;
   readonly #idle: IdleSweep<Session>;
   readonly #onConnState: ((event: ConnEvent) => void) | undefined;
   readonly #sessions = new Set<Session>();
@@ -268,18 +122,24 @@ class EchoServer implements Server {
       shutdownTimeoutMs = SERVE_DEFAULTS.shutdownTimeoutMs,
       handshakeTimeoutMs = SERVE_DEFAULTS.handshakeTimeoutMs,
       tcpBacklog,
+      allow = SERVE_DEFAULTS.allow,
+      deny = SERVE_DEFAULTS.deny,
+      proxyProtocol = SERVE_DEFAULTS.proxyProtocol,
       onConnState,
     } = options;
     const plan = FaultPlan.from(options); // throws on a bad value
     const faults = mode === "discard" ? undefined : plan; // nothing to delay
-    // Listen first: if it throws, nothing else (no timer) was started.
-    this.#listener = listen({ hostname, port, path, cert, key, tcpBacklog });
+    // Check the rules before listening: a bad one throws with nothing open.
+    const access = new AccessList(allow, deny);
+    const tls = cert !== undefined && key !== undefined;
+    this.#proxy = proxyProtocol === "off" ? undefined : proxyProtocol;
+    // Listen first: if it throws, nothing else (no timer) was started. With
+    // a PROXY header before TLS, the port is plain TCP (see _tls_relay.ts).
+    const relay = tls && this.#proxy !== undefined;
+    this.#listener = relay
+      ? listen({ hostname, port, tcpBacklog })
+      : listen({ hostname, port, path, cert, key, tcpBacklog });
     this.addr = this.#listener.addr as Deno.NetAddr | Deno.UnixAddr;
-    const where = formatAddr(this.addr);
-    if (faults !== undefined) {
-      this.#log.info("faults: {faults}", { faults: faults.describe() });
-    }
-    this.#log.info("listening on {where}", { where });
 
     this.#path = path;
     this.#echo = mode === "line"
@@ -301,15 +161,37 @@ class EchoServer implements Server {
         };
       };
     }
-    const tls = cert !== undefined && key !== undefined;
-    this.#handshakeTimeoutMs = !tls
-      ? undefined
-      : idleTimeoutMs > 0
+    const boundMs = idleTimeoutMs > 0
       ? Math.min(idleTimeoutMs, handshakeTimeoutMs)
       : handshakeTimeoutMs;
+    this.#handshakeTimeoutMs = tls ? boundMs : undefined;
+    this.#headerTimeoutMs = boundMs;
+    try {
+      this.#relay = relay ? new TlsRelay(cert!, key!, boundMs) : undefined;
+    } catch (cause) {
+      this.#listener.close();
+      throw new Error(`cannot listen on ${formatAddr(this.addr)}`, { cause });
+    }
+    const where = formatAddr(this.addr);
+    if (faults !== undefined) {
+      this.#log.info("faults: {faults}", { faults: faults.describe() });
+    }
+    this.#log.info("listening on {where}", { where });
     this.#shutdownTimeoutMs = shutdownTimeoutMs;
     this.#onConnState = onConnState;
-    this.#limits = new LocalConnLimits(maxConns, maxConnsPerIp);
+    // Two limits: all connections at accept, one address's once it is known.
+    const limits: ConnLimits = new LocalConnLimits(maxConns, 0);
+    const ipLimits = maxConnsPerIp > 0
+      ? new LocalConnLimits(Infinity, maxConnsPerIp)
+      : undefined;
+    this.#admission = new Admission(
+      { limits, ipLimits, access: access.empty ? undefined : access },
+      this.#log,
+      (refusal) => {
+        this.stats.refused++;
+        this.#emit({ state: "refused", ...refusal });
+      },
+    );
     const idle = `idle for ${seconds(idleTimeoutMs)}`;
     this.#idle = new IdleSweep(
       idleTimeoutMs,
@@ -378,53 +260,108 @@ class EchoServer implements Server {
     }
   }
 
-  /** Refuses `conn` past a limit; otherwise starts and tracks its task. */
+  /**
+   * Refuses `conn` past `maxConns`; otherwise, with the PROXY protocol,
+   * starts a task that reads its header first, and without, admits the
+   * client (`allow`/`deny`, `maxConnsPerIp`) and starts its session.
+   */
   #admit(conn: Deno.Conn): void {
     const remote = conn.remoteAddr;
     const ip = "hostname" in remote ? remote.hostname : "unix";
     const peer = "hostname" in remote
       ? formatAddr(remote)
       : `unix#${++this.#unixCount}`;
-    const permit = this.#limits.acquire(ip);
-    if (permit === undefined) {
-      const refusal = this.#limits.refusal(ip);
-      this.stats.refused++;
-      this.#log.warn("[{peer}] refused: {refusal}", { peer, refusal });
-      conn.close();
-      this.#emit({ state: "refused", peer, reason: refusal });
+    const slot = this.#admission.accept(conn, peer, ip);
+    if (slot === undefined) return;
+    // Faulty or not is decided at accept, in accept order, so a seed replays.
+    if (this.#proxy !== undefined) {
+      const echo = this.#pickEcho?.() ?? this.#echo;
+      const session = new Session(conn, peer, ip, this.stats, this.#log);
+      const proxied = this.#handleProxied(session, slot, this.#proxy, echo);
+      this.#track(session, proxied);
       return;
     }
-    this.stats.active++;
+    const permit = this.#admission.client(conn, peer, ip);
+    if (permit === undefined) {
+      slot[Symbol.dispose]();
+      return;
+    }
     this.stats.served++;
-    const session = new Session(conn, peer, ip, this.stats, this.#log);
-    this.#sessions.add(session);
-    // Faulty or not is decided here, in accept order, so a seed replays.
     const echo = this.#pickEcho?.() ?? this.#echo;
-    const task: Promise<void> = this.#handle(session, permit, echo)
-      .catch((err) => this.#log.error("connection task failed: {err}", { err }))
-      .finally(() => {
+    const session = new Session(conn, peer, ip, this.stats, this.#log);
+    this.#track(session, this.#handle(session, slot, permit, echo));
+  }
+
+  /**
+   * Counts and tracks a session's task until it ends; then tells
+   * `onConnState` it closed, unless the task says it was refused.
+   */
+  #track(session: Session, handling: Promise<boolean>): void {
+    this.stats.active++;
+    this.#sessions.add(session);
+    const task: Promise<void> = handling
+      .catch((err) => {
+        this.#log.error("connection task failed: {err}", { err });
+        return true;
+      })
+      .then((served) => {
         this.#sessions.delete(session);
         this.#tasks.delete(task);
         this.stats.active--;
-        if (this.#onConnState !== undefined) this.#emitClosed(session);
+        if (served && this.#onConnState !== undefined) {
+          this.#emitClosed(session);
+        }
       });
     this.#tasks.add(task);
   }
 
-  /** The connection task: holds the permit for as long as the session runs. */
+  /** The connection task: holds the permits for as long as the session runs. */
   async #handle(
     session: Session,
+    slot: Disposable,
     permit: Disposable,
     echo: Echo,
-  ): Promise<void> {
+  ): Promise<boolean> {
+    using _slot = slot;
     using _permit = permit;
-    this.#emit({ state: "open", peer: session.peer });
+    const { peer, via } = session;
+    this.#emit(via ? { state: "open", peer, via } : { state: "open", peer });
     await session.run(echo, this.#handshakeTimeoutMs);
+    return true;
+  }
+
+  /**
+   * A PROXY protocol connection's task: reads the header, admits the client
+   * it names, and runs the session. Resolves `false` if it was refused.
+   */
+  async #handleProxied(
+    session: Session,
+    slot: Disposable,
+    accept: ProxyAccept,
+    echo: Echo,
+  ): Promise<boolean> {
+    using _slot = slot;
+    if (!(await session.readProxyHeader(accept, this.#headerTimeoutMs))) {
+      this.stats.served++; // a connection closed with a warning, not refused
+      return true;
+    }
+    const { conn, peer, ip, via } = session;
+    const permit = this.#admission.client(conn, peer, ip, via);
+    if (permit === undefined) return false;
+    this.stats.served++;
+    if (this.#relay === undefined) {
+      return await this.#handle(session, NO_PERMIT, permit, echo);
+    }
+    using _permit = permit;
+    return await this.#relay.serve(
+      session,
+      (s) => this.#handle(s, NO_PERMIT, NO_PERMIT, echo),
+    );
   }
 
   /** Tells `onConnState` how `session` ended. */
   #emitClosed(session: Session): void {
-    const { peer, bytesIn, bytesOut, durationMs, closeReason } = session;
+    const { peer, via, bytesIn, bytesOut, durationMs, closeReason } = session;
     const event: ConnEvent = {
       state: "closed",
       peer,
@@ -432,6 +369,7 @@ class EchoServer implements Server {
       bytesOut,
       durationMs,
     };
+    if (via !== undefined) event.via = via;
     if (closeReason !== undefined) event.reason = closeReason;
     this.#emit(event);
   }
@@ -472,6 +410,8 @@ class EchoServer implements Server {
       await Promise.allSettled(tasks);
     }
     this.#idle[Symbol.dispose]();
+    this.#admission[Symbol.dispose]();
+    await this.#relay?.close();
     if (this.#path !== undefined) removeSocketFile(this.#path);
     log.info("stopped: {served} connections served, {bytesOut} bytes echoed", {
       served: this.stats.served,

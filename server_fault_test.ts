@@ -213,10 +213,9 @@ Deno.test({
     const refused = events.events.filter((e) => e.state === "refused");
     assert.deepEqual(
       refused.map((e) => attacker(e) && e.reason),
-      Array(20 - perIp).fill(
-        "too many connections from 127.0.0.2 (max-conns-per-ip 8)",
-      ),
+      Array(20 - perIp).fill("too many connections (max-conns-per-ip 8)"),
     );
+    assert.ok(refused.every((e) => e.code === "max-conns-per-ip"));
     // Its address is welcome again once its connections are gone.
     await roundTrip(active, bytes("."));
     assert.equal(server.stats.active, 1);
