@@ -14,7 +14,7 @@ import {
   ProxyHeaderError,
   readProxyHeader,
 } from "./_proxy_protocol.ts";
-import { escapePreview, isDisconnect, writeAll } from "./io.ts";
+import { escapePreview, isPeerError, writeAll } from "./io.ts";
 
 /** Read buffer bounds: see {@linkcode ReadBuffer}. */
 const MIN_READ_BYTES = 1024;
@@ -204,7 +204,7 @@ export class Session {
         log.warn("[{peer}] closing: {reason}", { reason: this.closeReason });
       } else if (this.closeReason !== undefined) {
         log.info("[{peer}] closing: {reason}", { reason: this.closeReason });
-      } else if (isDisconnect(err)) {
+      } else if (isPeerError(err)) {
         log.debug("[{peer}] {err}", { err: String(err) });
       } else {
         log.error("[{peer}] connection failed: {err}", { err });
@@ -239,7 +239,7 @@ export class Session {
       } else if (err instanceof LimitError || err instanceof HandshakeError) {
         this.closeReason = err.message;
         log.warn("[{peer}] closing: {reason}", { reason: err.message });
-      } else if (isDisconnect(err)) {
+      } else if (isPeerError(err)) {
         log.debug("[{peer}] {err}", { err: String(err) });
       } else {
         log.error("[{peer}] connection failed: {err}", { err });
@@ -282,7 +282,14 @@ async function handshake(session: Session, timeoutMs: number): Promise<void> {
   try {
     await conn.handshake();
   } catch (cause) {
-    if (session.closeReason !== undefined || isDisconnect(cause)) throw cause;
+    // A client gone is a debug line; one that speaks no TLS (plaintext, an
+    // alert such as UnknownCA: InvalidData) is worth a warning.
+    if (
+      session.closeReason !== undefined ||
+      (isPeerError(cause) && !(cause instanceof Deno.errors.InvalidData))
+    ) {
+      throw cause;
+    }
     throw new HandshakeError(
       `TLS handshake failed: ${(cause as Error).message}`,
       { cause },
