@@ -14,6 +14,7 @@ import {
   ProxyHeaderError,
   readProxyHeader,
 } from "./_proxy_protocol.ts";
+import type { ReleaseTls } from "./_tls_release.ts";
 import { escapePreview, isPeerError, writeAll } from "./io.ts";
 
 /** Read buffer bounds: see {@linkcode ReadBuffer}. */
@@ -222,18 +223,26 @@ export class Session {
    * only a bug rejects.
    *
    * @param handshakeTimeoutMs TLS only: the bound on the handshake
+   * @param release TLS only: releases the socket of a connection that the
+   *   server ended (interrupted, a limit, a failed handshake) or that failed
    */
-  async run(echo: Echo, handshakeTimeoutMs?: number): Promise<void> {
-    using _conn = this.conn; // closed however we leave
+  async run(
+    echo: Echo,
+    handshakeTimeoutMs?: number,
+    release?: ReleaseTls,
+  ): Promise<void> {
+    using conn = this.conn; // closed however we leave
     const { log, via } = this;
     if (via === undefined) log.info("[{peer}] online");
     else log.info("[{peer}] online (via {via})", { via });
+    let failed = false;
     try {
       if (handshakeTimeoutMs !== undefined) {
         await handshake(this, handshakeTimeoutMs);
       }
       await echo(this);
     } catch (err) {
+      failed = true;
       if (this.closeReason !== undefined) {
         log.info("[{peer}] closing: {reason}", { reason: this.closeReason });
       } else if (err instanceof LimitError || err instanceof HandshakeError) {
@@ -245,6 +254,9 @@ export class Session {
         log.error("[{peer}] connection failed: {err}", { err });
       }
     } finally {
+      // Such a connection may owe the client bytes or a handshake, and Deno
+      // 2.9.6 would keep its socket open until the client acts.
+      if (failed || this.closeReason !== undefined) release?.(conn);
       this.#endedAt = performance.now();
       log.info(
         "[{peer}] offline ({duration}, {bytesIn} bytes in, {bytesOut} bytes out)",
