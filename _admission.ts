@@ -10,6 +10,7 @@
 import type { Logger } from "@logtape/logtape";
 import type { AccessList } from "./_cidr.ts";
 import type { ConnLimits } from "./_limits.ts";
+import type { ReleaseTls } from "./_tls_release.ts";
 
 /**
  * Why a connection was refused, as `refused` connection events and the
@@ -120,21 +121,29 @@ export class Admission implements Disposable {
   readonly #access: AccessList | undefined;
   readonly #log: RefusalLog;
   readonly #onRefused: (refusal: Refusal) => void;
+  readonly #release: ReleaseTls | undefined;
 
   /**
    * @param rules `limits` counts every connection (`maxConns`); `ipLimits`
-   *   counts by address (`maxConnsPerIp`); `access` is `allow`/`deny`
+   *   counts by address (`maxConnsPerIp`); `access` is `allow`/`deny`;
+   *   `release`, on a TLS listener, releases a refused connection's socket
    * @param log where refusal warnings go
    * @param onRefused told of each refusal (to count it)
    */
   constructor(
-    rules: { limits: ConnLimits; ipLimits?: ConnLimits; access?: AccessList },
+    rules: {
+      limits: ConnLimits;
+      ipLimits?: ConnLimits;
+      access?: AccessList;
+      release?: ReleaseTls;
+    },
     log: Logger,
     onRefused: (refusal: Refusal) => void,
   ) {
     this.#limits = rules.limits;
     this.#ipLimits = rules.ipLimits;
     this.#access = rules.access;
+    this.#release = rules.release;
     this.#log = new RefusalLog(log);
     this.#onRefused = onRefused;
   }
@@ -181,6 +190,7 @@ export class Admission implements Disposable {
   }
 
   #refuse(conn: Deno.Conn, refusal: Refusal): void {
+    this.#release?.(conn); // its handshake would hold the socket
     conn[Symbol.dispose]();
     if (refusal.via === undefined) delete refusal.via;
     this.#log.refused(refusal.peer, refusal.code, refusal.reason);

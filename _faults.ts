@@ -15,7 +15,7 @@
  */
 import { createRandom, randomSeed } from "./_random.ts";
 import { ReadBuffer, type Send, type Session } from "./_session.ts";
-import { delay, isDisconnect, writeAll } from "./io.ts";
+import { delay, isPeerError, writeAll } from "./io.ts";
 import type { ServeOptions } from "./server.ts";
 
 /**
@@ -220,13 +220,13 @@ export async function echoWithFaults(
     // write blocked on a client that does not read). The server's own limit
     // (a line too long) does not: what was answered before it still goes
     // out, as it does without faults.
-    if (isDisconnect(err)) {
+    if (isPeerError(err)) {
       out.stop(err);
       closeQuietly(session.conn);
     }
     out.close();
     await writing;
-    throw isDisconnect(err) ? out.error ?? err : err;
+    throw isPeerError(err) ? out.error ?? err : err;
   }
   out.close();
   await writing;

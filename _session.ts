@@ -14,7 +14,8 @@ import {
   ProxyHeaderError,
   readProxyHeader,
 } from "./_proxy_protocol.ts";
-import { escapePreview, isDisconnect, writeAll } from "./io.ts";
+import type { ReleaseTls } from "./_tls_release.ts";
+import { escapePreview, isPeerError, writeAll } from "./io.ts";
 
 /** Read buffer bounds: see {@linkcode ReadBuffer}. */
 const MIN_READ_BYTES = 1024;
@@ -204,7 +205,7 @@ export class Session {
         log.warn("[{peer}] closing: {reason}", { reason: this.closeReason });
       } else if (this.closeReason !== undefined) {
         log.info("[{peer}] closing: {reason}", { reason: this.closeReason });
-      } else if (isDisconnect(err)) {
+      } else if (isPeerError(err)) {
         log.debug("[{peer}] {err}", { err: String(err) });
       } else {
         log.error("[{peer}] connection failed: {err}", { err });
@@ -222,29 +223,40 @@ export class Session {
    * only a bug rejects.
    *
    * @param handshakeTimeoutMs TLS only: the bound on the handshake
+   * @param release TLS only: releases the socket of a connection that the
+   *   server ended (interrupted, a limit, a failed handshake) or that failed
    */
-  async run(echo: Echo, handshakeTimeoutMs?: number): Promise<void> {
-    using _conn = this.conn; // closed however we leave
+  async run(
+    echo: Echo,
+    handshakeTimeoutMs?: number,
+    release?: ReleaseTls,
+  ): Promise<void> {
+    using conn = this.conn; // closed however we leave
     const { log, via } = this;
     if (via === undefined) log.info("[{peer}] online");
     else log.info("[{peer}] online (via {via})", { via });
+    let failed = false;
     try {
       if (handshakeTimeoutMs !== undefined) {
         await handshake(this, handshakeTimeoutMs);
       }
       await echo(this);
     } catch (err) {
+      failed = true;
       if (this.closeReason !== undefined) {
         log.info("[{peer}] closing: {reason}", { reason: this.closeReason });
       } else if (err instanceof LimitError || err instanceof HandshakeError) {
         this.closeReason = err.message;
         log.warn("[{peer}] closing: {reason}", { reason: err.message });
-      } else if (isDisconnect(err)) {
+      } else if (isPeerError(err)) {
         log.debug("[{peer}] {err}", { err: String(err) });
       } else {
         log.error("[{peer}] connection failed: {err}", { err });
       }
     } finally {
+      // Such a connection may owe the client bytes or a handshake, and Deno
+      // 2.9.6 would keep its socket open until the client acts.
+      if (failed || this.closeReason !== undefined) release?.(conn);
       this.#endedAt = performance.now();
       log.info(
         "[{peer}] offline ({duration}, {bytesIn} bytes in, {bytesOut} bytes out)",
@@ -282,7 +294,14 @@ async function handshake(session: Session, timeoutMs: number): Promise<void> {
   try {
     await conn.handshake();
   } catch (cause) {
-    if (session.closeReason !== undefined || isDisconnect(cause)) throw cause;
+    // A client gone is a debug line; one that speaks no TLS (plaintext, an
+    // alert such as UnknownCA: InvalidData) is worth a warning.
+    if (
+      session.closeReason !== undefined ||
+      (isPeerError(cause) && !(cause instanceof Deno.errors.InvalidData))
+    ) {
+      throw cause;
+    }
     throw new HandshakeError(
       `TLS handshake failed: ${(cause as Error).message}`,
       { cause },

@@ -14,6 +14,7 @@
  */
 import { isDisconnect, writeAll } from "./io.ts";
 import type { Session } from "./_session.ts";
+import type { ReleaseTls } from "./_tls_release.ts";
 
 /** Relay buffer per direction. */
 const RELAY_BYTES = 16 * 1024;
@@ -35,14 +36,21 @@ export class TlsRelay {
   /** Relays waiting for their connection, by our port. */
   readonly #waiting = new Map<number, (conn: Deno.TlsConn) => void>();
   readonly #accepting: Promise<void>;
+  readonly #release: ReleaseTls | undefined;
   #closed = false;
 
   /**
    * Listens now.
    *
+   * @param release releases the socket of a TLS connection nobody claimed
    * @throws {Error} when the private listener cannot be opened (bad PEM)
    */
-  constructor(cert: string, key: string, claimTimeoutMs: number) {
+  constructor(
+    cert: string,
+    key: string,
+    claimTimeoutMs: number,
+    release?: ReleaseTls,
+  ) {
     this.#listener = Deno.listenTls({
       hostname: "127.0.0.1",
       port: 0,
@@ -51,6 +59,7 @@ export class TlsRelay {
     });
     this.#port = this.#listener.addr.port;
     this.#claimTimeoutMs = claimTimeoutMs;
+    this.#release = release;
     this.#accepting = this.#accept();
   }
 
@@ -73,6 +82,7 @@ export class TlsRelay {
       }
       const timer = setTimeout(() => {
         this.#arrived.delete(port);
+        this.#release?.(conn);
         conn[Symbol.dispose](); // a stranger
       }, this.#claimTimeoutMs);
       this.#arrived.set(port, { conn, timer });
@@ -137,6 +147,7 @@ export class TlsRelay {
     await this.#accepting;
     for (const { conn, timer } of this.#arrived.values()) {
       clearTimeout(timer);
+      this.#release?.(conn);
       conn[Symbol.dispose]();
     }
     this.#arrived.clear();

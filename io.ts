@@ -61,6 +61,34 @@ export function isDisconnect(err: unknown): boolean {
     err instanceof Deno.errors.BadResource;
 }
 
+/** OS error codes Deno reports as a plain `Error`, that a peer can cause. */
+const PEER_ERROR_CODES = new Set([
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EHOSTDOWN",
+  "ENETDOWN",
+]);
+
+/**
+ * Errors a peer can cause on its own connection, which end that connection
+ * and concern nobody else: {@linkcode isDisconnect}, TLS records that are
+ * not what they should be (rustls's `InvalidData`: garbage, a tampered
+ * record, a fatal alert), a peer that stopped acknowledging (`TimedOut`), or
+ * one that became unreachable.
+ */
+export function isPeerError(err: unknown): boolean {
+  if (
+    isDisconnect(err) ||
+    err instanceof Deno.errors.InvalidData ||
+    err instanceof Deno.errors.TimedOut ||
+    err instanceof Deno.errors.NetworkUnreachable
+  ) {
+    return true;
+  }
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && PEER_ERROR_CODES.has(code);
+}
+
 /** `HOST:PORT` (`[::1]:PORT` for IPv6) or `unix:PATH`, as logs and errors show it. */
 export function formatAddr(addr: Deno.Addr): string {
   if (!("hostname" in addr)) {

@@ -4,6 +4,7 @@ import {
   escapeControls,
   escapePreview,
   isDisconnect,
+  isPeerError,
   quote,
   readAll,
   type Reader,
@@ -172,6 +173,51 @@ Deno.test("isDisconnect() recognises a read interrupted by closing the socket", 
   const err = await pending.then(() => undefined, (err: unknown) => err);
   assert.ok(err !== undefined, "the read was not interrupted");
   assert.equal(isDisconnect(err), true, String(err));
+});
+
+// ---- isPeerError ----------------------------------------------------------
+
+/** An OS error as Deno reports one it has no class for: a code on an Error. */
+function osError(code: string): Error {
+  return Object.assign(new Error(`${code} (os error)`), { code });
+}
+
+Deno.test("isPeerError() is true for disconnects and what else a peer can cause", () => {
+  for (
+    const err of [
+      new Deno.errors.ConnectionReset("x"),
+      new Deno.errors.BrokenPipe("x"),
+      new Deno.errors.UnexpectedEof("x"),
+      new Deno.errors.InvalidData("received corrupt message"),
+      new Deno.errors.TimedOut("timed out"),
+      new Deno.errors.NetworkUnreachable("x"),
+      osError("EHOSTUNREACH"),
+      osError("ENETUNREACH"),
+      osError("EHOSTDOWN"),
+      osError("ENETDOWN"),
+    ]
+  ) {
+    assert.equal(isPeerError(err), true, String(err));
+  }
+});
+
+Deno.test("isPeerError() is false for our own failures and for non-errors", () => {
+  for (
+    const err of [
+      new Deno.errors.NotFound("x"),
+      new Deno.errors.PermissionDenied("x"),
+      new Deno.errors.AddrInUse("x"),
+      osError("EMFILE"),
+      osError("ENOBUFS"),
+      new TypeError("x"),
+      "InvalidData",
+      { code: 113 },
+      undefined,
+      null,
+    ]
+  ) {
+    assert.equal(isPeerError(err), false, String(err));
+  }
 });
 
 // ---- escapePreview --------------------------------------------------------

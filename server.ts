@@ -30,6 +30,11 @@ import {
   Session,
 } from "./_session.ts";
 import { TlsRelay } from "./_tls_relay.ts";
+import {
+  type ReleaseTls,
+  tlsReleaser,
+  tlsReleaseUnavailable,
+} from "./_tls_release.ts";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
 
 export { removeStaleSocket } from "./_listen.ts";
@@ -95,6 +100,8 @@ class EchoServer implements Server {
   readonly #proxy: ProxyAccept | undefined; // PROXY header versions taken
   readonly #headerTimeoutMs: number;
   readonly #relay: TlsRelay | undefined; // TLS after a PROXY header
+  /** TLS: releases the sockets of connections the server closes. */
+  readonly #release: ReleaseTls | undefined;
   readonly #shutdownTimeoutMs: number;
   readonly #admission: Admission;
   readonly #idle: IdleSweep<Session>;
@@ -166,13 +173,22 @@ class EchoServer implements Server {
       : handshakeTimeoutMs;
     this.#handshakeTimeoutMs = tls ? boundMs : undefined;
     this.#headerTimeoutMs = boundMs;
+    this.#release = tls ? tlsReleaser() : undefined;
     try {
-      this.#relay = relay ? new TlsRelay(cert!, key!, boundMs) : undefined;
+      this.#relay = relay
+        ? new TlsRelay(cert!, key!, boundMs, this.#release)
+        : undefined;
     } catch (cause) {
       this.#listener.close();
       throw new Error(`cannot listen on ${formatAddr(this.addr)}`, { cause });
     }
     const where = formatAddr(this.addr);
+    if (tls && this.#release === undefined) {
+      this.#log.warn(
+        "TLS: descriptors of connections the server closes may linger until the peer acts (Deno 2.9.6): {why}",
+        { why: tlsReleaseUnavailable() },
+      );
+    }
     if (faults !== undefined) {
       this.#log.info("faults: {faults}", { faults: faults.describe() });
     }
@@ -185,7 +201,12 @@ class EchoServer implements Server {
       ? new LocalConnLimits(Infinity, maxConnsPerIp)
       : undefined;
     this.#admission = new Admission(
-      { limits, ipLimits, access: access.empty ? undefined : access },
+      {
+        limits,
+        ipLimits,
+        access: access.empty ? undefined : access,
+        release: relay ? undefined : this.#release, // relayed: plain TCP
+      },
       this.#log,
       (refusal) => {
         this.stats.refused++;
@@ -326,7 +347,7 @@ class EchoServer implements Server {
     using _permit = permit;
     const { peer, via } = session;
     this.#emit(via ? { state: "open", peer, via } : { state: "open", peer });
-    await session.run(echo, this.#handshakeTimeoutMs);
+    await session.run(echo, this.#handshakeTimeoutMs, this.#release);
     return true;
   }
 
@@ -412,6 +433,7 @@ class EchoServer implements Server {
     this.#idle[Symbol.dispose]();
     this.#admission[Symbol.dispose]();
     await this.#relay?.close();
+    await this.#release?.settled(); // no timer outlives the server
     if (this.#path !== undefined) removeSocketFile(this.#path);
     log.info("stopped: {served} connections served, {bytesOut} bytes echoed", {
       served: this.stats.served,
