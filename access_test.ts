@@ -11,18 +11,16 @@ import { formatProxyHeader, type ProxyHeader } from "./_proxy_protocol.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import {
   captureLogs,
-  cli,
   ConnEvents,
   echoAll,
   peerOf,
   readAll,
   render,
   roundTrip,
-  runCli,
-  ServerProcess,
   watchdog,
   writeAll,
 } from "./testing.ts";
+import { cli, runCli, ServerProcess } from "./testing_cli.ts";
 
 const encoder = new TextEncoder();
 const bytes = (text: string) => encoder.encode(text);

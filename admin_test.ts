@@ -16,13 +16,8 @@ import {
   sumSnapshots,
 } from "./_metrics.ts";
 import { serve } from "./server.ts";
-import {
-  ConnEvents,
-  echoAll,
-  runCli,
-  ServerProcess,
-  writeAll,
-} from "./testing.ts";
+import { ConnEvents, echoAll, writeAll } from "./testing.ts";
+import { runCli, ServerProcess } from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 

@@ -16,7 +16,8 @@ import { split, WorkerShard } from "./_bench_threads.ts";
 import { EchoError } from "./_bench_connection.ts";
 import { checkBenchOptions } from "./bench.ts";
 import { serve } from "./server.ts";
-import { echoServer, flipBitAt, stubServer } from "./testing.ts";
+import { echoServer, flipBitAt } from "./testing.ts";
+import { stubServer } from "./testing_cli.ts";
 
 // ---- helpers --------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ import {
   UsageError,
 } from "./_cli.ts";
 import { serve } from "./server.ts";
-import { cli, echoAll, runCli, ServerProcess } from "./testing.ts";
+import { echoAll } from "./testing.ts";
+import { cli, runCli, ServerProcess } from "./testing_cli.ts";
 
 const testdata = (name: string) =>
   new URL(`./testdata/${name}`, import.meta.url).pathname;

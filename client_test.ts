@@ -3,15 +3,14 @@ import { connect, forTerminal, type Input, pipe } from "./client.ts";
 import { serve } from "./server.ts";
 import { delay, LineSplitter, readLines } from "./io.ts";
 import {
-  cli,
   ConnEvents,
   echoServer,
   randomBytes,
   readAll,
   roundTrip,
-  runCli,
   writeAll,
 } from "./testing.ts";
+import { cli, runCli } from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 

@@ -12,17 +12,16 @@ import { isDisconnect } from "./io.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import {
   captureLogs,
-  cli,
   closeQuietly,
   ConnEvents,
   randomBytes,
   readAll,
   render,
   roundTrip,
-  ServerProcess,
   watchdog,
   writeAll,
 } from "./testing.ts";
+import { cli, ServerProcess } from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 const testdata = (name: string) =>

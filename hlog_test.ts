@@ -10,7 +10,8 @@ import {
   UNCORRECTED_TAG,
 } from "./_hlog.ts";
 import { runBench } from "./bench.ts";
-import { echoServer, runCli } from "./testing.ts";
+import { echoServer } from "./testing.ts";
+import { runCli } from "./testing_cli.ts";
 
 // hdr-histogram-js, HdrHistogram's own JavaScript port, is the independent
 // reader (and writer) these tests check our files against.

@@ -5,15 +5,8 @@ import { type Command, findCommand } from "./_cli.ts";
 import { benchCommand } from "./_bench_command.ts";
 import { clientCommand } from "./_client_command.ts";
 import { serverCommand } from "./_server_command.ts";
-import {
-  captureLogs,
-  cli,
-  echoAll,
-  echoServer,
-  flipBitAt,
-  runCli,
-  ServerProcess,
-} from "./testing.ts";
+import { captureLogs, echoAll, echoServer, flipBitAt } from "./testing.ts";
+import { cli, runCli, ServerProcess } from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 const posix = Deno.build.os !== "windows";

@@ -11,7 +11,8 @@ import {
   type UdpConn,
   type UdpServeOptions,
 } from "./udp.ts";
-import { captureLogs, randomBytes, render, ServerProcess } from "./testing.ts";
+import { captureLogs, randomBytes, render } from "./testing.ts";
+import { ServerProcess } from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 const text = (data: Uint8Array) => new TextDecoder().decode(data);
