@@ -20,7 +20,7 @@ import {
   watchdog,
   writeAll,
 } from "./testing.ts";
-import { cli, runCli, ServerProcess } from "./testing_cli.ts";
+import { benchJson, cli, runCli, ServerProcess } from "./testing_cli.ts";
 
 const encoder = new TextEncoder();
 const bytes = (text: string) => encoder.encode(text);
@@ -706,8 +706,7 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
         "--deny",
         "203.0.113.0/24", // nobody the bench sends
       ]);
-      const { code, stdout, stderr } = await runCli([
-        "bench",
+      const { result } = await benchJson([
         "--port",
         `${server.port}`,
         "--send-proxy",
@@ -716,10 +715,7 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
         "4",
         "-d",
         "0.3",
-        "--json",
       ]);
-      assert.equal(code, 0, stderr);
-      const result = JSON.parse(stdout);
       assert.equal(result.errors, 0);
       assert.ok(result.messages > 0);
       // Each connection's header named its own address: the server says so.
@@ -729,8 +725,7 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
     });
   }
   await t.step("--spawn-server", async () => {
-    const { code, stdout, stderr } = await runCli([
-      "bench",
+    const { result } = await benchJson([
       "--spawn-server",
       "--send-proxy",
       "v2",
@@ -738,10 +733,8 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
       "2",
       "-d",
       "0.3",
-      "--json",
     ]);
-    assert.equal(code, 0, stderr);
-    assert.equal(JSON.parse(stdout).errors, 0);
+    assert.equal(result.errors, 0);
   });
   await t.step(
     "a server without --proxy-protocol echoes the header: an error",
@@ -852,8 +845,7 @@ Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy
     "--proxy-protocol",
     "v2",
   ]);
-  const { code, stdout, stderr } = await runCli([
-    "bench",
+  const { result } = await benchJson([
     "--host",
     "localhost",
     "--port",
@@ -867,10 +859,7 @@ Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy
     "4",
     "-d",
     "0.3",
-    "--json",
   ]);
-  assert.equal(code, 0, stderr);
-  const result = JSON.parse(stdout);
   assert.equal(result.errors, 0);
   assert.ok(result.messages > 0);
   await server.waitFor(/\] online \(via /);

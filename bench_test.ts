@@ -17,7 +17,7 @@ import { EchoError } from "./_bench_connection.ts";
 import { checkBenchOptions } from "./bench.ts";
 import { serve } from "./server.ts";
 import { echoServer, flipBitAt } from "./testing.ts";
-import { stubServer } from "./testing_cli.ts";
+import { LATENCY_KEYS, RESULT_KEYS, stubServer } from "./testing_cli.ts";
 
 // ---- helpers --------------------------------------------------------------------
 
@@ -430,33 +430,8 @@ Deno.test("runBench() result has the SPEC's JSON keys in order, then per_conn", 
     warmupMs: 0,
   });
   const json = JSON.parse(JSON.stringify(result));
-  assert.deepEqual(Object.keys(json), [
-    "pattern",
-    "connections",
-    "size",
-    "duration_s",
-    "messages",
-    "messages_per_s",
-    "bytes",
-    "mib_per_s",
-    "latency_us",
-    "errors",
-    "rate",
-    "latency_uncorrected_us",
-    "connects_per_s",
-    "lost",
-    "per_conn",
-  ]);
-  assert.deepEqual(Object.keys(json.latency_us), [
-    "p50",
-    "p75",
-    "p90",
-    "p95",
-    "p99",
-    "p999",
-    "p9999",
-    "max",
-  ]);
+  assert.deepEqual(Object.keys(json), RESULT_KEYS);
+  assert.deepEqual(Object.keys(json.latency_us), LATENCY_KEYS);
   assert.equal(json.rate, null);
   assert.equal(json.latency_uncorrected_us, null);
   assert.equal(json.connects_per_s, null);

@@ -6,7 +6,9 @@
  *
  * @module
  */
+import assert from "node:assert/strict";
 import { ServerChild } from "./spawn.ts";
+import { watchdog } from "./testing.ts";
 
 const MAIN = new URL("./main.ts", import.meta.url).pathname;
 
@@ -21,13 +23,130 @@ export function cli(args: string[], stdin: "piped" | "null" = "null") {
   });
 }
 
-/** Runs the CLI to completion: exit code, stdout and stderr as text. */
+/** How long a CLI run may take, unless a test says less. */
+export const CHILD_MS = 30_000;
+
+/**
+ * Runs the CLI to completion: exit code, stdout and stderr as text. A run
+ * still going after `timeoutMs` is killed (SIGKILL) and fails its test,
+ * instead of hanging the suite.
+ */
 export async function runCli(
   args: string[],
+  timeoutMs = CHILD_MS,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  const { code, stdout, stderr } = await cli(args).output();
+  const { code, stdout, stderr } = await runToEnd(args, timeoutMs);
   const text = new TextDecoder();
   return { code, stdout: text.decode(stdout), stderr: text.decode(stderr) };
+}
+
+/**
+ * Runs `tcpecho client ARGS` to completion with `input` on its stdin (as
+ * {@linkcode runCli}, killed after `timeoutMs`): exit code, stdout as bytes,
+ * stderr as text.
+ */
+export async function runClient(
+  args: string[],
+  input: Uint8Array,
+  timeoutMs = CHILD_MS,
+): Promise<{ code: number; stdout: Uint8Array; stderr: string }> {
+  const { code, stdout, stderr } = await runToEnd(
+    ["client", ...args],
+    timeoutMs,
+    async (stdin) => {
+      const writer = stdin.getWriter();
+      await writer.write(input);
+      await writer.close();
+    },
+  );
+  return { code, stdout, stderr: new TextDecoder().decode(stderr) };
+}
+
+/** `tcpecho ARGS` to its end, `feed` writing its stdin, killed after `timeoutMs`. */
+async function runToEnd(
+  args: string[],
+  timeoutMs: number,
+  feed?: (stdin: WritableStream<Uint8Array>) => Promise<void>,
+): Promise<Deno.CommandOutput> {
+  const child = cli(args, feed ? "piped" : "null").spawn();
+  using dog = watchdog(timeoutMs, () => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited meanwhile */ }
+  });
+  const [, output] = await Promise.all([
+    // A child that failed early (no server to connect to) reads nothing.
+    feed?.(child.stdin).catch(() => {}),
+    child.output(),
+  ]);
+  assert.ok(
+    !dog.fired,
+    `tcpecho ${args.join(" ")}: still running after ${timeoutMs / 1000} s`,
+  );
+  return output;
+}
+
+/**
+ * Asserts a usage error: exit 2, nothing on stdout, and on stderr two
+ * lines, `error: MESSAGE` (`message` in full, or a pattern it matches) and
+ * one that matches `usage`.
+ */
+export async function assertUsageError(
+  args: string[],
+  message: string | RegExp,
+  usage = /^usage: tcpecho/,
+  timeoutMs = 10_000,
+): Promise<void> {
+  const { code, stdout, stderr } = await runCli(args, timeoutMs);
+  assert.equal(code, 2, `${args.join(" ")}: ${stderr}`);
+  assert.equal(stdout, "");
+  const lines = stderr.trimEnd().split("\n");
+  assert.equal(lines.length, 2, stderr);
+  if (typeof message === "string") assert.equal(lines[0], `error: ${message}`);
+  else assert.match(lines[0], message);
+  assert.match(lines[1], usage);
+}
+
+/** The keys of `bench --json`'s object, in the SPEC's order. */
+export const RESULT_KEYS = [
+  "pattern",
+  "connections",
+  "size",
+  "duration_s",
+  "messages",
+  "messages_per_s",
+  "bytes",
+  "mib_per_s",
+  "latency_us",
+  "errors",
+  "rate",
+  "latency_uncorrected_us",
+  "connects_per_s",
+  "lost",
+  "per_conn",
+];
+
+/** The keys of its `latency_us`, in order. */
+export const LATENCY_KEYS = [
+  "p50",
+  "p75",
+  "p90",
+  "p95",
+  "p99",
+  "p999",
+  "p9999",
+  "max",
+];
+
+/**
+ * Runs `tcpecho bench ARGS --json` (as {@linkcode runCli}), asserts that it
+ * exits 0 (its stderr says why not), and returns the parsed result and the
+ * stderr.
+ */
+export async function benchJson(args: string[]) {
+  const { code, stdout, stderr } = await runCli(["bench", ...args, "--json"]);
+  assert.equal(code, 0, stderr);
+  return { result: JSON.parse(stdout), stderr };
 }
 
 /**
@@ -118,6 +237,81 @@ export async function stubServer(
     stub,
     async [Symbol.asyncDispose]() {
       await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+/** Whether script(1) is here, to run a child under a pseudo-terminal. */
+export const hasScript = (() => {
+  try {
+    return new Deno.Command("script", { args: ["--version"] }).outputSync()
+      .success;
+  } catch {
+    return false;
+  }
+})();
+
+/**
+ * `tcpecho client ARGS` under a real pseudo-terminal, via script(1): keys
+ * typed, what the screen shows, the exit code. Each wait to see a text
+ * fails after `seeMs`; the child is killed after {@linkcode CHILD_MS}.
+ */
+export function underPty(args: string[], seeMs = 20_000) {
+  const command = [Deno.execPath(), "run", "-A", "--quiet", MAIN, "client"]
+    .concat(args).join(" ");
+  const child = new Deno.Command("script", {
+    args: ["-qefc", command, "/dev/null"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", TERM: "dumb" },
+    signal: AbortSignal.timeout(CHILD_MS),
+  }).spawn();
+  let screen = "";
+  const waiters: { text: string; resolve: () => void }[] = [];
+  const reading = (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stdout) {
+      screen += decoder.decode(chunk, { stream: true });
+      for (const w of waiters.splice(0)) {
+        if (screen.includes(w.text)) w.resolve();
+        else waiters.push(w);
+      }
+    }
+  })();
+  const writer = child.stdin.getWriter();
+  const encoder = new TextEncoder();
+  return {
+    /** Everything the terminal showed so far. */
+    get screen() {
+      return screen;
+    },
+    /** Types `text` (`\r` is Enter, `\x04` Ctrl+D, `\x03` Ctrl+C). */
+    type: (text: string) => writer.write(encoder.encode(text)),
+    /** Resolves once `text` is on screen; rejects after `seeMs`. */
+    async see(text: string): Promise<void> {
+      if (screen.includes(text)) return;
+      const { promise, resolve, reject } = Promise.withResolvers<void>();
+      waiters.push({ text, resolve });
+      const timer = setTimeout(
+        () => reject(new Error(`never saw ${text}; screen:\n${screen}`)),
+        seeMs,
+      );
+      try {
+        await promise;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+    /** Closes its stdin and waits for it: the exit code. */
+    async exit(): Promise<number> {
+      await writer.close().catch(() => {});
+      const [status] = await Promise.all([
+        child.status,
+        reading,
+        child.stderr.cancel(),
+      ]);
+      return status.code;
     },
   };
 }
