@@ -17,7 +17,7 @@ import type {
   BenchPattern,
   BenchProgress,
   BenchResult,
-} from "./bench.ts";
+} from "./_bench_types.ts";
 import { delay } from "./io.ts";
 
 /** How often the progress callback is called. */

@@ -19,7 +19,7 @@ import {
   type BenchIntervalListener,
   type BenchProgress,
   type BenchResult,
-} from "./bench.ts";
+} from "./_bench_types.ts";
 import {
   connectUdp,
   MAX_UDP_PAYLOAD,
