@@ -8,7 +8,13 @@
  * @module
  */
 
-import { drive } from "./_bench_driver.ts";
+import {
+  checkConnections,
+  checkIntervals,
+  checkMs,
+  driveHere,
+  driveSettings,
+} from "./_bench_driver.ts";
 import { LocalShard } from "./_bench_shard.ts";
 import { Payload } from "./_payload.ts";
 import {
@@ -67,32 +73,19 @@ export {
 export async function runBench(
   options: BenchOptions = {},
 ): Promise<BenchResult> {
-  const settings = checkBenchOptions(options);
-  const { result } = await drive(settings, (events) => [
-    new LocalShard({
-      ...settings.shard,
-      first: 0,
-      count: settings.connections,
-    }, events),
-  ]);
-  return result;
+  return await driveHere(
+    checkBenchOptions(options),
+    (shard, events) => new LocalShard(shard, events),
+  );
 }
 
 /** The options of a run, checked and defaulted, for the driver and its shards. */
 export function checkBenchOptions(options: BenchOptions) {
   const {
-    connections = BENCH_DEFAULTS.connections,
-    sizeBytes = BENCH_DEFAULTS.sizeBytes,
-    durationMs = BENCH_DEFAULTS.durationMs,
-    warmupMs = BENCH_DEFAULTS.warmupMs,
     pattern = BENCH_DEFAULTS.pattern,
     lines = BENCH_DEFAULTS.lines,
     drainTimeoutMs = BENCH_DEFAULTS.drainTimeoutMs,
     rate,
-    signal,
-    onProgress,
-    onError,
-    intervals,
     hostname,
     port,
     path,
@@ -102,13 +95,11 @@ export function checkBenchOptions(options: BenchOptions) {
     connectTimeoutMs,
     sendProxy,
   } = options;
-  if (!Number.isSafeInteger(connections) || connections < 1) {
-    throw new RangeError(
-      `invalid connections ${connections}: expected a positive integer`,
-    );
-  }
-  checkMs("durationMs", durationMs);
-  checkMs("warmupMs", warmupMs);
+  const settings = driveSettings(options, pattern, rate ?? 0);
+  const { connections, sizeBytes } = settings;
+  checkConnections(connections);
+  checkMs("durationMs", settings.durationMs);
+  checkMs("warmupMs", settings.warmupMs);
   checkMs("drainTimeoutMs", drainTimeoutMs);
   if (pattern !== "pingpong" && pattern !== "stream" && pattern !== "connect") {
     throw new RangeError(
@@ -123,25 +114,10 @@ export function checkBenchOptions(options: BenchOptions) {
       "invalid rate: the stream pattern has no messages to pace",
     );
   }
-  for (const { everyMs } of intervals ?? []) {
-    if (!(everyMs >= 1 && Number.isFinite(everyMs))) {
-      throw new RangeError(
-        `invalid interval ${everyMs}: expected 1 ms or more`,
-      );
-    }
-  }
+  checkIntervals(settings.intervals);
   new Payload(sizeBytes); // throws RangeError for a bad size
   return {
-    pattern,
-    connections,
-    sizeBytes,
-    durationMs,
-    warmupMs,
-    rate: rate ?? 0,
-    signal,
-    onProgress,
-    onError,
-    intervals,
+    ...settings,
     shard: {
       target: {
         hostname,
@@ -162,10 +138,4 @@ export function checkBenchOptions(options: BenchOptions) {
       drainTimeoutMs,
     },
   };
-}
-
-function checkMs(name: string, value: number): void {
-  if (!(value >= 0 && Number.isFinite(value))) {
-    throw new RangeError(`invalid ${name} ${value}: expected 0 or more`);
-  }
 }
