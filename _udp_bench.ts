@@ -17,7 +17,11 @@ import {
   type Shard,
 } from "./_bench_driver.ts";
 import { EchoError } from "./_bench_connection.ts";
-import type { ShardDelta, ShardEvents } from "./_bench_shard.ts";
+import {
+  type ShardDelta,
+  type ShardEvents,
+  takeDelta,
+} from "./_bench_shard.ts";
 import { LatencyHistogram } from "./_histogram.ts";
 import { Payload } from "./_payload.ts";
 import type {
@@ -197,19 +201,7 @@ export class UdpShard implements Shard {
 
   /** What was measured since the last call, and starts counting afresh. */
   take(): ShardDelta {
-    const run = this.#run;
-    const delta: ShardDelta = {
-      messages: run.messages,
-      bytes: run.bytes,
-      histogram: run.histogram.toSparse(),
-      uncorrected: null,
-      lost: run.lost,
-    };
-    run.messages = 0;
-    run.bytes = 0;
-    run.lost = 0;
-    run.histogram.reset();
-    return delta;
+    return takeDelta(this.#run);
   }
 
   /** Closes the window (no more sends) and takes the last delta. */
