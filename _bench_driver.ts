@@ -11,14 +11,14 @@
 import { LatencyHistogram } from "./_histogram.ts";
 import type { ShardDelta, ShardEvents } from "./_bench_shard.ts";
 import { benchResult, fairness } from "./_bench_report.ts";
-import {
-  BENCH_DEFAULTS,
-  type BenchInterval,
-  type BenchIntervalListener,
-  type BenchOptions,
-  type BenchPattern,
-  type BenchProgress,
-  type BenchResult,
+import { BENCH_DEFAULTS } from "./_bench_types.ts";
+import type {
+  BenchInterval,
+  BenchIntervalListener,
+  BenchOptions,
+  BenchPattern,
+  BenchProgress,
+  BenchResult,
 } from "./_bench_types.ts";
 import { delay } from "./io.ts";
 
