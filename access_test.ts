@@ -96,11 +96,7 @@ Deno.test({
     for (const [rules, one, two] of cases) {
       await t.step(JSON.stringify(rules), async () => {
         using events = new ConnEvents();
-        await using server = serve({
-          port: 0,
-          ...rules,
-          onConnState: events.onConnState,
-        });
+        await using server = events.serve({ ...rules });
         const { port } = server.addr;
         using a = await Deno.connect({ port });
         assert.equal(await served(a), one);
@@ -161,12 +157,7 @@ Deno.test("serve() throws on a rule that is not an address or range", () => {
 Deno.test("refused events carry a code: max-conns, max-conns-per-ip", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
-    maxConns: 2,
-    maxConnsPerIp: 1,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ maxConns: 2, maxConnsPerIp: 1 });
   const { port } = server.addr;
   using a = await Deno.connect({ port });
   assert.equal(await served(a), true);
@@ -192,11 +183,7 @@ Deno.test("refused events carry a code: max-conns, max-conns-per-ip", async () =
 Deno.test("serve() with proxyProtocol takes the v1 source as the peer", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
-    proxyProtocol: "v1",
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ proxyProtocol: "v1" });
   using conn = await Deno.connect({ port: server.addr.port });
   const via = peerOf(conn);
   // The header and the first data in one write: the data is echoed, the
@@ -231,12 +218,7 @@ Deno.test("serve() with proxyProtocol takes the v1 source as the peer", async ()
 
 Deno.test("serve() with proxyProtocol: a v2 header split over writes, TCP6, line mode", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
-    mode: "line",
-    proxyProtocol: "any",
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ mode: "line", proxyProtocol: "any" });
   using conn = await Deno.connect({ port: server.addr.port });
   const header = formatProxyHeader({
     version: 2,
@@ -259,11 +241,7 @@ Deno.test("serve() with proxyProtocol: UNKNOWN and LOCAL keep the socket's peer"
   for (const [name, header] of headers) {
     await t.step(name, async () => {
       using events = new ConnEvents();
-      await using server = serve({
-        port: 0,
-        proxyProtocol: "any",
-        onConnState: events.onConnState,
-      });
+      await using server = events.serve({ proxyProtocol: "any" });
       using conn = await Deno.connect({ port: server.addr.port });
       await writeAll(conn, formatProxyHeader(header));
       assert.deepEqual(await roundTrip(conn, bytes("x")), bytes("x"));
@@ -278,12 +256,10 @@ Deno.test("serve() with proxyProtocol: UNKNOWN and LOCAL keep the socket's peer"
 Deno.test("serve() with proxyProtocol: allow/deny and maxConnsPerIp use the header's source", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     proxyProtocol: "v1",
     deny: ["203.0.113.0/24"],
     maxConnsPerIp: 1,
-    onConnState: events.onConnState,
   });
   const { port } = server.addr;
   const open = async (source: string) => {
@@ -370,12 +346,10 @@ Deno.test("serve() with proxyProtocol closes bad headers at once, with a warning
     await t.step(name, async () => {
       using events = new ConnEvents();
       await using logs = await captureLogs();
-      await using server = serve({
-        port: 0,
+      await using server = events.serve({
         proxyProtocol: accept,
         // Far longer than any wait below: "at once" is not this timeout.
         handshakeTimeoutMs: 60_000,
-        onConnState: events.onConnState,
       });
       using conn = await Deno.connect({ port: server.addr.port });
       using dog = watchdog(10_000, () => conn.close()); // waiting: it failed
@@ -401,11 +375,9 @@ Deno.test("serve() with proxyProtocol closes bad headers at once, with a warning
 Deno.test("serve() with proxyProtocol bounds a slow or missing header by handshakeTimeoutMs", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     proxyProtocol: "v1",
     handshakeTimeoutMs: 50,
-    onConnState: events.onConnState,
   });
   using slow = await Deno.connect({ port: server.addr.port });
   await writeAll(slow, bytes("PROXY TCP4 "));
@@ -433,12 +405,10 @@ Deno.test("serve() with proxyProtocol bounds a slow or missing header by handsha
 Deno.test("serve() with proxyProtocol survives arbitrary bytes (fuzz)", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     proxyProtocol: "any",
     // Bounds the header and, after a valid one, a silent session.
     idleTimeoutMs: 100,
-    onConnState: events.onConnState,
   });
   const { port } = server.addr;
   const header = fc.constantFrom<ProxyHeader>(
@@ -768,12 +738,10 @@ const CA = testdata("ca.pem");
 Deno.test("serve() with TLS and proxyProtocol: the header, then the handshake", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     cert: CERT,
     key: KEY,
     proxyProtocol: "any",
-    onConnState: events.onConnState,
   });
   const tcpConn = await Deno.connect({ port: server.addr.port });
   const via = peerOf(tcpConn);
@@ -815,13 +783,11 @@ Deno.test("serve() with TLS and proxyProtocol: the header, then the handshake", 
 
 Deno.test("serve() with TLS and proxyProtocol bounds the handshake after the header", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     cert: CERT,
     key: KEY,
     proxyProtocol: "v1",
     handshakeTimeoutMs: 50,
-    onConnState: events.onConnState,
   });
   using conn = await Deno.connect({ port: server.addr.port });
   await writeAll(conn, v1("198.51.100.9"));
@@ -867,12 +833,10 @@ Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy
 
 Deno.test("serve() with proxyProtocol and faults: the bytes after the header are echoed in slices", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     proxyProtocol: "v2",
     sliceBytes: 3,
     mode: "line",
-    onConnState: events.onConnState,
   });
   using conn = await Deno.connect({ port: server.addr.port });
   const header = formatProxyHeader({

@@ -113,11 +113,7 @@ Deno.test("pipe() rejects when the server refuses the connection over maxConns",
   // In the CLI a refusal can beat the first read of stdin: then nothing
   // was sent and nothing is lost (exit 0). Here the bytes are taken first.
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
-    maxConns: 1,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ maxConns: 1 });
   using first = await Deno.connect({ port: server.addr.port });
   assert.deepEqual(await roundTrip(first, bytes("a")), bytes("a")); // served
   using conn = await Deno.connect({ port: server.addr.port });

@@ -247,12 +247,7 @@ Deno.test("serve() with closeAfterBytes echoes exactly that many bytes, then clo
     await t.step(mode, async () => {
       using events = new ConnEvents();
       await using logs = await captureLogs();
-      await using server = serve({
-        port: 0,
-        mode,
-        closeAfterBytes: 1000,
-        onConnState: events.onConnState,
-      });
+      await using server = events.serve({ mode, closeAfterBytes: 1000 });
       using conn = await Deno.connect({ port: server.addr.port });
       // 300-byte lines: the cut falls inside the fourth.
       const line = new Uint8Array(300).fill(0x61);
@@ -277,11 +272,7 @@ Deno.test("serve() with closeAfterBytes echoes exactly that many bytes, then clo
 
 Deno.test("serve() with closeAfterBytes hangs up with a FIN: a client still sending is not reset", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
-    closeAfterBytes: 1000,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ closeAfterBytes: 1000 });
   using conn = await Deno.connect({ port: server.addr.port });
   using _dog = watchdog(20_000, () => closeQuietly(conn));
   const data = randomBytes(1 << 20, 12);
@@ -331,11 +322,9 @@ Deno.test("serve() with faulty and seed applies faults to the same connections a
 Deno.test("serve() in discard mode reads everything, answers nothing, closes at EOF", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     mode: "discard",
     delayMs: 1000, // faults do not apply: nothing is echoed
-    onConnState: events.onConnState,
   });
   assert.ok(!logs.records.map(render).some((m) => m.startsWith("faults:")));
   using conn = await Deno.connect({ port: server.addr.port });
@@ -359,12 +348,7 @@ Deno.test("serve() with delayMs stops reading a client that does not read (backp
   // The idle timeout closes the conn once the server's write is blocked on a
   // client that does not read and the server has stopped reading in turn;
   // it is shorter than the delay, which must not count as idleness.
-  await using server = serve({
-    port: 0,
-    delayMs: 200,
-    idleTimeoutMs: 100,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ delayMs: 200, idleTimeoutMs: 100 });
   using conn = await Deno.connect({ port: server.addr.port });
   const stalled = events.find("closed", (e) => e.reason === "idle for 0.10 s");
   const chunk = new Uint8Array(1 << 20);
@@ -386,12 +370,7 @@ Deno.test("serve() with delayMs stops reading a client that does not read (backp
 
 Deno.test("serve() does not count a fault's delay as the client's idleness", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
-    delayMs: 500,
-    idleTimeoutMs: 100,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ delayMs: 500, idleTimeoutMs: 100 });
   using conn = await Deno.connect({ port: server.addr.port });
   const start = performance.now();
   assert.deepEqual(await roundTrip(conn, bytes("slow")), bytes("slow"));
@@ -405,12 +384,7 @@ Deno.test("serve() does not count a fault's delay as the client's idleness", asy
 
 Deno.test("Server.close() under a long delay ends within the shutdown timeout", async () => {
   using events = new ConnEvents();
-  const server = serve({
-    port: 0,
-    delayMs: 60_000,
-    shutdownTimeoutMs: 100,
-    onConnState: events.onConnState,
-  });
+  const server = events.serve({ delayMs: 60_000, shutdownTimeoutMs: 100 });
   using conn = await Deno.connect({ port: server.addr.port });
   await events.find("open");
   await writeAll(conn, bytes("x"));
@@ -427,12 +401,10 @@ Deno.test("Server.close() under a long delay ends within the shutdown timeout", 
 
 Deno.test("serve() in line mode with faults echoes the lines before a line too long", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     mode: "line",
     maxLineBytes: 10,
     delayMs: 50,
-    onConnState: events.onConnState,
   });
   using conn = await Deno.connect({ port: server.addr.port });
   const { back } = await exchange(
@@ -472,12 +444,7 @@ Deno.test("serve() with random faults echoes exact bytes and counts", async () =
       fc.integer({ min: 1, max: 1000 }),
       async (faults, mode, length, chunk, seed) => {
         using events = new ConnEvents();
-        await using server = serve({
-          port: 0,
-          mode,
-          ...faults,
-          onConnState: events.onConnState,
-        });
+        await using server = events.serve({ mode, ...faults });
         const isFaulty = FaultPlan.from(faults)?.next() !== undefined;
         const cut = isFaulty && faults.closeAfterBytes! > 0
           ? Math.min(length, faults.closeAfterBytes!)

@@ -96,12 +96,7 @@ Deno.test("serve() keeps a UTF-8 character split across writes intact", async (t
 Deno.test("serve() in line mode answers a split line once, only after its \\n", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
-    mode: "line",
-    idleTimeoutMs: 50,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ mode: "line", idleTimeoutMs: 50 });
   const port = server.addr.port;
   // Without its "\n" a line is held, never answered: the server reads it
   // all, then stays silent until the idle timeout closes the connection.
@@ -157,12 +152,7 @@ Deno.test("serve() in line mode closes only the connection whose line is too lon
     await t.step(newline ? "terminated" : "unterminated", async () => {
       using events = new ConnEvents();
       await using logs = await captureLogs();
-      await using server = serve({
-        port: 0,
-        mode: "line",
-        maxLineBytes: 100,
-        onConnState: events.onConnState,
-      });
+      await using server = events.serve({ mode: "line", maxLineBytes: 100 });
       using good = await Deno.connect({ port: server.addr.port });
       using bad = await Deno.connect({ port: server.addr.port });
       const peer = peerOf(bad);
@@ -190,11 +180,7 @@ Deno.test("serve() in line mode closes only the connection whose line is too lon
 Deno.test("serve() with maxConns closes connections past the limit", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
-    maxConns: 2,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ maxConns: 2 });
   const port = server.addr.port;
   using a = await Deno.connect({ port });
   using b = await Deno.connect({ port });
@@ -234,11 +220,7 @@ Deno.test("serve() with maxConnsPerIp closes one address's extra connections", a
 Deno.test("serve() with idleTimeoutMs closes a silent connection, not a busy one", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
-    idleTimeoutMs: 40,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ idleTimeoutMs: 40 });
   using idle = await Deno.connect({ port: server.addr.port });
   using busy = await Deno.connect({ port: server.addr.port });
   const idlePeer = peerOf(idle);
@@ -304,11 +286,7 @@ Deno.test("serve() stops reading a client that does not read (backpressure)", as
   // The idle timeout is the event to wait for: it fires once no byte has
   // moved for 100 ms, that is once the server's write is blocked on a client
   // that does not read, and the server has stopped reading it in turn.
-  await using server = serve({
-    port: 0,
-    idleTimeoutMs: 100,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ idleTimeoutMs: 100 });
   using conn = await Deno.connect({ port: server.addr.port });
   const stalled = events.find("closed", (e) => e.reason === "idle for 0.10 s");
   const chunk = new Uint8Array(1 << 20);
@@ -333,11 +311,7 @@ Deno.test("serve() stops reading a client that does not read (backpressure)", as
 Deno.test("Server.close() waits for clients, then closes the stragglers", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  const server = serve({
-    port: 0,
-    shutdownTimeoutMs: 50,
-    onConnState: events.onConnState,
-  });
+  const server = events.serve({ shutdownTimeoutMs: 50 });
   using conn = await Deno.connect({ port: server.addr.port });
   await roundTrip(conn, bytes("hi"));
   const closing = server.close();
@@ -481,12 +455,10 @@ Deno.test("serve() with TLS echoes 256 KiB after the client's close_notify", asy
 
 Deno.test("serve() with TLS survives plaintext, garbage and a silent client", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     cert: CERT,
     key: KEY,
     handshakeTimeoutMs: 50,
-    onConnState: events.onConnState,
   });
   const port = server.addr.port;
   /** Why the server closed `peer`'s connection. */

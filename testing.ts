@@ -8,7 +8,12 @@
  */
 import { configure, type LogRecord, reset } from "@logtape/logtape";
 import { formatAddr, readAll, writeAll } from "./io.ts";
-import type { ConnEvent } from "./server.ts";
+import {
+  type ConnEvent,
+  serve,
+  type ServeOptions,
+  type Server,
+} from "./server.ts";
 
 export { readAll, writeAll };
 
@@ -355,6 +360,16 @@ export class ConnEvents implements Disposable {
     this.events.push(event);
     for (const check of this.#waiters) check();
   };
+
+  /**
+   * `serve({ port: 0, ...options })` on TCP, its events recorded here: the
+   * server a test awaits events of.
+   */
+  serve(
+    options: Omit<ServeOptions, "path" | "onConnState"> = {},
+  ): Server<Deno.NetAddr> {
+    return serve({ port: 0, ...options, onConnState: this.onConnState });
+  }
 
   /**
    * The first `state` event (past or future) that `match` accepts; rejects

@@ -297,12 +297,10 @@ Deno.test(
   },
   async () => {
     using events = new ConnEvents();
-    await using server = serve({
-      port: 0,
+    await using server = events.serve({
       cert: CERT,
       key: KEY,
       handshakeTimeoutMs: 100,
-      onConnState: events.onConnState,
     });
     const before = fds();
     using clients = await halfHellos(40, server.addr.port);
@@ -352,12 +350,10 @@ Deno.test(
   },
   async () => {
     using events = new ConnEvents();
-    await using server = serve({
-      port: 0,
+    await using server = events.serve({
       cert: CERT,
       key: KEY,
       idleTimeoutMs: 200,
-      onConnState: events.onConnState,
     });
     const before = fds();
     using conn = await Deno.connectTls({
@@ -396,12 +392,10 @@ Deno.test(
   },
   async () => {
     using events = new ConnEvents();
-    await using server = serve({
-      port: 0,
+    await using server = events.serve({
       cert: CERT,
       key: KEY,
       maxConnsPerIp: 1,
-      onConnState: events.onConnState,
     });
     const port = server.addr.port;
     const before = fds();
@@ -425,13 +419,7 @@ Deno.test("Server.close() frees the descriptor of a silent TLS client", {
 }, async () => {
   using events = new ConnEvents();
   const before = fds();
-  const server = serve({
-    port: 0,
-    cert: CERT,
-    key: KEY,
-    shutdownTimeoutMs: 50,
-    onConnState: events.onConnState,
-  });
+  const server = events.serve({ cert: CERT, key: KEY, shutdownTimeoutMs: 50 });
   using silent = await Deno.connect({ port: server.addr.port });
   await events.find("open");
   await server.close();
@@ -448,13 +436,11 @@ Deno.test(
   },
   async () => {
     using events = new ConnEvents();
-    await using server = serve({
-      port: 0,
+    await using server = events.serve({
       cert: CERT,
       key: KEY,
       proxyProtocol: "v1",
       handshakeTimeoutMs: 100,
-      onConnState: events.onConnState,
     });
     const port = server.addr.port;
     const before = fds();
