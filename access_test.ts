@@ -10,6 +10,7 @@ import fc from "fast-check";
 import { formatProxyHeader, type ProxyHeader } from "./_proxy_protocol.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import {
+  CA,
   captureLogs,
   ConnEvents,
   echoAll,
@@ -17,10 +18,18 @@ import {
   readAll,
   render,
   roundTrip,
+  testdata,
+  TLS,
   watchdog,
   writeAll,
 } from "./testing.ts";
-import { benchJson, cli, runCli, ServerProcess } from "./testing_cli.ts";
+import {
+  benchJson,
+  cli,
+  runCli,
+  ServerProcess,
+  TLS_ARGS,
+} from "./testing_cli.ts";
 
 const encoder = new TextEncoder();
 const bytes = (text: string) => encoder.encode(text);
@@ -729,20 +738,10 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
 
 // ---- TLS after the PROXY header --------------------------------------------
 
-const testdata = (name: string) =>
-  Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
-const CERT = testdata("server.pem");
-const KEY = testdata("server-key.pem");
-const CA = testdata("ca.pem");
-
 Deno.test("serve() with TLS and proxyProtocol: the header, then the handshake", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = events.serve({
-    cert: CERT,
-    key: KEY,
-    proxyProtocol: "any",
-  });
+  await using server = events.serve({ ...TLS, proxyProtocol: "any" });
   const tcpConn = await Deno.connect({ port: server.addr.port });
   const via = peerOf(tcpConn);
   await writeAll(
@@ -784,8 +783,7 @@ Deno.test("serve() with TLS and proxyProtocol: the header, then the handshake", 
 Deno.test("serve() with TLS and proxyProtocol bounds the handshake after the header", async () => {
   using events = new ConnEvents();
   await using server = events.serve({
-    cert: CERT,
-    key: KEY,
+    ...TLS,
     proxyProtocol: "v1",
     handshakeTimeoutMs: 50,
   });
@@ -800,14 +798,10 @@ Deno.test("serve() with TLS and proxyProtocol bounds the handshake after the hea
 });
 
 Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy-protocol v2", async () => {
-  const dir = new URL("./testdata/", import.meta.url).pathname;
   await using server = await ServerProcess.start([
     "--port",
     "0",
-    "--tls-cert",
-    `${dir}server.pem`,
-    "--tls-key",
-    `${dir}server-key.pem`,
+    ...TLS_ARGS,
     "--proxy-protocol",
     "v2",
   ]);
@@ -818,7 +812,7 @@ Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy
     `${server.port}`,
     "--tls",
     "--ca",
-    `${dir}ca.pem`,
+    testdata("ca.pem"),
     "--send-proxy",
     "v2",
     "-c",

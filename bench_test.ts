@@ -16,16 +16,10 @@ import { split, WorkerShard } from "./_bench_threads.ts";
 import { EchoError } from "./_bench_connection.ts";
 import { checkBenchOptions } from "./bench.ts";
 import { serve } from "./server.ts";
-import { echoServer, flipBitAt } from "./testing.ts";
+import { CA, echoServer, flipBitAt, TLS } from "./testing.ts";
 import { LATENCY_KEYS, RESULT_KEYS, stubServer } from "./testing_cli.ts";
 
 // ---- helpers --------------------------------------------------------------------
-
-const testdata = (name: string) =>
-  Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
-const CERT = testdata("server.pem");
-const KEY = testdata("server-key.pem");
-const CA = testdata("ca.pem");
 
 const SHORT = { durationMs: 300, warmupMs: 100 } as const;
 
@@ -266,7 +260,7 @@ Deno.test("runBench() works over a Unix socket", async () => {
 });
 
 Deno.test("runBench() works over TLS, both patterns", async () => {
-  await using server = echoServer({ tls: { cert: CERT, key: KEY } });
+  await using server = echoServer({ tls: { ...TLS } });
   for (const pattern of ["pingpong", "stream"] as const) {
     const result = await runBench({
       hostname: "localhost",

@@ -8,7 +8,7 @@ import {
   UsageError,
 } from "./_cli.ts";
 import { serve } from "./server.ts";
-import { echoAll } from "./testing.ts";
+import { echoAll, testdata } from "./testing.ts";
 import {
   assertUsageError,
   runCli,
@@ -16,8 +16,6 @@ import {
   ServerProcess,
 } from "./testing_cli.ts";
 
-const testdata = (name: string) =>
-  new URL(`./testdata/${name}`, import.meta.url).pathname;
 const posix = Deno.build.os !== "windows";
 
 /** These runs end at once, or the test fails (killed after this). */

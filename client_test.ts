@@ -5,9 +5,12 @@ import { delay, LineSplitter, readLines } from "./io.ts";
 import {
   ConnEvents,
   echoServer,
+  hasIpv6,
   randomBytes,
   readAll,
   roundTrip,
+  testdata,
+  TLS,
   writeAll,
 } from "./testing.ts";
 import {
@@ -453,13 +456,6 @@ Deno.test("readLines() yields the lines of a stream to its end", async () => {
 
 // ---- transports -----------------------------------------------------------
 
-const testdata = (name: string) =>
-  new URL(`./testdata/${name}`, import.meta.url).pathname;
-const TLS = {
-  cert: Deno.readTextFileSync(testdata("server.pem")),
-  key: Deno.readTextFileSync(testdata("server-key.pem")),
-};
-
 /** Runs `tcpecho client ARGS` with `data` on stdin (killed after 20 s). */
 function pipeThroughClient(args: string[], data: Uint8Array) {
   return runClient(args, data, 20_000);
@@ -540,14 +536,7 @@ Deno.test({
 
 Deno.test({
   name: "tcpecho client --host ::1 pipes over IPv6",
-  ignore: (() => {
-    try {
-      Deno.listen({ hostname: "::1", port: 0 }).close();
-      return false;
-    } catch {
-      return true; // no IPv6 loopback on this machine
-    }
-  })(),
+  ignore: !hasIpv6,
   async fn() {
     await using server = serve({ hostname: "::1", port: 0 });
     const data = bytes("over IPv6\n");

@@ -11,6 +11,7 @@ import { createRandom, randomSeed } from "./_random.ts";
 import { isDisconnect } from "./io.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import {
+  CA,
   captureLogs,
   closeQuietly,
   ConnEvents,
@@ -18,14 +19,13 @@ import {
   readAll,
   render,
   roundTrip,
+  TLS,
   watchdog,
   writeAll,
 } from "./testing.ts";
 import { cli, ServerProcess } from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
-const testdata = (name: string) =>
-  Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
 const posix = Deno.build.os !== "windows";
 
 /** What a client saw of one exchange. */
@@ -478,24 +478,16 @@ const FAULTS: ServeOptions = {
 };
 
 Deno.test("serve() with TLS keeps faults byte-exact, close_notify and close-after", async (t) => {
-  const tls = {
-    cert: testdata("server.pem"),
-    key: testdata("server-key.pem"),
-  };
   const connect = (port: number) =>
-    Deno.connectTls({
-      hostname: "localhost",
-      port,
-      caCerts: [testdata("ca.pem")],
-    });
+    Deno.connectTls({ hostname: "localhost", port, caCerts: [CA] });
   await t.step("faults", async () => {
-    await using server = serve({ port: 0, ...tls, ...FAULTS });
+    await using server = serve({ port: 0, ...TLS, ...FAULTS });
     using conn = await connect(server.addr.port);
     const data = randomBytes(50_000, 8);
     assertBytes((await exchange(conn, data)).back, data);
   });
   await t.step("close-after", async () => {
-    await using server = serve({ port: 0, ...tls, closeAfterBytes: 777 });
+    await using server = serve({ port: 0, ...TLS, closeAfterBytes: 777 });
     using conn = await connect(server.addr.port);
     const data = randomBytes(50_000, 9);
     assertBytes((await exchange(conn, data)).back, data.subarray(0, 777));

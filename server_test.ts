@@ -1,14 +1,17 @@
 import assert from "node:assert/strict";
 import { removeStaleSocket, serve } from "./server.ts";
 import {
+  CA,
   captureLogs,
   ConnEvents,
   echoAll,
+  hasIpv6,
   peerOf,
   randomBytes,
   readAll,
   render,
   roundTrip,
+  TLS,
   writeAll,
 } from "./testing.ts";
 
@@ -383,22 +386,7 @@ Deno.test("serve() refuses a port in use", () => {
 
 // ---- transports: TLS, Unix sockets, IPv6 ----------------------------------
 
-const testdata = (name: string) =>
-  Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
-const CERT = testdata("server.pem");
-const KEY = testdata("server-key.pem");
-const CA = testdata("ca.pem");
 const posix = Deno.build.os !== "windows";
-
-/** True when this machine has an IPv6 loopback to bind. */
-const hasIpv6 = (() => {
-  try {
-    Deno.listen({ hostname: "::1", port: 0 }).close();
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 /**
  * A socket file left behind by a process that died without cleaning up
@@ -426,7 +414,7 @@ async function drainUntilClosed(conn: Deno.Conn): Promise<void> {
 Deno.test("serve() with TLS echoes in raw and line mode", async (t) => {
   for (const mode of ["raw", "line"] as const) {
     await t.step(mode, async () => {
-      await using server = serve({ port: 0, cert: CERT, key: KEY, mode });
+      await using server = serve({ port: 0, ...TLS, mode });
       using conn = await Deno.connectTls({
         hostname: "localhost",
         port: server.addr.port,
@@ -441,7 +429,7 @@ Deno.test("serve() with TLS echoes in raw and line mode", async (t) => {
 });
 
 Deno.test("serve() with TLS echoes 256 KiB after the client's close_notify", async () => {
-  await using server = serve({ port: 0, cert: CERT, key: KEY });
+  await using server = serve({ port: 0, ...TLS });
   using conn = await Deno.connectTls({
     hostname: "127.0.0.1",
     port: server.addr.port,
@@ -455,11 +443,7 @@ Deno.test("serve() with TLS echoes 256 KiB after the client's close_notify", asy
 
 Deno.test("serve() with TLS survives plaintext, garbage and a silent client", async () => {
   using events = new ConnEvents();
-  await using server = events.serve({
-    cert: CERT,
-    key: KEY,
-    handshakeTimeoutMs: 50,
-  });
+  await using server = events.serve({ ...TLS, handshakeTimeoutMs: 50 });
   const port = server.addr.port;
   /** Why the server closed `peer`'s connection. */
   const reason = async (peer: string) =>

@@ -432,6 +432,30 @@ export class ConnEvents implements Disposable {
   }
 }
 
+/** The path of `testdata/NAME` (test certificates and keys). */
+export function testdata(name: string): string {
+  return new URL(`./testdata/${name}`, import.meta.url).pathname;
+}
+
+/** The test server's certificate and key (PEM, for `localhost`): `serve({ ...TLS })`. */
+export const TLS = {
+  cert: Deno.readTextFileSync(testdata("server.pem")),
+  key: Deno.readTextFileSync(testdata("server-key.pem")),
+};
+
+/** The CA that signed {@linkcode TLS}'s certificate (PEM): `caCerts: [CA]`. */
+export const CA = Deno.readTextFileSync(testdata("ca.pem"));
+
+/** Whether this machine has an IPv6 loopback to bind. */
+export const hasIpv6 = (() => {
+  try {
+    Deno.listen({ hostname: "::1", port: 0 }).close();
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
 /** The peer tag the server gives a client's TCP connection: `ip:port`. */
 export function peerOf(conn: Deno.Conn): string {
   return formatAddr(conn.localAddr);

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { ServerChild } from "./spawn.ts";
-import { watchdog } from "./testing.ts";
+import { testdata, watchdog } from "./testing.ts";
 
 const MAIN = new URL("./main.ts", import.meta.url).pathname;
 
@@ -22,6 +22,14 @@ export function cli(args: string[], stdin: "piped" | "null" = "null") {
     env: { NO_COLOR: "1" },
   });
 }
+
+/** `tcpecho server`'s TLS options with the test certificate and key. */
+export const TLS_ARGS = [
+  "--tls-cert",
+  testdata("server.pem"),
+  "--tls-key",
+  testdata("server-key.pem"),
+];
 
 /** How long a CLI run may take, unless a test says less. */
 export const CHILD_MS = 30_000;
