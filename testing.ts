@@ -6,7 +6,12 @@
  *
  * @module
  */
-import { configure, type LogRecord, reset } from "@logtape/logtape";
+import {
+  configure,
+  type LogLevel,
+  type LogRecord,
+  reset,
+} from "@logtape/logtape";
 import { formatAddr, readAll, writeAll } from "./io.ts";
 import {
   type ConnEvent,
@@ -156,6 +161,7 @@ export function flipBitAt(at: number, conn?: number): Mangle {
 export async function captureLogs(): Promise<
   AsyncDisposable & {
     records: LogRecord[];
+    lines(level?: LogLevel): string[];
     next(re: RegExp, timeoutMs?: number): Promise<string>;
   }
 > {
@@ -207,6 +213,11 @@ export async function captureLogs(): Promise<
         clearTimeout(timer);
         timers.delete(timer);
       }
+    },
+    /** The messages logged so far (at `level` only, if given), values filled in. */
+    lines(level?: LogLevel): string[] {
+      return records.filter((r) => level === undefined || r.level === level)
+        .map(render);
     },
     async [Symbol.asyncDispose]() {
       for (const timer of timers) clearTimeout(timer); // waits not awaited

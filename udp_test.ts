@@ -141,7 +141,7 @@ Deno.test("serveUdp() logs each datagram at debug, escaped, and the stop line", 
   using conn = await connectUdp({ port: server.addr.port });
   await echo(conn, bytes("a\r\n\x1b[2J INF forged"));
   await server.close();
-  const lines = logs.records.map(render);
+  const lines = logs.lines();
   const peer = `127.0.0.1:${conn.localAddr.port}`;
   assert.ok(
     lines.includes(
@@ -176,7 +176,7 @@ Deno.test("serveUdp() with the same drop seed drops the same datagrams", async (
     assert.equal(server.stats.dropped, dropped.length);
     const jitter = jitterMs > 0 ? `, jitter ${jitterMs} ms` : "";
     assert.ok(
-      logs.records.map(render).includes(
+      logs.lines().includes(
         `faults: drop 0.5${jitter}, seed ${seed}`,
       ),
     );
@@ -242,7 +242,7 @@ Deno.test("serveUdp() close() waits shutdownTimeoutMs for delayed echoes, then g
   const seen = logs.next(/delayed 5 bytes/);
   await seen;
   await server.close(); // does not wait the minute; its timer is cleared
-  const lines = logs.records.map(render);
+  const lines = logs.lines();
   assert.ok(
     lines.includes("stopping: 1 delayed echoes not sent"),
     lines.join("\n"),
