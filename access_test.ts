@@ -24,6 +24,7 @@ import {
   writeAll,
 } from "./testing.ts";
 import {
+  benchClean,
   benchJson,
   cli,
   runCli,
@@ -678,7 +679,7 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
         "--deny",
         "203.0.113.0/24", // nobody the bench sends
       ]);
-      const { result } = await benchJson([
+      await benchClean([
         "--port",
         `${server.port}`,
         "--send-proxy",
@@ -688,8 +689,6 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
         "-d",
         "0.3",
       ]);
-      assert.equal(result.errors, 0);
-      assert.ok(result.messages > 0);
       // Each connection's header named its own address: the server says so.
       const online = await server.waitFor(/\] online \(via /);
       const [, peer, via] = /\[(.+)\] online \(via (.+)\)$/.exec(online)!;
@@ -798,7 +797,7 @@ Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy
     "--proxy-protocol",
     "v2",
   ]);
-  const { result } = await benchJson([
+  await benchClean([
     "--host",
     "localhost",
     "--port",
@@ -813,8 +812,6 @@ Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy
     "-d",
     "0.3",
   ]);
-  assert.equal(result.errors, 0);
-  assert.ok(result.messages > 0);
   await server.waitFor(/\] online \(via /);
 });
 

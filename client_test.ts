@@ -14,7 +14,7 @@ import {
   writeAll,
 } from "./testing.ts";
 import {
-  benchJson,
+  benchClean,
   cli,
   hasScript,
   runCli,
@@ -262,7 +262,7 @@ Deno.test("tcpecho client --tls --insecure pipes to a server it cannot verify, a
 
 Deno.test("tcpecho bench --tls --insecure measures a server it cannot verify", async () => {
   await using server = serve({ port: 0, ...TLS });
-  const { result, stderr } = await benchJson([
+  const { stderr } = await benchClean([
     "--tls",
     "--insecure",
     "-p",
@@ -276,8 +276,6 @@ Deno.test("tcpecho bench --tls --insecure measures a server it cannot verify", a
     stderr,
     "warning: --insecure: the server's certificate is not verified\n",
   );
-  assert.equal(result.errors, 0);
-  assert.ok(result.messages > 0);
 });
 
 Deno.test("connect() gives up after connectTimeoutMs", async () => {

@@ -8,6 +8,7 @@ import { serverCommand } from "./_server_command.ts";
 import { captureLogs, echoAll, echoServer, flipBitAt } from "./testing.ts";
 import {
   assertUsageError,
+  benchClean,
   benchJson,
   cli,
   LATENCY_KEYS,
@@ -358,7 +359,7 @@ Deno.test("tcpecho server --tls-cert/--tls-key serves TLS", async () => {
 // ---- bench ----------------------------------------------------------------
 
 Deno.test("tcpecho bench --spawn-server --json prints the spec's object", async () => {
-  const { result } = await benchJson([
+  const { result } = await benchClean([
     "--spawn-server",
     "-c",
     "4",
@@ -367,12 +368,10 @@ Deno.test("tcpecho bench --spawn-server --json prints the spec's object", async 
   ]);
   assert.deepEqual(Object.keys(result), RESULT_KEYS);
   assert.deepEqual(Object.keys(result.latency_us), LATENCY_KEYS);
-  assert.equal(result.errors, 0);
-  assert.ok(result.messages > 0);
 });
 
 Deno.test("tcpecho bench --lines --spawn-server measures a line-mode server", async () => {
-  const { result } = await benchJson([
+  await benchClean([
     "--spawn-server",
     "--lines",
     "-c",
@@ -380,8 +379,6 @@ Deno.test("tcpecho bench --lines --spawn-server measures a line-mode server", as
     "-d",
     "0.3",
   ]);
-  assert.equal(result.errors, 0);
-  assert.ok(result.messages > 0);
 });
 
 Deno.test("tcpecho bench exits 1 when a server corrupts an echo", async () => {

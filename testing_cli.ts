@@ -147,6 +147,18 @@ export const LATENCY_KEYS = [
 ];
 
 /**
+ * {@linkcode benchJson}, asserting also that the run was clean: no error,
+ * and messages echoed.
+ */
+export async function benchClean(args: string[]) {
+  const run = await benchJson(args);
+  const shown = JSON.stringify(run.result);
+  assert.equal(run.result.errors, 0, shown);
+  assert.ok(run.result.messages > 0, shown);
+  return run;
+}
+
+/**
  * Runs `tcpecho bench ARGS --json` (as {@linkcode runCli}), asserts that it
  * exits 0 (its stderr says why not), and returns the parsed result and the
  * stderr.
