@@ -18,6 +18,7 @@ import {
   randomBytes,
   readAll,
   roundTrip,
+  streamUntilStalled,
   TLS,
   watchdog,
   writeAll,
@@ -348,23 +349,16 @@ Deno.test("serve() with delayMs stops reading a client that does not read (backp
   // client that does not read and the server has stopped reading in turn;
   // it is shorter than the delay, which must not count as idleness.
   await using server = events.serve({ delayMs: 200, idleTimeoutMs: 100 });
-  using conn = await Deno.connect({ port: server.addr.port });
-  const stalled = events.find("closed", (e) => e.reason === "idle for 0.10 s");
-  const chunk = new Uint8Array(1 << 20);
-  let written = 0;
-  const writing = (async () => {
-    while (written < 64 << 20) written += await conn.write(chunk);
-  })().catch(() => {}); // ends when the server closes the conn
-  const { bytesIn, bytesOut } = await stalled;
-  assert.ok(written < 64 << 20, `all ${written} bytes were taken`);
+  const { bytesIn, bytesOut } = await streamUntilStalled(
+    server.addr.port,
+    events,
+  );
   // Held back: 256 KiB queued, plus one read of up to 256 KiB.
   assert.ok(
     bytesIn - bytesOut <= 512 * 1024,
     `server held ${bytesIn - bytesOut} bytes`,
   );
   assert.ok(bytesIn < 32 << 20, `${bytesIn} read`);
-  conn.close();
-  await writing;
 });
 
 Deno.test("serve() does not count a fault's delay as the client's idleness", async () => {

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import assert from "node:assert/strict";
 import {
   configure,
   type LogLevel,
@@ -466,6 +467,31 @@ export const hasIpv6 = (() => {
     return false;
   }
 })();
+
+/**
+ * Streams 1 MiB writes at `port` from a client that never reads, until the
+ * server closes it as "idle for 0.10 s" (give it `idleTimeoutMs: 100`): that
+ * is once its write is blocked on the client and it has stopped reading in
+ * turn. Asserts that it did stop taking bytes (not all of 64 MiB were
+ * written) and returns its `closed` event.
+ */
+export async function streamUntilStalled(
+  port: number,
+  events: ConnEvents,
+): Promise<Extract<ConnEvent, { state: "closed" }>> {
+  using conn = await Deno.connect({ port });
+  const stalled = events.find("closed", (e) => e.reason === "idle for 0.10 s");
+  const chunk = new Uint8Array(1 << 20);
+  let written = 0;
+  const writing = (async () => {
+    while (written < 64 << 20) written += await conn.write(chunk);
+  })().catch(() => {}); // ends when the server closes the conn
+  const closed = await stalled;
+  assert.ok(written < 64 << 20, `all ${written} bytes were taken`);
+  conn.close();
+  await writing;
+  return closed;
+}
 
 /** The peer tag the server gives a client's TCP connection: `ip:port`. */
 export function peerOf(conn: Deno.Conn): string {
