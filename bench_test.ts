@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   BENCH_DEFAULTS,
+  type BenchOptions,
   type BenchProgress,
   type BenchResult,
   formatProgress,
@@ -32,6 +33,18 @@ function assertSane(result: BenchResult): void {
   );
   assert.ok(result.messages_per_s > 0);
   assert.ok(result.mib_per_s > 0);
+}
+
+/** {@linkcode runBench} that also keeps each error it reports, in order. */
+async function benchErrors(
+  options: BenchOptions,
+): Promise<{ result: BenchResult; errors: Error[] }> {
+  const errors: Error[] = [];
+  const result = await runBench({
+    ...options,
+    onError: (err) => errors.push(err),
+  });
+  return { result, errors };
 }
 
 // ---- LatencyHistogram -----------------------------------------------------------
@@ -279,12 +292,10 @@ Deno.test("runBench() counts a corrupted echo as an error and ends that connecti
   for (const pattern of ["pingpong", "stream"] as const) {
     // connection 1 gets one byte flipped, 1000 bytes in; the others are fine
     await using server = echoServer({ mangle: flipBitAt(1000, 1) });
-    const errors: Error[] = [];
-    const result = await runBench({
+    const { result, errors } = await benchErrors({
       port: server.port,
       connections: 3,
       pattern,
-      onError: (err) => errors.push(err),
       ...SHORT,
     });
     assert.equal(result.errors, 1, pattern);
@@ -301,11 +312,9 @@ Deno.test("runBench() counts a server closing early as an error", async () => {
   await using server = echoServer({
     mangle: (chunk, state) => state.offset > 640 ? "close" : chunk,
   });
-  const errors: Error[] = [];
-  const result = await runBench({
+  const { result, errors } = await benchErrors({
     port: server.port,
     connections: 2,
-    onError: (err) => errors.push(err),
     ...SHORT,
   });
   assert.equal(result.errors, 2);
@@ -323,11 +332,9 @@ Deno.test("runBench() counts an extra (duplicated) echo as an error", async () =
         ? new Uint8Array([...chunk, ...chunk])
         : chunk,
   });
-  const errors: Error[] = [];
-  const result = await runBench({
+  const { result, errors } = await benchErrors({
     port: server.port,
     connections: 2,
-    onError: (err) => errors.push(err),
     ...SHORT,
   });
   assert.equal(result.errors, 1);
@@ -339,14 +346,12 @@ Deno.test("runBench() counts an extra (duplicated) echo as an error", async () =
 
 Deno.test("runBench() counts a server that never closes after the half-close", async () => {
   await using server = echoServer({ hold: true });
-  const errors: Error[] = [];
-  const result = await runBench({
+  const { result, errors } = await benchErrors({
     port: server.port,
     connections: 2,
     durationMs: 100,
     warmupMs: 0,
     drainTimeoutMs: 50,
-    onError: (err) => errors.push(err),
   });
   assert.equal(result.errors, 2);
   assert.ok(result.messages > 0);
