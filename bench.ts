@@ -77,14 +77,6 @@ export function checkBenchOptions(options: BenchOptions) {
     lines = BENCH_DEFAULTS.lines,
     drainTimeoutMs = BENCH_DEFAULTS.drainTimeoutMs,
     rate,
-    hostname,
-    port,
-    path,
-    tls,
-    caCerts,
-    insecure,
-    connectTimeoutMs,
-    sendProxy,
   } = options;
   const settings = driveSettings(options, pattern, rate ?? 0);
   const { connections, sizeBytes } = settings;
@@ -110,15 +102,16 @@ export function checkBenchOptions(options: BenchOptions) {
   return {
     ...settings,
     shard: {
+      // Where to connect, as plain data for a worker: all but the signal.
       target: {
-        hostname,
-        port,
-        path,
-        tls,
-        caCerts,
-        insecure,
-        connectTimeoutMs,
-        sendProxy,
+        hostname: options.hostname,
+        port: options.port,
+        path: options.path,
+        tls: options.tls,
+        caCerts: options.caCerts,
+        insecure: options.insecure,
+        connectTimeoutMs: options.connectTimeoutMs,
+        sendProxy: options.sendProxy,
       },
       pattern,
       sizeBytes,
