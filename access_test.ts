@@ -5,13 +5,13 @@
  * `bench --send-proxy`.
  */
 import assert from "node:assert/strict";
-import net from "node:net";
 import fc from "fast-check";
 import { formatProxyHeader, type ProxyHeader } from "./_proxy_protocol.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import {
   CA,
   captureLogs,
+  connectFrom,
   ConnEvents,
   echoAll,
   peerOf,
@@ -54,33 +54,6 @@ const v2 = (source: [string, number], destination: [string, number]) =>
     source: tcp(...source),
     destination: tcp(...destination),
   });
-
-/**
- * A connection from `localAddress` (a loopback address of Linux's
- * 127.0.0.0/8): resolves with everything it received once it is closed.
- */
-async function connectFrom(
-  localAddress: string,
-  port: number,
-  host = "127.0.0.1",
-): Promise<{ socket: net.Socket; closed: Promise<Uint8Array> }> {
-  const socket = net.connect({ host, port, localAddress });
-  const chunks: Uint8Array[] = [];
-  const closed = new Promise<Uint8Array>((resolve) => {
-    socket.on("data", (c: Uint8Array) => chunks.push(new Uint8Array(c)));
-    socket.once("close", () => {
-      const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-      chunks.reduce((off, c) => (all.set(c, off), off + c.length), 0);
-      resolve(all);
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    socket.once("connect", resolve);
-    socket.once("error", reject);
-  });
-  socket.on("error", () => {}); // a reset is one more way to be closed
-  return { socket, closed };
-}
 
 /** Whether the server echoes `conn` (true) or closes it (false). */
 async function served(conn: Deno.Conn): Promise<boolean> {

@@ -17,8 +17,14 @@ import { split, WorkerShard } from "./_bench_threads.ts";
 import { EchoError } from "./_bench_connection.ts";
 import { checkBenchOptions } from "./bench.ts";
 import { serve } from "./server.ts";
-import { CA, echoServer, flipBitAt, TLS } from "./testing.ts";
-import { LATENCY_KEYS, RESULT_KEYS, stubServer } from "./testing_cli.ts";
+import { CA, TLS } from "./testing.ts";
+import {
+  echoServer,
+  flipBitAt,
+  LATENCY_KEYS,
+  RESULT_KEYS,
+  stubServer,
+} from "./testing_cli.ts";
 
 // ---- helpers --------------------------------------------------------------------
 

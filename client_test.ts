@@ -4,7 +4,6 @@ import { serve } from "./server.ts";
 import { delay, LineSplitter, readLines } from "./io.ts";
 import {
   ConnEvents,
-  echoServer,
   hasIpv6,
   randomBytes,
   readAll,
@@ -16,6 +15,7 @@ import {
 import {
   benchClean,
   cli,
+  echoServer,
   hasScript,
   runCli,
   runClient,

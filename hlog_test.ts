@@ -10,8 +10,7 @@ import {
   UNCORRECTED_TAG,
 } from "./_hlog.ts";
 import { runBench } from "./bench.ts";
-import { echoServer } from "./testing.ts";
-import { benchJson, runCli } from "./testing_cli.ts";
+import { benchJson, echoServer, runCli } from "./testing_cli.ts";
 
 // hdr-histogram-js, HdrHistogram's own JavaScript port, is the independent
 // reader (and writer) these tests check our files against.

@@ -5,12 +5,14 @@ import { type Command, findCommand } from "./_cli.ts";
 import { benchCommand } from "./_bench_command.ts";
 import { clientCommand } from "./_client_command.ts";
 import { serverCommand } from "./_server_command.ts";
-import { captureLogs, echoAll, echoServer, flipBitAt } from "./testing.ts";
+import { captureLogs, echoAll } from "./testing.ts";
 import {
   assertUsageError,
   benchClean,
   benchJson,
   cli,
+  echoServer,
+  flipBitAt,
   LATENCY_KEYS,
   RESULT_KEYS,
   runCli,

@@ -1,12 +1,13 @@
 /**
- * Test helpers shared by the `*_test.ts` files, in process: an echo server
- * that misbehaves on purpose to test clients against, log capture, the
- * server's connection events, and socket round trips. Not part of the tool;
- * `testing_cli.ts` runs the CLI as a child process.
+ * Test helpers shared by the `*_test.ts` files, in process: the server's
+ * connection events, log capture, socket round trips and probes, seeded
+ * random bytes, the TLS test files. Not part of the tool; `testing_cli.ts`
+ * runs the CLI as a child process and has the stand-ins to run it against.
  *
  * @module
  */
 import assert from "node:assert/strict";
+import net from "node:net";
 import {
   configure,
   type LogLevel,
@@ -22,141 +23,6 @@ import {
 } from "./server.ts";
 
 export { readAll, writeAll };
-
-// ---- a stand-in: an echo server that misbehaves on purpose -----------------
-
-/**
- * Called on every chunk an {@linkcode echoServer} reads, before it echoes it,
- * with the connection's number (0, 1, … in accept order) and how many bytes
- * it read before this chunk: returns what to echo (the chunk, changed in
- * place or not, or other bytes), or `"close"` to close the connection.
- */
-export type Mangle = (
-  chunk: Uint8Array,
-  state: { readonly conn: number; readonly offset: number },
-) => Uint8Array | "close";
-
-/** Options for {@linkcode echoServer}. */
-export interface EchoServerOptions {
-  /** Changes what is echoed; by default every byte comes back as it came. */
-  mangle?: Mangle;
-  /** Listen on this Unix socket instead of 127.0.0.1, port 0. */
-  path?: string;
-  /** Serve TLS with this PEM certificate and key. */
-  tls?: { cert: string; key: string };
-  /** Echo in writes of at most this many bytes. @default {Infinity} */
-  pieceBytes?: number;
-  /** After the client's half-close, keep the connection open until closed. @default {false} */
-  hold?: boolean;
-}
-
-/** A running {@linkcode echoServer}. */
-export interface EchoServer extends AsyncDisposable {
-  /** Its port on 127.0.0.1 (0 on a Unix socket). */
-  readonly port: number;
-  /** Stops listening, closes every connection, awaits their tasks (idempotent). */
-  close(): Promise<void>;
-}
-
-/**
- * A raw echo server that can misbehave on purpose (alter, cut, split or
- * withhold its echo), to test clients against: one task per connection,
- * half-close answered once everything is echoed, every connection tracked
- * and closed by {@linkcode EchoServer.close}.
- *
- * @example
- * ```ts ignore
- * await using server = echoServer({ mangle: flipBitAt(1000) });
- * ```
- */
-export function echoServer(options: EchoServerOptions = {}): EchoServer {
-  const { mangle, path, tls, pieceBytes = Infinity, hold = false } = options;
-  const closing = Promise.withResolvers<void>();
-  const listener: Deno.Listener = tls
-    ? Deno.listenTls({
-      hostname: "127.0.0.1",
-      port: 0,
-      cert: tls.cert,
-      key: tls.key,
-    })
-    : path === undefined
-    ? Deno.listen({ hostname: "127.0.0.1", port: 0 })
-    : Deno.listen({ transport: "unix", path });
-  const conns = new Set<Deno.Conn>();
-  const tasks = new Set<Promise<void>>();
-  let accepted = 0;
-  const handle = async (conn: Deno.Conn, index: number) => {
-    using _conn = conn;
-    const state = { conn: index, offset: 0 };
-    const buffer = new Uint8Array(64 * 1024);
-    try {
-      for (
-        let n = await conn.read(buffer);
-        n !== null;
-        n = await conn.read(buffer)
-      ) {
-        const out = mangle
-          ? mangle(buffer.subarray(0, n), state)
-          : buffer.subarray(0, n);
-        if (out === "close") return;
-        state.offset += n;
-        for (let at = 0; at < out.length; at += pieceBytes) {
-          await writeAll(
-            conn,
-            out.subarray(at, Math.min(out.length, at + pieceBytes)),
-          );
-        }
-      }
-      if (hold) await closing.promise;
-      await conn.closeWrite();
-    } catch {
-      // reset, or interrupted by close(): this connection is done
-    } finally {
-      conns.delete(conn);
-    }
-  };
-  const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        conns.add(conn);
-        const task: Promise<void> = handle(conn, accepted++).finally(() =>
-          tasks.delete(task)
-        );
-        tasks.add(task);
-      }
-    } catch { /* listener closed */ }
-  })();
-  let closed: Promise<void> | undefined;
-  const close = () =>
-    closed ??= (async () => {
-      closing.resolve();
-      listener.close();
-      await accepting;
-      for (const conn of conns) closeQuietly(conn);
-      await Promise.all(tasks);
-    })();
-  return {
-    port: path === undefined ? (listener.addr as Deno.NetAddr).port : 0,
-    close,
-    [Symbol.asyncDispose]: close,
-  };
-}
-
-/**
- * A {@linkcode Mangle} that flips the low bit of byte `at` of each
- * connection's echo, or of connection `conn`'s only.
- */
-export function flipBitAt(at: number, conn?: number): Mangle {
-  return (chunk, state) => {
-    const i = at - state.offset;
-    if (
-      (conn === undefined || state.conn === conn) && i >= 0 && i < chunk.length
-    ) {
-      chunk[i] ^= 0x01;
-    }
-    return chunk;
-  };
-}
 
 /** Captures LogTape records (all levels) until disposed. */
 export async function captureLogs(): Promise<
@@ -491,6 +357,33 @@ export async function streamUntilStalled(
   conn.close();
   await writing;
   return closed;
+}
+
+/**
+ * A node:net socket to 127.0.0.1 from `localAddress` (one more client
+ * address: Linux's loopback is all of 127.0.0.0/8), and a promise of
+ * everything it receives until it is closed.
+ */
+export async function connectFrom(
+  localAddress: string,
+  port: number,
+): Promise<{ socket: net.Socket; closed: Promise<Uint8Array> }> {
+  const socket = net.connect({ host: "127.0.0.1", port, localAddress });
+  const chunks: Uint8Array[] = [];
+  const closed = new Promise<Uint8Array>((resolve) => {
+    socket.on("data", (c: Uint8Array) => chunks.push(new Uint8Array(c)));
+    socket.once("close", () => {
+      const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+      chunks.reduce((off, c) => (all.set(c, off), off + c.length), 0);
+      resolve(all);
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  socket.on("error", () => {}); // a reset is one more way to be closed
+  return { socket, closed };
 }
 
 /** The peer tag the server gives a client's TCP connection: `ip:port`. */

@@ -1,14 +1,15 @@
 /**
  * Test helpers for the command line: the CLI (`main.ts`) as a child process,
- * run to completion or kept as a running server, and a stub `main.ts` to
- * test spawners against. Not part of the tool; `testing.ts` holds the
- * in-process helpers.
+ * run to completion, under a terminal or kept as a running server; and the
+ * stand-ins that clients and spawners are tested against, an echo server
+ * that misbehaves on purpose and a stub `main.ts`. Not part of the tool;
+ * `testing.ts` holds the in-process helpers.
  *
  * @module
  */
 import assert from "node:assert/strict";
 import { ServerChild } from "./spawn.ts";
-import { testdata, watchdog } from "./testing.ts";
+import { closeQuietly, testdata, watchdog, writeAll } from "./testing.ts";
 
 const MAIN = new URL("./main.ts", import.meta.url).pathname;
 
@@ -203,6 +204,141 @@ export class ServerProcess extends ServerChild {
   override async [Symbol.asyncDispose](): Promise<void> {
     await this.stop("SIGKILL");
   }
+}
+
+// ---- stand-ins: an echo server that misbehaves on purpose, a stub main.ts --
+
+/**
+ * Called on every chunk an {@linkcode echoServer} reads, before it echoes it,
+ * with the connection's number (0, 1, … in accept order) and how many bytes
+ * it read before this chunk: returns what to echo (the chunk, changed in
+ * place or not, or other bytes), or `"close"` to close the connection.
+ */
+export type Mangle = (
+  chunk: Uint8Array,
+  state: { readonly conn: number; readonly offset: number },
+) => Uint8Array | "close";
+
+/** Options for {@linkcode echoServer}. */
+export interface EchoServerOptions {
+  /** Changes what is echoed; by default every byte comes back as it came. */
+  mangle?: Mangle;
+  /** Listen on this Unix socket instead of 127.0.0.1, port 0. */
+  path?: string;
+  /** Serve TLS with this PEM certificate and key. */
+  tls?: { cert: string; key: string };
+  /** Echo in writes of at most this many bytes. @default {Infinity} */
+  pieceBytes?: number;
+  /** After the client's half-close, keep the connection open until closed. @default {false} */
+  hold?: boolean;
+}
+
+/** A running {@linkcode echoServer}. */
+export interface EchoServer extends AsyncDisposable {
+  /** Its port on 127.0.0.1 (0 on a Unix socket). */
+  readonly port: number;
+  /** Stops listening, closes every connection, awaits their tasks (idempotent). */
+  close(): Promise<void>;
+}
+
+/**
+ * A raw echo server that can misbehave on purpose (alter, cut, split or
+ * withhold its echo), to test clients against: one task per connection,
+ * half-close answered once everything is echoed, every connection tracked
+ * and closed by {@linkcode EchoServer.close}.
+ *
+ * @example
+ * ```ts ignore
+ * await using server = echoServer({ mangle: flipBitAt(1000) });
+ * ```
+ */
+export function echoServer(options: EchoServerOptions = {}): EchoServer {
+  const { mangle, path, tls, pieceBytes = Infinity, hold = false } = options;
+  const closing = Promise.withResolvers<void>();
+  const listener: Deno.Listener = tls
+    ? Deno.listenTls({
+      hostname: "127.0.0.1",
+      port: 0,
+      cert: tls.cert,
+      key: tls.key,
+    })
+    : path === undefined
+    ? Deno.listen({ hostname: "127.0.0.1", port: 0 })
+    : Deno.listen({ transport: "unix", path });
+  const conns = new Set<Deno.Conn>();
+  const tasks = new Set<Promise<void>>();
+  let accepted = 0;
+  const handle = async (conn: Deno.Conn, index: number) => {
+    using _conn = conn;
+    const state = { conn: index, offset: 0 };
+    const buffer = new Uint8Array(64 * 1024);
+    try {
+      for (
+        let n = await conn.read(buffer);
+        n !== null;
+        n = await conn.read(buffer)
+      ) {
+        const out = mangle
+          ? mangle(buffer.subarray(0, n), state)
+          : buffer.subarray(0, n);
+        if (out === "close") return;
+        state.offset += n;
+        for (let at = 0; at < out.length; at += pieceBytes) {
+          await writeAll(
+            conn,
+            out.subarray(at, Math.min(out.length, at + pieceBytes)),
+          );
+        }
+      }
+      if (hold) await closing.promise;
+      await conn.closeWrite();
+    } catch {
+      // reset, or interrupted by close(): this connection is done
+    } finally {
+      conns.delete(conn);
+    }
+  };
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        conns.add(conn);
+        const task: Promise<void> = handle(conn, accepted++).finally(() =>
+          tasks.delete(task)
+        );
+        tasks.add(task);
+      }
+    } catch { /* listener closed */ }
+  })();
+  let closed: Promise<void> | undefined;
+  const close = () =>
+    closed ??= (async () => {
+      closing.resolve();
+      listener.close();
+      await accepting;
+      for (const conn of conns) closeQuietly(conn);
+      await Promise.all(tasks);
+    })();
+  return {
+    port: path === undefined ? (listener.addr as Deno.NetAddr).port : 0,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/**
+ * A {@linkcode Mangle} that flips the low bit of byte `at` of each
+ * connection's echo, or of connection `conn`'s only.
+ */
+export function flipBitAt(at: number, conn?: number): Mangle {
+  return (chunk, state) => {
+    const i = at - state.offset;
+    if (
+      (conn === undefined || state.conn === conn) && i >= 0 && i < chunk.length
+    ) {
+      chunk[i] ^= 0x01;
+    }
+    return chunk;
+  };
 }
 
 /**
