@@ -10,6 +10,7 @@ import { formatProxyHeader, type ProxyHeader } from "./_proxy_protocol.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import {
   CA,
+  CA_FILE,
   captureLogs,
   connectFrom,
   ConnEvents,
@@ -17,7 +18,6 @@ import {
   peerOf,
   readAll,
   roundTrip,
-  testdata,
   TLS,
   watchdog,
   writeAll,
@@ -774,7 +774,7 @@ Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy
     `${server.port}`,
     "--tls",
     "--ca",
-    testdata("ca.pem"),
+    CA_FILE,
     "--send-proxy",
     "v2",
     "-c",

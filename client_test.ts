@@ -3,6 +3,7 @@ import { connect, forTerminal, type Input, pipe } from "./client.ts";
 import { serve } from "./server.ts";
 import { delay, LineSplitter, readLines } from "./io.ts";
 import {
+  CA_FILE,
   ConnEvents,
   hasIpv6,
   randomBytes,
@@ -249,7 +250,7 @@ Deno.test("tcpecho client --tls --insecure pipes to a server it cannot verify, a
     const [args, message] of [
       [["--insecure"], "error: --insecure needs --tls"],
       [
-        ["--tls", "--insecure", "--ca", testdata("ca.pem")],
+        ["--tls", "--insecure", "--ca", CA_FILE],
         "error: --insecure trusts any certificate: no --ca with it",
       ],
     ]
@@ -465,7 +466,7 @@ Deno.test("tcpecho client --tls --ca pipes byte-exact to a TLS server", async ()
   const out = await pipeThroughClient([
     "--tls",
     "--ca",
-    testdata("ca.pem"),
+    CA_FILE,
     "--host",
     "localhost",
     "-p",

@@ -321,8 +321,11 @@ export const TLS = {
   key: Deno.readTextFileSync(testdata("server-key.pem")),
 };
 
-/** The CA that signed {@linkcode TLS}'s certificate (PEM): `caCerts: [CA]`. */
-export const CA = Deno.readTextFileSync(testdata("ca.pem"));
+/** The file of the CA that signed {@linkcode TLS}'s certificate: `--ca CA_FILE`. */
+export const CA_FILE = testdata("ca.pem");
+
+/** That CA's certificate (PEM): `caCerts: [CA]`. */
+export const CA = Deno.readTextFileSync(CA_FILE);
 
 /** Whether this machine has an IPv6 loopback to bind. */
 export const hasIpv6 = (() => {

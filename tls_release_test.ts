@@ -17,13 +17,13 @@ import {
 } from "./_tls_release.ts";
 import {
   CA,
+  CA_FILE,
   captureLogs,
   closeQuietly,
   ConnEvents,
   hasIpv6,
   render,
   roundTrip,
-  testdata,
   TLS,
   watchdog,
   writeAll,
@@ -535,7 +535,7 @@ Deno.test(
             HOSTILE_CLIENT,
             scenario,
             String(port),
-            testdata("ca.pem"),
+            CA_FILE,
           ],
           stdout: "piped",
           stderr: "piped",
