@@ -62,30 +62,51 @@ export const SIZE_EXAMPLES =
 const SIZE = /^(\d+(?:\.\d+)?)(?:([kmg])(?:ib)?)?$/i;
 
 /**
+ * How a number option is read: option `name` of `values` as a number in
+ * `[min, max]` (by default, any ≥ 0), `undefined` when not given, or a usage
+ * error naming the option and what it takes.
+ */
+export type NumberOption = <K extends string>(
+  values: { readonly [P in NoInfer<K>]?: string },
+  name: K,
+  range?: readonly [min: number, max: number],
+) => number | undefined;
+
+/**
+ * A {@linkcode NumberOption} that reads a value with `parse` (`NaN` for one
+ * it does not take) and, for a value out of range, says the option takes
+ * `what(range)`, where range is `≥ MIN` or `from MIN to MAX`.
+ */
+export function numberOption(
+  parse: (value: string) => number,
+  what: (range: string) => string,
+): NumberOption {
+  return (values, name, [min, max] = [0, Number.MAX_SAFE_INTEGER]) => {
+    const value = values[name];
+    if (value === undefined) return undefined;
+    const n = parse(value);
+    if (!(n >= min && n <= max)) {
+      const range = max === Number.MAX_SAFE_INTEGER
+        ? `≥ ${min}`
+        : `from ${min} to ${max}`;
+      throw new UsageError(
+        `--${name} takes ${what(range)}, not ${quote(value)}`,
+      );
+    }
+    return n;
+  };
+}
+
+/**
  * A size in bytes: a whole number, or a number with a unit (`64k`, `1.5M`,
  * `1G`, `1MiB`: powers of 1024) that comes to whole bytes, in `[min, max]`.
  * Else a usage error naming the option.
  */
-export function bytes<K extends string>(
-  values: { readonly [P in NoInfer<K>]?: string },
-  name: K,
-  [min, max] = [0, Number.MAX_SAFE_INTEGER],
-): number | undefined {
-  const value = values[name];
-  if (value === undefined) return undefined;
+export const bytes: NumberOption = numberOption((value) => {
   const [, number, unit = ""] = SIZE.exec(value) ?? [];
   const n = Number(number) * 1024 ** " kmg".indexOf(unit.toLowerCase() || " ");
-  if (!(Number.isInteger(n) && n >= min && n <= max)) {
-    const range = max === Number.MAX_SAFE_INTEGER
-      ? `≥ ${min}`
-      : `from ${min} to ${max}`;
-    throw new UsageError(
-      `--${name} takes a size ${range} bytes, such as 4096, 64k or 1M, ` +
-        `not ${quote(value)}`,
-    );
-  }
-  return n;
-}
+  return Number.isInteger(n) ? n : NaN;
+}, (range) => `a size ${range} bytes, such as 4096, 64k or 1M`);
 
 /**
  * `HOST:PORT`, `[V6]:PORT`, `[V6]` or `HOST` (an IPv6 address without

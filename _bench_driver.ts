@@ -11,13 +11,15 @@
 import { LatencyHistogram } from "./_histogram.ts";
 import type { ShardDelta, ShardEvents } from "./_bench_shard.ts";
 import { benchResult, fairness } from "./_bench_report.ts";
+import { BENCH_DEFAULTS } from "./_bench_types.ts";
 import type {
   BenchInterval,
   BenchIntervalListener,
+  BenchOptions,
   BenchPattern,
   BenchProgress,
   BenchResult,
-} from "./bench.ts";
+} from "./_bench_types.ts";
 import { delay } from "./io.ts";
 
 /** How often the progress callback is called. */
@@ -54,6 +56,84 @@ export interface DriveSettings {
   onProgress?: (progress: BenchProgress) => void;
   onError?: (error: Error) => void;
   intervals?: readonly BenchIntervalListener[];
+}
+
+/** The options every run takes, over TCP or UDP, that the driver uses. */
+export type RunOptions = Pick<
+  BenchOptions,
+  | "connections"
+  | "sizeBytes"
+  | "durationMs"
+  | "warmupMs"
+  | "signal"
+  | "onProgress"
+  | "onError"
+  | "intervals"
+>;
+
+/**
+ * The driver's settings: `options` with {@linkcode BENCH_DEFAULTS} for what
+ * they leave out, and the run's `pattern` and `rate` (0: closed loop).
+ * Nothing is checked here: each run checks its options, in its own order,
+ * with {@linkcode checkConnections}, {@linkcode checkMs} and
+ * {@linkcode checkIntervals}.
+ */
+export function driveSettings(
+  options: RunOptions,
+  pattern: BenchPattern,
+  rate: number,
+): DriveSettings {
+  const {
+    connections = BENCH_DEFAULTS.connections,
+    sizeBytes = BENCH_DEFAULTS.sizeBytes,
+    durationMs = BENCH_DEFAULTS.durationMs,
+    warmupMs = BENCH_DEFAULTS.warmupMs,
+    signal,
+    onProgress,
+    onError,
+    intervals,
+  } = options;
+  return {
+    pattern,
+    connections,
+    sizeBytes,
+    durationMs,
+    warmupMs,
+    rate,
+    signal,
+    onProgress,
+    onError,
+    intervals,
+  };
+}
+
+/** @throws {RangeError} unless `connections` is a whole number above 0 */
+export function checkConnections(connections: number): void {
+  if (!Number.isSafeInteger(connections) || connections < 1) {
+    throw new RangeError(
+      `invalid connections ${connections}: expected a positive integer`,
+    );
+  }
+}
+
+/** @throws {RangeError} unless the option `name`'s `value` is a time ≥ 0 */
+export function checkMs(name: string, value: number): void {
+  if (!(value >= 0 && Number.isFinite(value))) {
+    throw new RangeError(`invalid ${name} ${value}: expected 0 or more`);
+  }
+}
+
+/** @throws {RangeError} unless every interval is 1 ms or more */
+export function checkIntervals(
+  intervals: readonly BenchIntervalListener[] = [],
+): void {
+  for (const { everyMs } of intervals) {
+    if (!(everyMs >= 1 && Number.isFinite(everyMs))) {
+      throw new RangeError(
+        `invalid interval ${everyMs}: expected 1 ms or more`,
+      );
+    }
+  }
 }
 
 /** A run's result and the histograms the text report draws. */
@@ -166,6 +246,25 @@ export async function drive(
     histogram: totals.histogram,
     uncorrected: totals.uncorrected,
   };
+}
+
+/**
+ * Runs all the connections of a run in this isolate, as one shard
+ * (`runBench()`, `runUdpBench()`), and returns what they measured:
+ * `makeShard` gets `settings.shard` and every connection's index.
+ */
+export async function driveHere<O>(
+  settings: DriveSettings & { shard: O },
+  makeShard: (
+    options: O & { first: number; count: number },
+    events: ShardEvents,
+  ) => Shard,
+): Promise<BenchResult> {
+  const { shard, connections } = settings;
+  const { result } = await drive(settings, (events) => [
+    makeShard({ ...shard, first: 0, count: connections }, events),
+  ]);
+  return result;
 }
 
 function messagesOf(

@@ -16,7 +16,7 @@ import type {
   BenchResult,
   LatencySummary,
   PerConnection,
-} from "./bench.ts";
+} from "./_bench_types.ts";
 
 /** The percentiles of {@linkcode LatencySummary}, in order, with their labels. */
 const PERCENTILES = [

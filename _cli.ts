@@ -12,6 +12,8 @@ import { CONNECT_DEFAULTS, type ConnectOptions } from "./client.ts";
 import { escapeControls, quote } from "./io.ts";
 import type { LogFormat, LogLevelName } from "./log.ts";
 import {
+  type NumberOption,
+  numberOption,
   SIZE_EXAMPLES,
   splitHostPort,
   suggest,
@@ -23,6 +25,7 @@ import { readPem } from "./_tls_files.ts";
 // Value helpers kept in their own files, for commands to import from here.
 export {
   bytes,
+  type NumberOption,
   splitHostPort,
   suggest,
   targetFromPositionals,
@@ -254,22 +257,10 @@ export function groupOptions<O extends Options>(options: O, help: string): O {
 }
 
 /** A whole number in `[min, max]`, or a usage error naming the option. */
-export function integer<K extends string>(
-  values: { readonly [P in NoInfer<K>]?: string },
-  name: K,
-  [min, max] = [0, Number.MAX_SAFE_INTEGER],
-): number | undefined {
-  const value = values[name];
-  if (value === undefined) return undefined;
-  const n = /^\d+$/.test(value) ? Number(value) : NaN;
-  if (!(n >= min && n <= max)) {
-    const range = max === Number.MAX_SAFE_INTEGER
-      ? `a whole number ≥ ${min}`
-      : `a whole number from ${min} to ${max}`;
-    throw new UsageError(`--${name} takes ${range}, not ${quote(value)}`);
-  }
-  return n;
-}
+export const integer: NumberOption = numberOption(
+  (value) => /^\d+$/.test(value) ? Number(value) : NaN,
+  (range) => `a whole number ${range}`,
+);
 
 /** A fraction from 0 to 1 (`0.25`, `.5`, `1`), or a usage error naming the option. */
 export function fraction<K extends string>(

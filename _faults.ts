@@ -16,7 +16,7 @@
 import { createRandom, randomSeed } from "./_random.ts";
 import { ReadBuffer, type Send, type Session } from "./_session.ts";
 import { delay, isPeerError, writeAll } from "./io.ts";
-import type { ServeOptions } from "./server.ts";
+import type { ServeOptions } from "./_server_types.ts";
 
 /**
  * Bytes a faulty connection may hold back (read, not yet echoed) before its

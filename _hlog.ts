@@ -19,7 +19,7 @@ import {
   valueFromIndex,
 } from "./_histogram.ts";
 import { benchResult } from "./_bench_report.ts";
-import type { BenchIntervalListener, BenchResult } from "./bench.ts";
+import type { BenchIntervalListener, BenchResult } from "./_bench_types.ts";
 
 const V2_COOKIE = 0x1c849303 | 0x10; // LSBit of the word size: TLZE encoding
 const V2_COMPRESSED_COOKIE = 0x1c849304 | 0x10;

@@ -43,20 +43,8 @@ export class ProxyHeaderError extends Error {
 const V1_PREFIX = new TextEncoder().encode("PROXY ");
 /** The longest v1 line, CRLF included (`PROXY UNKNOWN` with two IPv6 addresses). */
 export const V1_MAX_BYTES = 107;
-const V2_SIGNATURE = new Uint8Array([
-  0x0d,
-  0x0a,
-  0x0d,
-  0x0a,
-  0x00,
-  0x0d,
-  0x0a,
-  0x51,
-  0x55,
-  0x49,
-  0x54,
-  0x0a,
-]);
+/** v2's first 12 bytes, as the spec writes them. */
+const V2_SIGNATURE = new TextEncoder().encode("\r\n\r\n\0\r\nQUIT\n");
 /** v2: the fixed part before the addresses. */
 const V2_FIXED_BYTES = 16;
 /** v2: a Unix socket address. */

@@ -8,18 +8,27 @@
  *
  * @module
  */
-import type { Shard } from "./_bench_driver.ts";
-import { drive } from "./_bench_driver.ts";
+import {
+  checkConnections,
+  checkIntervals,
+  checkMs,
+  driveHere,
+  driveSettings,
+  type Shard,
+} from "./_bench_driver.ts";
 import { EchoError } from "./_bench_connection.ts";
-import type { ShardDelta, ShardEvents } from "./_bench_shard.ts";
+import {
+  type ShardDelta,
+  type ShardEvents,
+  takeDelta,
+} from "./_bench_shard.ts";
 import { LatencyHistogram } from "./_histogram.ts";
 import { Payload } from "./_payload.ts";
-import {
-  BENCH_DEFAULTS,
-  type BenchIntervalListener,
-  type BenchProgress,
-  type BenchResult,
-} from "./bench.ts";
+import type {
+  BenchIntervalListener,
+  BenchProgress,
+  BenchResult,
+} from "./_bench_types.ts";
 import {
   connectUdp,
   MAX_UDP_PAYLOAD,
@@ -192,19 +201,7 @@ export class UdpShard implements Shard {
 
   /** What was measured since the last call, and starts counting afresh. */
   take(): ShardDelta {
-    const run = this.#run;
-    const delta: ShardDelta = {
-      messages: run.messages,
-      bytes: run.bytes,
-      histogram: run.histogram.toSparse(),
-      uncorrected: null,
-      lost: run.lost,
-    };
-    run.messages = 0;
-    run.bytes = 0;
-    run.lost = 0;
-    run.histogram.reset();
-    return delta;
+    return takeDelta(this.#run);
   }
 
   /** Closes the window (no more sends) and takes the last delta. */
@@ -291,36 +288,22 @@ export class UdpShard implements Shard {
 export async function runUdpBench(
   options: UdpBenchOptions = {},
 ): Promise<BenchResult> {
-  const settings = checkUdpBenchOptions(options);
-  const { result } = await drive(settings, (events) => [
-    new UdpShard(
-      { ...settings.shard, first: 0, count: settings.connections },
-      events,
-    ),
-  ]);
-  return result;
+  return await driveHere(
+    checkUdpBenchOptions(options),
+    (shard, events) => new UdpShard(shard, events),
+  );
 }
 
 /** The options of a UDP run, checked and defaulted, for the driver and its shards. */
 export function checkUdpBenchOptions(options: UdpBenchOptions) {
   const {
-    connections = BENCH_DEFAULTS.connections,
-    sizeBytes = BENCH_DEFAULTS.sizeBytes,
-    durationMs = BENCH_DEFAULTS.durationMs,
-    warmupMs = BENCH_DEFAULTS.warmupMs,
     lossTimeoutMs = UDP_BENCH_DEFAULTS.lossTimeoutMs,
-    signal,
-    onProgress,
-    onError,
-    intervals,
     hostname,
     port,
   } = options;
-  if (!Number.isSafeInteger(connections) || connections < 1) {
-    throw new RangeError(
-      `invalid connections ${connections}: expected a positive integer`,
-    );
-  }
+  const settings = driveSettings(options, "pingpong", 0);
+  const { sizeBytes, durationMs, warmupMs } = settings;
+  checkConnections(settings.connections);
   if (!(sizeBytes <= MAX_UDP_PAYLOAD)) {
     throw new RangeError(
       `invalid size ${sizeBytes}: a datagram holds at most ${MAX_UDP_PAYLOAD} bytes`,
@@ -329,29 +312,10 @@ export function checkUdpBenchOptions(options: UdpBenchOptions) {
   new Payload(sizeBytes); // throws RangeError for a bad size
   for (
     const [name, ms] of Object.entries({ durationMs, warmupMs, lossTimeoutMs })
-  ) {
-    if (!(ms >= 0 && Number.isFinite(ms))) {
-      throw new RangeError(`invalid ${name} ${ms}: expected 0 or more`);
-    }
-  }
-  for (const { everyMs } of intervals ?? []) {
-    if (!(everyMs >= 1 && Number.isFinite(everyMs))) {
-      throw new RangeError(
-        `invalid interval ${everyMs}: expected 1 ms or more`,
-      );
-    }
-  }
+  ) checkMs(name, ms);
+  checkIntervals(settings.intervals);
   return {
-    pattern: "pingpong" as const,
-    connections,
-    sizeBytes,
-    durationMs,
-    warmupMs,
-    rate: 0,
-    signal,
-    onProgress,
-    onError,
-    intervals,
+    ...settings,
     shard: {
       transport: "udp" as const,
       target: { hostname, port },

@@ -5,10 +5,9 @@
  *
  * @module
  */
-import process from "node:process";
 import { lookup } from "node:dns/promises";
-import { createInterface } from "node:readline";
 import { CONNECT_DEFAULTS, forTerminal } from "./client.ts";
+import { Prompt } from "./_prompt.ts";
 import { formatAddr, type Reader, writeAll, type Writer } from "./io.ts";
 
 /** The largest UDP payload: 65,535 minus the UDP header (IPv4 allows 65,507). */
@@ -315,17 +314,8 @@ export async function udpInteractive(
     timeoutMs = UDP_CLIENT_DEFAULTS.timeoutMs,
     onLost,
   } = options;
-  const rl = createInterface({
-    input: process.stdin,
-    output: process.stdout,
-    prompt,
-    historySize: 1000,
-    terminal: true,
-  });
   const encoder = new TextEncoder();
   const decoder = new TextDecoder();
-  let end = "eof" as "eof" | "interrupted";
-  const done = Promise.withResolvers<void>();
   type Due = {
     line: string;
     bytes: Uint8Array;
@@ -338,36 +328,19 @@ export async function udpInteractive(
     due.delete(item);
     if (due.size === 0) drained?.resolve();
   };
-  let reading = true; // readline is open (after Ctrl+D, replies still come)
-  const redraw = () => {
-    if (reading) rl.prompt(true);
-  };
-  const show = (text: string) => {
-    process.stdout.write(`\r\x1b[K${text}\n`);
-    redraw();
-  };
   let sending = Promise.resolve();
-  rl.on("line", (line: string) => {
+  // After Ctrl+D the prompt is gone, but replies still come and are shown.
+  const terminal = new Prompt(prompt, (line) => {
     const item: Due = { line, bytes: encoder.encode(line + "\n") };
     // Due before it is sent, so that no reply can come before it is awaited.
     item.timer = setTimeout(() => {
       settle(item);
       onLost?.(line);
-      redraw();
+      terminal.redraw();
     }, timeoutMs);
     due.add(item);
     sending = sending.then(() => conn.send(item.bytes)).then(() => {});
-    rl.prompt();
   });
-  rl.on("SIGINT", () => {
-    end = "interrupted";
-    rl.close();
-  });
-  rl.on("close", () => {
-    reading = false;
-    done.resolve();
-  });
-  rl.prompt();
 
   const receiving = (async () => {
     for (;;) {
@@ -379,11 +352,12 @@ export async function udpInteractive(
         }
       }
       const text = decoder.decode(reply).replace(/\n$/, "");
-      show(`server say# ${forTerminal(text)}`);
+      terminal.show(`server say# ${forTerminal(text)}`);
     }
   })();
   try {
-    await done.promise;
+    await terminal.closed;
+    const end = terminal.interrupted ? "interrupted" : "eof";
     if (end === "eof") {
       await sending;
       if (due.size > 0) {
@@ -393,7 +367,7 @@ export async function udpInteractive(
     }
     return end;
   } finally {
-    rl.close();
+    terminal.close();
     for (const item of [...due]) settle(item);
     conn.close(); // ends the pending receive
     await receiving.catch((err) => {

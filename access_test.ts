@@ -5,24 +5,31 @@
  * `bench --send-proxy`.
  */
 import assert from "node:assert/strict";
-import net from "node:net";
 import fc from "fast-check";
 import { formatProxyHeader, type ProxyHeader } from "./_proxy_protocol.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import {
+  CA,
+  CA_FILE,
   captureLogs,
-  cli,
+  connectFrom,
   ConnEvents,
   echoAll,
   peerOf,
   readAll,
-  render,
   roundTrip,
-  runCli,
-  ServerProcess,
+  TLS,
   watchdog,
   writeAll,
 } from "./testing.ts";
+import {
+  benchClean,
+  benchJson,
+  cli,
+  runCli,
+  ServerProcess,
+  TLS_ARGS,
+} from "./testing_cli.ts";
 
 const encoder = new TextEncoder();
 const bytes = (text: string) => encoder.encode(text);
@@ -39,33 +46,14 @@ const v1 = (src: string, port = 4242) =>
     source: tcp(src, port),
     destination: tcp(src.includes(":") ? "::1" : "192.0.2.1", 7),
   });
-
-/**
- * A connection from `localAddress` (a loopback address of Linux's
- * 127.0.0.0/8): resolves with everything it received once it is closed.
- */
-async function connectFrom(
-  localAddress: string,
-  port: number,
-  host = "127.0.0.1",
-): Promise<{ socket: net.Socket; closed: Promise<Uint8Array> }> {
-  const socket = net.connect({ host, port, localAddress });
-  const chunks: Uint8Array[] = [];
-  const closed = new Promise<Uint8Array>((resolve) => {
-    socket.on("data", (c: Uint8Array) => chunks.push(new Uint8Array(c)));
-    socket.once("close", () => {
-      const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-      chunks.reduce((off, c) => (all.set(c, off), off + c.length), 0);
-      resolve(all);
-    });
+/** A v2 PROXY header relaying `source` to `destination` (address, port). */
+const v2 = (source: [string, number], destination: [string, number]) =>
+  formatProxyHeader({
+    version: 2,
+    command: "proxy",
+    source: tcp(...source),
+    destination: tcp(...destination),
   });
-  await new Promise<void>((resolve, reject) => {
-    socket.once("connect", resolve);
-    socket.once("error", reject);
-  });
-  socket.on("error", () => {}); // a reset is one more way to be closed
-  return { socket, closed };
-}
 
 /** Whether the server echoes `conn` (true) or closes it (false). */
 async function served(conn: Deno.Conn): Promise<boolean> {
@@ -98,11 +86,7 @@ Deno.test({
     for (const [rules, one, two] of cases) {
       await t.step(JSON.stringify(rules), async () => {
         using events = new ConnEvents();
-        await using server = serve({
-          port: 0,
-          ...rules,
-          onConnState: events.onConnState,
-        });
+        await using server = events.serve({ ...rules });
         const { port } = server.addr;
         using a = await Deno.connect({ port });
         assert.equal(await served(a), one);
@@ -143,10 +127,7 @@ Deno.test("serve() with allow/deny on ::1 matches IPv6 rules", async (t) => {
       assert.equal(await served(conn), ok);
       const peer = `[::1]:${(conn.localAddr as Deno.NetAddr).port}`;
       assert.equal(
-        logs.records.some((r) =>
-          r.level === "warning" &&
-          render(r) === `[${peer}] refused: not allowed`
-        ),
+        logs.lines("warning").includes(`[${peer}] refused: not allowed`),
         !ok,
       );
     });
@@ -163,12 +144,7 @@ Deno.test("serve() throws on a rule that is not an address or range", () => {
 Deno.test("refused events carry a code: max-conns, max-conns-per-ip", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
-    maxConns: 2,
-    maxConnsPerIp: 1,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ maxConns: 2, maxConnsPerIp: 1 });
   const { port } = server.addr;
   using a = await Deno.connect({ port });
   assert.equal(await served(a), true);
@@ -182,9 +158,8 @@ Deno.test("refused events carry a code: max-conns, max-conns-per-ip", async () =
     reason: "too many connections (max-conns-per-ip 1)",
   });
   assert.ok(
-    logs.records.some((r) =>
-      render(r) ===
-        `[${peerOf(b)}] refused: too many connections (max-conns-per-ip 1)`
+    logs.lines().includes(
+      `[${peerOf(b)}] refused: too many connections (max-conns-per-ip 1)`,
     ),
   );
 });
@@ -194,11 +169,7 @@ Deno.test("refused events carry a code: max-conns, max-conns-per-ip", async () =
 Deno.test("serve() with proxyProtocol takes the v1 source as the peer", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
-    proxyProtocol: "v1",
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ proxyProtocol: "v1" });
   using conn = await Deno.connect({ port: server.addr.port });
   const via = peerOf(conn);
   // The header and the first data in one write: the data is echoed, the
@@ -219,7 +190,7 @@ Deno.test("serve() with proxyProtocol takes the v1 source as the peer", async ()
   assert.equal(closed.via, via);
   assert.equal(closed.bytesIn, data.length);
   assert.equal(closed.bytesOut, data.length);
-  const lines = logs.records.map(render);
+  const lines = logs.lines();
   assert.ok(
     lines.includes(`[203.0.113.7:4242] online (via ${via})`),
     lines.join("\n"),
@@ -233,19 +204,9 @@ Deno.test("serve() with proxyProtocol takes the v1 source as the peer", async ()
 
 Deno.test("serve() with proxyProtocol: a v2 header split over writes, TCP6, line mode", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
-    mode: "line",
-    proxyProtocol: "any",
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ mode: "line", proxyProtocol: "any" });
   using conn = await Deno.connect({ port: server.addr.port });
-  const header = formatProxyHeader({
-    version: 2,
-    command: "proxy",
-    source: tcp("2001:db8::7", 55555),
-    destination: tcp("2001:db8::1", 443),
-  });
+  const header = v2(["2001:db8::7", 55555], ["2001:db8::1", 443]);
   for (const b of header) await writeAll(conn, new Uint8Array([b]));
   const line = bytes("one line\n");
   assert.deepEqual(await roundTrip(conn, line), line);
@@ -261,11 +222,7 @@ Deno.test("serve() with proxyProtocol: UNKNOWN and LOCAL keep the socket's peer"
   for (const [name, header] of headers) {
     await t.step(name, async () => {
       using events = new ConnEvents();
-      await using server = serve({
-        port: 0,
-        proxyProtocol: "any",
-        onConnState: events.onConnState,
-      });
+      await using server = events.serve({ proxyProtocol: "any" });
       using conn = await Deno.connect({ port: server.addr.port });
       await writeAll(conn, formatProxyHeader(header));
       assert.deepEqual(await roundTrip(conn, bytes("x")), bytes("x"));
@@ -280,12 +237,10 @@ Deno.test("serve() with proxyProtocol: UNKNOWN and LOCAL keep the socket's peer"
 Deno.test("serve() with proxyProtocol: allow/deny and maxConnsPerIp use the header's source", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     proxyProtocol: "v1",
     deny: ["203.0.113.0/24"],
     maxConnsPerIp: 1,
-    onConnState: events.onConnState,
   });
   const { port } = server.addr;
   const open = async (source: string) => {
@@ -304,9 +259,7 @@ Deno.test("serve() with proxyProtocol: allow/deny and maxConnsPerIp use the head
     reason: "not allowed",
   });
   assert.ok(
-    logs.records.some((r) =>
-      render(r) === "[203.0.113.7:4242] refused: not allowed"
-    ),
+    logs.lines().includes("[203.0.113.7:4242] refused: not allowed"),
   );
   // One connection per proxied address, all from the same socket address.
   using first = await open("198.51.100.1");
@@ -372,12 +325,10 @@ Deno.test("serve() with proxyProtocol closes bad headers at once, with a warning
     await t.step(name, async () => {
       using events = new ConnEvents();
       await using logs = await captureLogs();
-      await using server = serve({
-        port: 0,
+      await using server = events.serve({
         proxyProtocol: accept,
         // Far longer than any wait below: "at once" is not this timeout.
         handshakeTimeoutMs: 60_000,
-        onConnState: events.onConnState,
       });
       using conn = await Deno.connect({ port: server.addr.port });
       using dog = watchdog(10_000, () => conn.close()); // waiting: it failed
@@ -391,9 +342,8 @@ Deno.test("serve() with proxyProtocol closes bad headers at once, with a warning
       assert.match(closed.reason ?? "", re);
       assert.equal(events.events.filter((e) => e.state === "open").length, 0);
       assert.ok(
-        logs.records.some((r) =>
-          r.level === "warning" &&
-          render(r) === `[${peerOf(conn)}] closing: ${closed.reason}`
+        logs.lines("warning").includes(
+          `[${peerOf(conn)}] closing: ${closed.reason}`,
         ),
       );
     });
@@ -403,11 +353,9 @@ Deno.test("serve() with proxyProtocol closes bad headers at once, with a warning
 Deno.test("serve() with proxyProtocol bounds a slow or missing header by handshakeTimeoutMs", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     proxyProtocol: "v1",
     handshakeTimeoutMs: 50,
-    onConnState: events.onConnState,
   });
   using slow = await Deno.connect({ port: server.addr.port });
   await writeAll(slow, bytes("PROXY TCP4 "));
@@ -419,8 +367,8 @@ Deno.test("serve() with proxyProtocol bounds a slow or missing header by handsha
   assert.equal(await slow.read(new Uint8Array(1)), null);
   assert.equal(await silent.read(new Uint8Array(1)), null);
   assert.equal(
-    logs.records.filter((r) =>
-      r.level === "warning" && /closing: no PROXY header within/.test(render(r))
+    logs.lines("warning").filter((line) =>
+      /closing: no PROXY header within/.test(line)
     ).length,
     2,
   );
@@ -435,12 +383,10 @@ Deno.test("serve() with proxyProtocol bounds a slow or missing header by handsha
 Deno.test("serve() with proxyProtocol survives arbitrary bytes (fuzz)", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     proxyProtocol: "any",
     // Bounds the header and, after a valid one, a silent session.
     idleTimeoutMs: 100,
-    onConnState: events.onConnState,
   });
   const { port } = server.addr;
   const header = fc.constantFrom<ProxyHeader>(
@@ -495,7 +441,7 @@ Deno.test("serve() with proxyProtocol survives arbitrary bytes (fuzz)", async ()
   );
   // Nothing escaped a connection task, and the server still serves.
   assert.deepEqual(
-    logs.records.filter((r) => r.level === "error").map(render),
+    logs.lines("error"),
     [],
   );
   using ok = await Deno.connect({ port });
@@ -540,7 +486,7 @@ Deno.test("serve() summarises 5000 refusals in a handful of warnings", async () 
   await refuseMany(5000, () => Deno.connect({ port: server.addr.port }));
   const seconds = (performance.now() - started) / 1000;
   await server.close(); // logs what was still counted
-  const lines = logs.records.filter((r) => r.level === "warning").map(render);
+  const lines = logs.lines("warning");
   assert.equal(server.stats.refused, 5000);
   assert.equal(refusalsIn(lines), 5000, lines.join("\n"));
   assert.match(lines[0], /^\[127\.0\.0\.1:\d+\] refused: not allowed$/);
@@ -708,8 +654,7 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
         "--deny",
         "203.0.113.0/24", // nobody the bench sends
       ]);
-      const { code, stdout, stderr } = await runCli([
-        "bench",
+      await benchClean([
         "--port",
         `${server.port}`,
         "--send-proxy",
@@ -718,12 +663,7 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
         "4",
         "-d",
         "0.3",
-        "--json",
       ]);
-      assert.equal(code, 0, stderr);
-      const result = JSON.parse(stdout);
-      assert.equal(result.errors, 0);
-      assert.ok(result.messages > 0);
       // Each connection's header named its own address: the server says so.
       const online = await server.waitFor(/\] online \(via /);
       const [, peer, via] = /\[(.+)\] online \(via (.+)\)$/.exec(online)!;
@@ -731,8 +671,7 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
     });
   }
   await t.step("--spawn-server", async () => {
-    const { code, stdout, stderr } = await runCli([
-      "bench",
+    const { result } = await benchJson([
       "--spawn-server",
       "--send-proxy",
       "v2",
@@ -740,10 +679,8 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
       "2",
       "-d",
       "0.3",
-      "--json",
     ]);
-    assert.equal(code, 0, stderr);
-    assert.equal(JSON.parse(stdout).errors, 0);
+    assert.equal(result.errors, 0);
   });
   await t.step(
     "a server without --proxy-protocol echoes the header: an error",
@@ -768,32 +705,15 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
 
 // ---- TLS after the PROXY header --------------------------------------------
 
-const testdata = (name: string) =>
-  Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
-const CERT = testdata("server.pem");
-const KEY = testdata("server-key.pem");
-const CA = testdata("ca.pem");
-
 Deno.test("serve() with TLS and proxyProtocol: the header, then the handshake", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
-    cert: CERT,
-    key: KEY,
-    proxyProtocol: "any",
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ ...TLS, proxyProtocol: "any" });
   const tcpConn = await Deno.connect({ port: server.addr.port });
   const via = peerOf(tcpConn);
   await writeAll(
     tcpConn,
-    formatProxyHeader({
-      version: 2,
-      command: "proxy",
-      source: tcp("203.0.113.7", 4242),
-      destination: tcp("192.0.2.1", 443),
-    }),
+    v2(["203.0.113.7", 4242], ["192.0.2.1", 443]),
   );
   using conn = await Deno.startTls(tcpConn, {
     hostname: "localhost",
@@ -809,7 +729,7 @@ Deno.test("serve() with TLS and proxyProtocol: the header, then the handshake", 
   assert.equal(closed.bytesIn, data.length);
   assert.equal(closed.reason, undefined);
   assert.ok(
-    logs.records.map(render).includes(`[203.0.113.7:4242] online (via ${via})`),
+    logs.lines().includes(`[203.0.113.7:4242] online (via ${via})`),
   );
   // TLS without a header first: refused at once as not a PROXY header.
   using plain = await Deno.connectTls({
@@ -824,13 +744,10 @@ Deno.test("serve() with TLS and proxyProtocol: the header, then the handshake", 
 
 Deno.test("serve() with TLS and proxyProtocol bounds the handshake after the header", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
-    cert: CERT,
-    key: KEY,
+  await using server = events.serve({
+    ...TLS,
     proxyProtocol: "v1",
     handshakeTimeoutMs: 50,
-    onConnState: events.onConnState,
   });
   using conn = await Deno.connect({ port: server.addr.port });
   await writeAll(conn, v1("198.51.100.9"));
@@ -843,57 +760,40 @@ Deno.test("serve() with TLS and proxyProtocol bounds the handshake after the hea
 });
 
 Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy-protocol v2", async () => {
-  const dir = new URL("./testdata/", import.meta.url).pathname;
   await using server = await ServerProcess.start([
     "--port",
     "0",
-    "--tls-cert",
-    `${dir}server.pem`,
-    "--tls-key",
-    `${dir}server-key.pem`,
+    ...TLS_ARGS,
     "--proxy-protocol",
     "v2",
   ]);
-  const { code, stdout, stderr } = await runCli([
-    "bench",
+  await benchClean([
     "--host",
     "localhost",
     "--port",
     `${server.port}`,
     "--tls",
     "--ca",
-    `${dir}ca.pem`,
+    CA_FILE,
     "--send-proxy",
     "v2",
     "-c",
     "4",
     "-d",
     "0.3",
-    "--json",
   ]);
-  assert.equal(code, 0, stderr);
-  const result = JSON.parse(stdout);
-  assert.equal(result.errors, 0);
-  assert.ok(result.messages > 0);
   await server.waitFor(/\] online \(via /);
 });
 
 Deno.test("serve() with proxyProtocol and faults: the bytes after the header are echoed in slices", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     proxyProtocol: "v2",
     sliceBytes: 3,
     mode: "line",
-    onConnState: events.onConnState,
   });
   using conn = await Deno.connect({ port: server.addr.port });
-  const header = formatProxyHeader({
-    version: 2,
-    command: "proxy",
-    source: tcp("192.0.2.77", 7777),
-    destination: tcp("192.0.2.1", 7),
-  });
+  const header = v2(["192.0.2.77", 7777], ["192.0.2.1", 7]);
   const data = bytes("first line\nsecond\n");
   const back = await echoAll(conn, new Uint8Array([...header, ...data]));
   assert.deepEqual(back, data);

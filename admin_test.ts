@@ -15,14 +15,9 @@ import {
   renderPrometheus,
   sumSnapshots,
 } from "./_metrics.ts";
-import { serve } from "./server.ts";
-import {
-  ConnEvents,
-  echoAll,
-  runCli,
-  ServerProcess,
-  writeAll,
-} from "./testing.ts";
+import { type RefusalCode, serve } from "./server.ts";
+import { ConnEvents, echoAll, writeAll } from "./testing.ts";
+import { runCli, ServerProcess } from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 
@@ -37,6 +32,25 @@ interface Family {
     sum?: string;
     count?: string;
   }[];
+}
+
+/** A recorder that saw a connection close after each of `durationsMs`, then one refusal. */
+function recorded(
+  durationsMs: number[],
+  refusal: { code: RefusalCode; reason: string },
+): MetricsRecorder {
+  const metrics = new MetricsRecorder();
+  for (const durationMs of durationsMs) {
+    metrics.onConnState({
+      state: "closed",
+      peer: "p",
+      bytesIn: 0,
+      bytesOut: 0,
+      durationMs,
+    });
+  }
+  metrics.onConnState({ state: "refused", peer: "p", ...refusal });
+  return metrics;
 }
 
 /** `/metrics` text, parsed by the npm Prometheus text parser, by name. */
@@ -171,19 +185,7 @@ Deno.test({
   name: "renderPrometheus() passes promtool check metrics",
   ignore: !promtool, // Debian's "prometheus" package has it
   async fn() {
-    const metrics = new MetricsRecorder();
-    for (const durationMs of [0.5, 20, 2000, 7_200_000]) {
-      metrics.onConnState({
-        state: "closed",
-        peer: "p",
-        bytesIn: 0,
-        bytesOut: 0,
-        durationMs,
-      });
-    }
-    metrics.onConnState({
-      state: "refused",
-      peer: "p",
+    const metrics = recorded([0.5, 20, 2000, 7_200_000], {
       code: "not-allowed",
       reason: "not allowed",
     });
@@ -210,20 +212,8 @@ Deno.test({
 });
 
 Deno.test("renderPrometheus() writes each field under its name, buckets cumulative", () => {
-  const metrics = new MetricsRecorder();
   // One in (0.001, 0.005], two in (0.05, 0.1], one above the last bound.
-  for (const durationMs of [2, 60, 100, 4_000_000]) {
-    metrics.onConnState({
-      state: "closed",
-      peer: "p",
-      bytesIn: 0,
-      bytesOut: 0,
-      durationMs,
-    });
-  }
-  metrics.onConnState({
-    state: "refused",
-    peer: "p",
+  const metrics = recorded([2, 60, 100, 4_000_000], {
     code: "max-conns-per-ip",
     reason: "r",
   });

@@ -8,45 +8,18 @@ import {
   UsageError,
 } from "./_cli.ts";
 import { serve } from "./server.ts";
-import { cli, echoAll, runCli, ServerProcess } from "./testing.ts";
+import { echoAll, testdata } from "./testing.ts";
+import {
+  assertUsageError,
+  runCli,
+  runClient,
+  ServerProcess,
+} from "./testing_cli.ts";
 
-const testdata = (name: string) =>
-  new URL(`./testdata/${name}`, import.meta.url).pathname;
 const posix = Deno.build.os !== "windows";
 
-/** Runs the CLI, killed after `ms` so a hang fails the test, not the suite. */
-async function runBounded(args: string[], ms = 20_000) {
-  const kill = new AbortController();
-  const timer = setTimeout(() => kill.abort(), ms);
-  try {
-    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "--quiet", "main.ts", ...args],
-      cwd: new URL(".", import.meta.url).pathname,
-      stdout: "piped",
-      stderr: "piped",
-      stdin: "null",
-      env: { NO_COLOR: "1" },
-      signal: kill.signal,
-    }).output();
-    const text = new TextDecoder();
-    assert.ok(!kill.signal.aborted, `${args.join(" ")}: still running`);
-    return { code, stdout: text.decode(stdout), stderr: text.decode(stderr) };
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Asserts a usage error: exit 2, one `error: MESSAGE` line, the usage line. */
-async function assertUsageError(args: string[], message: string | RegExp) {
-  const { code, stdout, stderr } = await runBounded(args, 10_000);
-  assert.equal(code, 2, `${args.join(" ")}: ${stderr}`);
-  assert.equal(stdout, "");
-  const lines = stderr.trimEnd().split("\n");
-  assert.equal(lines.length, 2, stderr);
-  if (typeof message === "string") assert.equal(lines[0], `error: ${message}`);
-  else assert.match(lines[0], message);
-  assert.match(lines[1], /^usage: tcpecho/);
-}
+/** These runs end at once, or the test fails (killed after this). */
+const RUN_MS = 20_000;
 
 // ---- typos ----------------------------------------------------------------
 
@@ -303,17 +276,9 @@ Deno.test("tcpecho client HOST PORT and HOST:PORT connect where --host and --por
       port,
     ], ["localhost", "-p", port]]
   ) {
-    const child = cli(["client", ...args], "piped").spawn();
     const data = new TextEncoder().encode(`via ${args.join(" ")}\n`);
-    const [, out] = await Promise.all([
-      (async () => {
-        const writer = child.stdin.getWriter();
-        await writer.write(data);
-        await writer.close();
-      })(),
-      child.output(),
-    ]);
-    assert.equal(new TextDecoder().decode(out.stderr), "", args.join(" "));
+    const out = await runClient(args, data);
+    assert.equal(out.stderr, "", args.join(" "));
     assert.equal(out.code, 0);
     assert.deepEqual(out.stdout, data);
   }
@@ -348,13 +313,13 @@ Deno.test("tcpecho error lines escape what a user typed: one line, no ESC", asyn
   ];
   for (const [args, message] of cases) await assertUsageError(args, message);
   // A runtime error naming a file: the path's newline and ESC stay escaped.
-  const { code, stderr } = await runBounded([
+  const { code, stderr } = await runCli([
     "server",
     "--tls-cert",
     "no\nsuch\x1b[2J.pem",
     "--tls-key",
     "k.pem",
-  ]);
+  ], RUN_MS);
   assert.equal(code, 1);
   assert.equal(
     stderr,
@@ -362,7 +327,7 @@ Deno.test("tcpecho error lines escape what a user typed: one line, no ESC", asyn
       "No such file or directory (os error 2)\n",
   );
   // Deno's own message repeats the host: escaped as well.
-  const host = await runBounded(["client", "--host", "a\nb\x1b[2J"]);
+  const host = await runCli(["client", "--host", "a\nb\x1b[2J"], RUN_MS);
   assert.equal(host.code, 1);
   assert.equal(host.stderr.split("\n").length, 2, host.stderr);
   assert.ok(!host.stderr.includes("\x1b"), host.stderr);
@@ -431,7 +396,7 @@ Deno.test({
           [["client", "--tls", "--ca", file], "CA certificate"],
         ];
         for (const [args, what] of runs) {
-          const { code, stderr } = await runBounded(args);
+          const { code, stderr } = await runCli(args, RUN_MS);
           assert.equal(code, 1, args.join(" "));
           assert.equal(
             stderr,
@@ -441,14 +406,14 @@ Deno.test({
       }
       // Exactly 1 MiB is read.
       await Deno.truncate(big, 1 << 20);
-      const { code, stderr } = await runBounded([
+      const { code, stderr } = await runCli([
         "client",
         "--tls",
         "--ca",
         big,
         "-p",
         "1",
-      ]);
+      ], RUN_MS);
       assert.equal(code, 1);
       assert.match(stderr, /^error: cannot connect to 127\.0\.0\.1:1: /);
     } finally {
@@ -460,7 +425,7 @@ Deno.test({
 Deno.test("tcpecho server names both files when the TLS key does not match the certificate", async () => {
   const cert = testdata("server.pem");
   const key = testdata("other-key.pem");
-  const { code, stderr } = await runBounded([
+  const { code, stderr } = await runCli([
     "server",
     "--port",
     "0",
@@ -468,7 +433,7 @@ Deno.test("tcpecho server names both files when the TLS key does not match the c
     cert,
     "--tls-key",
     key,
-  ]);
+  ], RUN_MS);
   assert.equal(code, 1);
   assert.equal(
     stderr,

@@ -6,7 +6,6 @@
  * @module
  */
 import process from "node:process";
-import { createInterface } from "node:readline";
 import { type ProxyVersion, sendProxyHeader } from "./_proxy_protocol.ts";
 
 export type { ProxyVersion } from "./_proxy_protocol.ts";
@@ -20,6 +19,7 @@ import {
   type Writer,
 } from "./io.ts";
 import { connectInsecure } from "./_insecure_tls.ts";
+import { Prompt } from "./_prompt.ts";
 
 /** Where and how to connect; shared by `client` and `bench`. */
 export interface ConnectOptions {
@@ -317,44 +317,23 @@ export async function interactive(
 ): Promise<InteractiveEnd> {
   const { prompt = "> ", idleTimeoutMs = 0 } = options;
   using silence = new Silence(idleTimeoutMs, () => closeQuietly(conn));
-  const rl = createInterface({
-    input: process.stdin,
-    output: process.stdout,
-    prompt,
-    historySize: 1000,
-    terminal: true,
-  });
   const encoder = new TextEncoder();
   let end = "eof" as InteractiveEnd;
   let sending = Promise.resolve();
   let sent = 0;
   let received = 0;
   let halfClosed = false;
-  let reading = true; // readline is open: redraw its prompt after output
   let atLineStart = false; // the cursor is not after a prompt
-  const done = Promise.withResolvers<void>();
-  const show = (text: string) => {
-    // Clear the prompt line, print, then redraw the prompt and typed text.
-    process.stdout.write(`\r\x1b[K${text}\n`);
-    if (reading) rl.prompt(true);
-    atLineStart = !reading;
-  };
-  rl.on("line", (line: string) => {
+  const terminal = new Prompt(prompt, (line) => {
     const bytes = encoder.encode(line + "\n");
     sent += bytes.length;
     silence.waiting();
     sending = sending.then(() => writeAll(conn, bytes));
-    rl.prompt();
   });
-  rl.on("SIGINT", () => {
-    end = "interrupted";
-    rl.close();
-  });
-  rl.on("close", () => {
-    reading = false;
-    done.resolve();
-  });
-  rl.prompt();
+  const show = (text: string) => {
+    terminal.show(text);
+    atLineStart = !terminal.reading;
+  };
 
   const receiving = (async () => {
     const splitter = new LineSplitter(); // a "\r" stays, shown as "\\r"
@@ -372,12 +351,15 @@ export async function interactive(
   const closed = receiving.then(() => "closed" as const);
 
   try {
-    const first = await Promise.race([done.promise, closed]);
+    const first = await Promise.race([terminal.closed, closed]);
     if (first === "closed") {
       end = "server-closed";
       return end;
     }
-    if (end === "interrupted") return end;
+    if (terminal.interrupted) {
+      end = "interrupted";
+      return end;
+    }
     // Ctrl+D: send what is queued, half-close, show the last echoes.
     await sending;
     await conn.closeWrite();
@@ -392,7 +374,7 @@ export async function interactive(
     }
     throw err;
   } finally {
-    rl.close();
+    terminal.close();
     // Ctrl+C/Ctrl+D leave what was typed and end its line; otherwise the
     // prompt makes way for the message that follows.
     if (end === "server-closed") process.stdout.write("\r\x1b[K");

@@ -3,31 +3,33 @@ import { connect, forTerminal, type Input, pipe } from "./client.ts";
 import { serve } from "./server.ts";
 import { delay, LineSplitter, readLines } from "./io.ts";
 import {
-  cli,
+  CA_FILE,
   ConnEvents,
-  echoServer,
+  hasIpv6,
   randomBytes,
   readAll,
   roundTrip,
-  runCli,
+  testdata,
+  TLS,
   writeAll,
 } from "./testing.ts";
+import {
+  benchClean,
+  cli,
+  echoServer,
+  hasScript,
+  runCli,
+  runClient,
+  underPty,
+} from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 
 Deno.test("tcpecho client pipes 1 MiB byte-exact and exits 0", async () => {
   await using server = serve({ port: 0 });
-  const child = cli(["client", "-p", `${server.addr.port}`], "piped").spawn();
   const data = randomBytes(1 << 20, 5);
-  const [, out] = await Promise.all([
-    (async () => {
-      const writer = child.stdin.getWriter();
-      await writer.write(data);
-      await writer.close();
-    })(),
-    child.output(),
-  ]);
-  assert.equal(new TextDecoder().decode(out.stderr), "");
+  const out = await runClient(["-p", `${server.addr.port}`], data);
+  assert.equal(out.stderr, "");
   assert.equal(out.code, 0);
   assert.deepEqual(out.stdout, data);
 });
@@ -115,11 +117,7 @@ Deno.test("pipe() rejects when the server refuses the connection over maxConns",
   // In the CLI a refusal can beat the first read of stdin: then nothing
   // was sent and nothing is lost (exit 0). Here the bytes are taken first.
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
-    maxConns: 1,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ maxConns: 1 });
   using first = await Deno.connect({ port: server.addr.port });
   assert.deepEqual(await roundTrip(first, bytes("a")), bytes("a")); // served
   using conn = await Deno.connect({ port: server.addr.port });
@@ -252,7 +250,7 @@ Deno.test("tcpecho client --tls --insecure pipes to a server it cannot verify, a
     const [args, message] of [
       [["--insecure"], "error: --insecure needs --tls"],
       [
-        ["--tls", "--insecure", "--ca", testdata("ca.pem")],
+        ["--tls", "--insecure", "--ca", CA_FILE],
         "error: --insecure trusts any certificate: no --ca with it",
       ],
     ]
@@ -265,8 +263,7 @@ Deno.test("tcpecho client --tls --insecure pipes to a server it cannot verify, a
 
 Deno.test("tcpecho bench --tls --insecure measures a server it cannot verify", async () => {
   await using server = serve({ port: 0, ...TLS });
-  const { code, stdout, stderr } = await runCli([
-    "bench",
+  const { stderr } = await benchClean([
     "--tls",
     "--insecure",
     "-p",
@@ -275,16 +272,11 @@ Deno.test("tcpecho bench --tls --insecure measures a server it cannot verify", a
     "2",
     "-d",
     "0.2",
-    "--json",
   ]);
-  assert.equal(code, 0, stderr);
   assert.equal(
     stderr,
     "warning: --insecure: the server's certificate is not verified\n",
   );
-  const result = JSON.parse(stdout);
-  assert.equal(result.errors, 0);
-  assert.ok(result.messages > 0);
 });
 
 Deno.test("connect() gives up after connectTimeoutMs", async () => {
@@ -311,71 +303,12 @@ Deno.test("forTerminal() escapes control characters, tab included, but keeps tex
   assert.equal(forTerminal("a\x1b[2Jb\rc\x07"), "a\\u001b[2Jb\\rc\\u0007");
 });
 
-/** The client under a real pseudo-terminal, via script(1). */
-function underPty(port: number, args: string[] = []) {
-  const main = new URL("./main.ts", import.meta.url).pathname;
-  const command =
-    `${Deno.execPath()} run -A --quiet ${main} client -p ${port} ${
-      args.join(" ")
-    }`;
-  const child = new Deno.Command("script", {
-    args: ["-qefc", command, "/dev/null"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1", TERM: "dumb" },
-  }).spawn();
-  let screen = "";
-  const waiters: { text: string; resolve: () => void }[] = [];
-  const reading = (async () => {
-    const decoder = new TextDecoder();
-    for await (const chunk of child.stdout) {
-      screen += decoder.decode(chunk, { stream: true });
-      for (const w of waiters.splice(0)) {
-        if (screen.includes(w.text)) w.resolve();
-        else waiters.push(w);
-      }
-    }
-  })();
-  const writer = child.stdin.getWriter();
-  return {
-    get screen() {
-      return screen;
-    },
-    type: (text: string) => writer.write(bytes(text)),
-    see(text: string): Promise<void> {
-      if (screen.includes(text)) return Promise.resolve();
-      const { promise, resolve } = Promise.withResolvers<void>();
-      waiters.push({ text, resolve });
-      return promise;
-    },
-    async exit(): Promise<number> {
-      await writer.close().catch(() => {});
-      const [status] = await Promise.all([
-        child.status,
-        reading,
-        child.stderr.cancel(),
-      ]);
-      return status.code;
-    },
-  };
-}
-
-const hasScript = (() => {
-  try {
-    return new Deno.Command("script", { args: ["--version"] }).outputSync()
-      .success;
-  } catch {
-    return false;
-  }
-})();
-
 Deno.test({
   name: "tcpecho client on a terminal shows server say# and ends on Ctrl+D",
   ignore: !hasScript,
   async fn() {
     await using server = serve({ port: 0, mode: "line" });
-    const pty = underPty(server.addr.port);
+    const pty = underPty(["-p", `${server.addr.port}`]);
     await pty.see(`connected to 127.0.0.1:${server.addr.port}`);
     await pty.type("hello\r");
     await pty.see("server say# hello");
@@ -394,7 +327,7 @@ Deno.test({
   ignore: !hasScript,
   async fn() {
     await using server = serve({ port: 0 });
-    const pty = underPty(server.addr.port);
+    const pty = underPty(["-p", `${server.addr.port}`]);
     await pty.see("connected to");
     await pty.see("\n> "); // readline reads the keys: no SIGINT from the tty
     await pty.type("\x03"); // Ctrl+C
@@ -408,7 +341,7 @@ Deno.test({
   ignore: !hasScript,
   async fn() {
     await using server = serve({ port: 0, shutdownTimeoutMs: 0 });
-    const pty = underPty(server.addr.port);
+    const pty = underPty(["-p", `${server.addr.port}`]);
     await pty.see("connected to");
     await pty.type("x\r");
     await pty.see("server say# x");
@@ -428,7 +361,12 @@ Deno.test({
   ignore: !hasScript,
   async fn() {
     using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const pty = underPty(listener.addr.port, ["--idle-timeout", "100ms"]);
+    const pty = underPty([
+      "-p",
+      `${listener.addr.port}`,
+      "--idle-timeout",
+      "100ms",
+    ]);
     using _conn = await listener.accept(); // never reads or answers
     await pty.see("connected to");
     await pty.type("anyone?\r");
@@ -451,7 +389,7 @@ Deno.test({
     // Not an echo server: it says two lines at once, the second unended, and
     // closes. "é" is cut between its two bytes: the display must join them.
     using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const pty = underPty(listener.addr.port);
+    const pty = underPty(["-p", `${listener.addr.port}`]);
     {
       using conn = await listener.accept();
       const said = bytes("caf\u00e9\r\n\nlast");
@@ -517,31 +455,9 @@ Deno.test("readLines() yields the lines of a stream to its end", async () => {
 
 // ---- transports -----------------------------------------------------------
 
-const testdata = (name: string) =>
-  new URL(`./testdata/${name}`, import.meta.url).pathname;
-const TLS = {
-  cert: Deno.readTextFileSync(testdata("server.pem")),
-  key: Deno.readTextFileSync(testdata("server-key.pem")),
-};
-
-/** Runs `tcpecho client ARGS` with `data` on stdin (killed after 20 s); returns its output. */
-async function pipeThroughClient(args: string[], data: Uint8Array) {
-  const child = cli(["client", ...args], "piped").spawn();
-  // A client that hangs is killed: its test fails instead of the suite.
-  const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-  try {
-    const [, out] = await Promise.all([
-      (async () => {
-        const writer = child.stdin.getWriter();
-        await writer.write(data);
-        await writer.close();
-      })().catch(() => {}), // a client that failed to connect reads nothing
-      child.output(),
-    ]);
-    return { ...out, stderr: new TextDecoder().decode(out.stderr) };
-  } finally {
-    clearTimeout(timer);
-  }
+/** Runs `tcpecho client ARGS` with `data` on stdin (killed after 20 s). */
+function pipeThroughClient(args: string[], data: Uint8Array) {
+  return runClient(args, data, 20_000);
 }
 
 Deno.test("tcpecho client --tls --ca pipes byte-exact to a TLS server", async () => {
@@ -550,7 +466,7 @@ Deno.test("tcpecho client --tls --ca pipes byte-exact to a TLS server", async ()
   const out = await pipeThroughClient([
     "--tls",
     "--ca",
-    testdata("ca.pem"),
+    CA_FILE,
     "--host",
     "localhost",
     "-p",
@@ -619,14 +535,7 @@ Deno.test({
 
 Deno.test({
   name: "tcpecho client --host ::1 pipes over IPv6",
-  ignore: (() => {
-    try {
-      Deno.listen({ hostname: "::1", port: 0 }).close();
-      return false;
-    } catch {
-      return true; // no IPv6 loopback on this machine
-    }
-  })(),
+  ignore: !hasIpv6,
   async fn() {
     await using server = serve({ hostname: "::1", port: 0 });
     const data = bytes("over IPv6\n");

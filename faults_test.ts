@@ -11,22 +11,21 @@ import { createRandom, randomSeed } from "./_random.ts";
 import { isDisconnect } from "./io.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import {
+  CA,
   captureLogs,
-  cli,
   closeQuietly,
   ConnEvents,
   randomBytes,
   readAll,
-  render,
   roundTrip,
-  ServerProcess,
+  streamUntilStalled,
+  TLS,
   watchdog,
   writeAll,
 } from "./testing.ts";
+import { cli, ServerProcess } from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
-const testdata = (name: string) =>
-  Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
 const posix = Deno.build.os !== "windows";
 
 /** What a client saw of one exchange. */
@@ -248,12 +247,7 @@ Deno.test("serve() with closeAfterBytes echoes exactly that many bytes, then clo
     await t.step(mode, async () => {
       using events = new ConnEvents();
       await using logs = await captureLogs();
-      await using server = serve({
-        port: 0,
-        mode,
-        closeAfterBytes: 1000,
-        onConnState: events.onConnState,
-      });
+      await using server = events.serve({ mode, closeAfterBytes: 1000 });
       using conn = await Deno.connect({ port: server.addr.port });
       // 300-byte lines: the cut falls inside the fourth.
       const line = new Uint8Array(300).fill(0x61);
@@ -268,7 +262,7 @@ Deno.test("serve() with closeAfterBytes echoes exactly that many bytes, then clo
       assert.equal(server.stats.bytesOut, 1000);
       // Logged before the closed event.
       assert.ok(
-        logs.records.map(render).some((m) =>
+        logs.lines().some((m) =>
           m.endsWith("] closing: echoed 1000 bytes (close-after)")
         ),
       );
@@ -278,11 +272,7 @@ Deno.test("serve() with closeAfterBytes echoes exactly that many bytes, then clo
 
 Deno.test("serve() with closeAfterBytes hangs up with a FIN: a client still sending is not reset", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
-    closeAfterBytes: 1000,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ closeAfterBytes: 1000 });
   using conn = await Deno.connect({ port: server.addr.port });
   using _dog = watchdog(20_000, () => closeQuietly(conn));
   const data = randomBytes(1 << 20, 12);
@@ -332,13 +322,11 @@ Deno.test("serve() with faulty and seed applies faults to the same connections a
 Deno.test("serve() in discard mode reads everything, answers nothing, closes at EOF", async () => {
   using events = new ConnEvents();
   await using logs = await captureLogs();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     mode: "discard",
     delayMs: 1000, // faults do not apply: nothing is echoed
-    onConnState: events.onConnState,
   });
-  assert.ok(!logs.records.map(render).some((m) => m.startsWith("faults:")));
+  assert.ok(!logs.lines().some((m) => m.startsWith("faults:")));
   using conn = await Deno.connect({ port: server.addr.port });
   const { back } = await exchange(conn, randomBytes(100 * 1024, 6));
   assert.equal(back.length, 0);
@@ -347,7 +335,7 @@ Deno.test("serve() in discard mode reads everything, answers nothing, closes at 
   assert.equal(closed.bytesOut, 0);
   assert.equal(closed.reason, undefined);
   assert.ok(
-    logs.records.map(render).some((m) =>
+    logs.lines().some((m) =>
       /offline \(\d+\.\d\d s, 102400 bytes in, 0 bytes out\)$/.test(m)
     ),
   );
@@ -360,39 +348,22 @@ Deno.test("serve() with delayMs stops reading a client that does not read (backp
   // The idle timeout closes the conn once the server's write is blocked on a
   // client that does not read and the server has stopped reading in turn;
   // it is shorter than the delay, which must not count as idleness.
-  await using server = serve({
-    port: 0,
-    delayMs: 200,
-    idleTimeoutMs: 100,
-    onConnState: events.onConnState,
-  });
-  using conn = await Deno.connect({ port: server.addr.port });
-  const stalled = events.find("closed", (e) => e.reason === "idle for 0.10 s");
-  const chunk = new Uint8Array(1 << 20);
-  let written = 0;
-  const writing = (async () => {
-    while (written < 64 << 20) written += await conn.write(chunk);
-  })().catch(() => {}); // ends when the server closes the conn
-  const { bytesIn, bytesOut } = await stalled;
-  assert.ok(written < 64 << 20, `all ${written} bytes were taken`);
+  await using server = events.serve({ delayMs: 200, idleTimeoutMs: 100 });
+  const { bytesIn, bytesOut } = await streamUntilStalled(
+    server.addr.port,
+    events,
+  );
   // Held back: 256 KiB queued, plus one read of up to 256 KiB.
   assert.ok(
     bytesIn - bytesOut <= 512 * 1024,
     `server held ${bytesIn - bytesOut} bytes`,
   );
   assert.ok(bytesIn < 32 << 20, `${bytesIn} read`);
-  conn.close();
-  await writing;
 });
 
 Deno.test("serve() does not count a fault's delay as the client's idleness", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
-    delayMs: 500,
-    idleTimeoutMs: 100,
-    onConnState: events.onConnState,
-  });
+  await using server = events.serve({ delayMs: 500, idleTimeoutMs: 100 });
   using conn = await Deno.connect({ port: server.addr.port });
   const start = performance.now();
   assert.deepEqual(await roundTrip(conn, bytes("slow")), bytes("slow"));
@@ -406,12 +377,7 @@ Deno.test("serve() does not count a fault's delay as the client's idleness", asy
 
 Deno.test("Server.close() under a long delay ends within the shutdown timeout", async () => {
   using events = new ConnEvents();
-  const server = serve({
-    port: 0,
-    delayMs: 60_000,
-    shutdownTimeoutMs: 100,
-    onConnState: events.onConnState,
-  });
+  const server = events.serve({ delayMs: 60_000, shutdownTimeoutMs: 100 });
   using conn = await Deno.connect({ port: server.addr.port });
   await events.find("open");
   await writeAll(conn, bytes("x"));
@@ -428,12 +394,10 @@ Deno.test("Server.close() under a long delay ends within the shutdown timeout", 
 
 Deno.test("serve() in line mode with faults echoes the lines before a line too long", async () => {
   using events = new ConnEvents();
-  await using server = serve({
-    port: 0,
+  await using server = events.serve({
     mode: "line",
     maxLineBytes: 10,
     delayMs: 50,
-    onConnState: events.onConnState,
   });
   using conn = await Deno.connect({ port: server.addr.port });
   const { back } = await exchange(
@@ -473,12 +437,7 @@ Deno.test("serve() with random faults echoes exact bytes and counts", async () =
       fc.integer({ min: 1, max: 1000 }),
       async (faults, mode, length, chunk, seed) => {
         using events = new ConnEvents();
-        await using server = serve({
-          port: 0,
-          mode,
-          ...faults,
-          onConnState: events.onConnState,
-        });
+        await using server = events.serve({ mode, ...faults });
         const isFaulty = FaultPlan.from(faults)?.next() !== undefined;
         const cut = isFaulty && faults.closeAfterBytes! > 0
           ? Math.min(length, faults.closeAfterBytes!)
@@ -512,24 +471,16 @@ const FAULTS: ServeOptions = {
 };
 
 Deno.test("serve() with TLS keeps faults byte-exact, close_notify and close-after", async (t) => {
-  const tls = {
-    cert: testdata("server.pem"),
-    key: testdata("server-key.pem"),
-  };
   const connect = (port: number) =>
-    Deno.connectTls({
-      hostname: "localhost",
-      port,
-      caCerts: [testdata("ca.pem")],
-    });
+    Deno.connectTls({ hostname: "localhost", port, caCerts: [CA] });
   await t.step("faults", async () => {
-    await using server = serve({ port: 0, ...tls, ...FAULTS });
+    await using server = serve({ port: 0, ...TLS, ...FAULTS });
     using conn = await connect(server.addr.port);
     const data = randomBytes(50_000, 8);
     assertBytes((await exchange(conn, data)).back, data);
   });
   await t.step("close-after", async () => {
-    await using server = serve({ port: 0, ...tls, closeAfterBytes: 777 });
+    await using server = serve({ port: 0, ...TLS, closeAfterBytes: 777 });
     using conn = await connect(server.addr.port);
     const data = randomBytes(50_000, 9);
     assertBytes((await exchange(conn, data)).back, data.subarray(0, 777));
@@ -574,7 +525,7 @@ Deno.test("serve() logs one faults: line before listening on, none without fault
   {
     await using _server = serve({ port: 0, faulty: 0.5, seed: 3 });
   }
-  const messages = logs.records.map(render);
+  const messages = logs.lines();
   const faults = messages.filter((m) => m.startsWith("faults:"));
   assert.deepEqual(faults, ["faults: delay 100 ms, jitter 20 ms, seed 42"]);
   assert.match(messages[messages.indexOf(faults[0]) + 1], /^listening on /);

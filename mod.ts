@@ -69,26 +69,7 @@ export {
   type ReportDetails,
   runBench,
 } from "./bench.ts";
-export {
-  connectUdp,
-  type DatagramEvent,
-  MAX_UDP4_PAYLOAD,
-  MAX_UDP_PAYLOAD,
-  runUdpBench,
-  serveUdp,
-  UDP_BENCH_DEFAULTS,
-  UDP_CLIENT_DEFAULTS,
-  UDP_SERVE_DEFAULTS,
-  type UdpBenchOptions,
-  UdpConn,
-  type UdpConnectOptions,
-  udpInteractive,
-  udpPipe,
-  type UdpPipeOptions,
-  type UdpPipeResult,
-  type UdpServeOptions,
-  type UdpServer,
-  type UdpServerStats,
-} from "./udp.ts";
+// Everything `udp.ts` exports: the UDP server, client and load generator.
+export * from "./udp.ts";
 export type { Bar, SparseCounts } from "./_histogram.ts";
 export type { Reader, Writer } from "./io.ts";

@@ -15,10 +15,10 @@ import {
   RandomStream,
   readExactly,
   roundTrip,
-  ServerProcess,
   watchdog,
   writeAll,
 } from "./testing.ts";
+import { ServerProcess } from "./testing_cli.ts";
 
 const posix = Deno.build.os !== "windows";
 const bytes = (text: string) => new TextEncoder().encode(text);

@@ -16,22 +16,22 @@ import {
   tlsReleaseUnavailable,
 } from "./_tls_release.ts";
 import {
+  CA,
+  CA_FILE,
   captureLogs,
   closeQuietly,
   ConnEvents,
+  hasIpv6,
   render,
   roundTrip,
+  TLS,
   watchdog,
   writeAll,
 } from "./testing.ts";
+import { TLS_ARGS } from "./testing_cli.ts";
 import { ServerChild } from "./spawn.ts";
 import { PERMISSIONS } from "./tools/compile.ts";
 
-const testdata = (name: string) =>
-  new URL(`./testdata/${name}`, import.meta.url).pathname;
-const CERT = Deno.readTextFileSync(testdata("server.pem"));
-const KEY = Deno.readTextFileSync(testdata("server-key.pem"));
-const CA = Deno.readTextFileSync(testdata("ca.pem"));
 const linux = Deno.build.os === "linux";
 const bytes = (text: string) => new TextEncoder().encode(text);
 
@@ -41,16 +41,6 @@ const bytes = (text: string) => new TextEncoder().encode(text);
 if (linux && tlsReleaser() === undefined) {
   console.error(`TLS release off: ${tlsReleaseUnavailable()}`);
 }
-
-/** True when this machine has an IPv6 loopback to bind. */
-const hasIpv6 = (() => {
-  try {
-    Deno.listen({ hostname: "::1", port: 0 }).close();
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 /** Open descriptors of this process, or of process `pid`. */
 function fds(pid: number | "self" = "self"): number {
@@ -195,9 +185,7 @@ async function allEnd(clients: Deno.Conn[], ms = 5000): Promise<string[]> {
 
 Deno.test(
   "pairKey() names IPv4, IPv6 and IPv4-mapped endpoints as the kernel does",
-  {
-    ignore: !linux,
-  },
+  { ignore: !linux },
   async (t) => {
     const tcp = (hostname: string, port: number): Deno.NetAddr => ({
       transport: "tcp",
@@ -255,9 +243,7 @@ Deno.test(
 
 Deno.test(
   "tlsReleaser()'s release skips what is gone or no TCP, and never throws",
-  {
-    ignore: !linux,
-  },
+  { ignore: !linux },
   async () => {
     const release = tlsReleaser()!;
     const { shut, gone } = release.stats;
@@ -292,18 +278,10 @@ Deno.test(
 
 Deno.test(
   "serve() with TLS frees the descriptors of 40 clients stuck mid-handshake at the handshake timeout",
-  {
-    ignore: !linux,
-  },
+  { ignore: !linux },
   async () => {
     using events = new ConnEvents();
-    await using server = serve({
-      port: 0,
-      cert: CERT,
-      key: KEY,
-      handshakeTimeoutMs: 100,
-      onConnState: events.onConnState,
-    });
+    await using server = events.serve({ ...TLS, handshakeTimeoutMs: 100 });
     const before = fds();
     using clients = await halfHellos(40, server.addr.port);
     const ends = await allEnd(clients);
@@ -318,9 +296,7 @@ Deno.test(
 
 Deno.test(
   "serve() with TLS frees every address family's descriptor: IPv6, IPv4-mapped",
-  {
-    ignore: !linux,
-  },
+  { ignore: !linux },
   async (t) => {
     const cases: [string, string, string][] = [
       ["IPv4-mapped (dual-stack listener)", "::", "127.0.0.1"],
@@ -332,8 +308,7 @@ Deno.test(
         await using server = serve({
           hostname,
           port: 0,
-          cert: CERT,
-          key: KEY,
+          ...TLS,
           handshakeTimeoutMs: 100,
         });
         const before = fds();
@@ -347,18 +322,10 @@ Deno.test(
 
 Deno.test(
   "serve() with TLS frees the descriptor of a client whose writes are blocked when the idle timeout closes it",
-  {
-    ignore: !linux,
-  },
+  { ignore: !linux },
   async () => {
     using events = new ConnEvents();
-    await using server = serve({
-      port: 0,
-      cert: CERT,
-      key: KEY,
-      idleTimeoutMs: 200,
-      onConnState: events.onConnState,
-    });
+    await using server = events.serve({ ...TLS, idleTimeoutMs: 200 });
     const before = fds();
     using conn = await Deno.connectTls({
       hostname: "localhost",
@@ -391,18 +358,10 @@ Deno.test(
 
 Deno.test(
   "serve() with TLS frees the descriptors of connections refused over maxConnsPerIp",
-  {
-    ignore: !linux,
-  },
+  { ignore: !linux },
   async () => {
     using events = new ConnEvents();
-    await using server = serve({
-      port: 0,
-      cert: CERT,
-      key: KEY,
-      maxConnsPerIp: 1,
-      onConnState: events.onConnState,
-    });
+    await using server = events.serve({ ...TLS, maxConnsPerIp: 1 });
     const port = server.addr.port;
     const before = fds();
     using good = await Deno.connectTls({
@@ -425,13 +384,7 @@ Deno.test("Server.close() frees the descriptor of a silent TLS client", {
 }, async () => {
   using events = new ConnEvents();
   const before = fds();
-  const server = serve({
-    port: 0,
-    cert: CERT,
-    key: KEY,
-    shutdownTimeoutMs: 50,
-    onConnState: events.onConnState,
-  });
+  const server = events.serve({ ...TLS, shutdownTimeoutMs: 50 });
   using silent = await Deno.connect({ port: server.addr.port });
   await events.find("open");
   await server.close();
@@ -443,18 +396,13 @@ Deno.test("Server.close() frees the descriptor of a silent TLS client", {
 
 Deno.test(
   "serve() with TLS and a PROXY header frees the relayed connection's descriptors",
-  {
-    ignore: !linux,
-  },
+  { ignore: !linux },
   async () => {
     using events = new ConnEvents();
-    await using server = serve({
-      port: 0,
-      cert: CERT,
-      key: KEY,
+    await using server = events.serve({
+      ...TLS,
       proxyProtocol: "v1",
       handshakeTimeoutMs: 100,
-      onConnState: events.onConnState,
     });
     const port = server.addr.port;
     const before = fds();
@@ -479,9 +427,7 @@ Deno.test(
 
 Deno.test(
   "serve() in a worker isolate frees TLS descriptors too (FFI there, permissions inherited)",
-  {
-    ignore: !linux,
-  },
+  { ignore: !linux },
   async () => {
     const worker = new Worker(
       new URL("./testdata/tls_release_worker.ts", import.meta.url),
@@ -494,8 +440,7 @@ Deno.test(
         new Promise<Record<string, number>>((resolve) => replies.push(resolve));
       worker.postMessage({
         port: 0,
-        cert: CERT,
-        key: KEY,
+        ...TLS,
         handshakeTimeoutMs: 100,
       });
       const { port } = await reply();
@@ -569,7 +514,7 @@ Deno.test(
   { ignore: !hasPython },
   async (t) => {
     await using logs = await captureLogs();
-    await using server = serve({ port: 0, cert: CERT, key: KEY });
+    await using server = serve({ port: 0, ...TLS });
     const port = server.addr.port;
     using good = await Deno.connectTls({
       hostname: "localhost",
@@ -590,7 +535,7 @@ Deno.test(
             HOSTILE_CLIENT,
             scenario,
             String(port),
-            testdata("ca.pem"),
+            CA_FILE,
           ],
           stdout: "piped",
           stderr: "piped",
@@ -624,25 +569,17 @@ Deno.test(
 
 // ---- the CLI --------------------------------------------------------------
 
-const TLS_ARGS = [
-  "--port",
-  "0",
-  "--tls-cert",
-  testdata("server.pem"),
-  "--tls-key",
-  testdata("server-key.pem"),
-];
+/** `tcpecho server` with TLS, on a port of the system's choice. */
+const TLS_CLI = ["--port", "0", ...TLS_ARGS];
 const WARNING =
   "TLS: descriptors of connections the server closes may linger until the peer acts (Deno 2.9.6): run with --allow-ffi to release them at once";
 
 Deno.test(
   "tcpecho server with the tcpecho task's permissions frees 40 stuck TLS descriptors at --idle-timeout 1",
-  {
-    ignore: !linux,
-  },
+  { ignore: !linux },
   async () => {
     assert.ok(PERMISSIONS.includes("--allow-ffi"));
-    await using server = new ServerChild([...TLS_ARGS, "--idle-timeout", "1"], {
+    await using server = new ServerChild([...TLS_CLI, "--idle-timeout", "1"], {
       runFlags: [...PERMISSIONS, "--no-prompt"],
       env: { NO_COLOR: "1" },
     });
@@ -681,7 +618,7 @@ Deno.test(
     (limit64 ? "" : " (ignored: no prlimit to lower a child's limit)"),
   { ignore: limit64 === undefined },
   async () => {
-    await using server = new ServerChild([...TLS_ARGS, "--idle-timeout", "1"], {
+    await using server = new ServerChild([...TLS_CLI, "--idle-timeout", "1"], {
       runFlags: [...PERMISSIONS, "--no-prompt"],
       wrapper: limit64,
       env: { NO_COLOR: "1" },
@@ -706,13 +643,11 @@ Deno.test(
 
 Deno.test(
   "tcpecho server without --allow-ffi warns once that TLS descriptors may linger",
-  {
-    ignore: !linux,
-  },
+  { ignore: !linux },
   async (t) => {
     const flags = PERMISSIONS.filter((flag) => flag !== "--allow-ffi");
     await t.step("TLS: one warning, before listening on", async () => {
-      await using server = new ServerChild(TLS_ARGS, {
+      await using server = new ServerChild(TLS_CLI, {
         runFlags: [...flags, "--no-prompt"],
         env: { NO_COLOR: "1" },
       });

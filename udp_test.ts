@@ -11,12 +11,21 @@ import {
   type UdpConn,
   type UdpServeOptions,
 } from "./udp.ts";
-import { captureLogs, randomBytes, render, ServerProcess } from "./testing.ts";
+import { captureLogs, randomBytes, render } from "./testing.ts";
+import {
+  assertUsageError,
+  benchJson,
+  hasScript,
+  RESULT_KEYS,
+  runCli,
+  runClient,
+  ServerProcess,
+  underPty,
+} from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 const text = (data: Uint8Array) => new TextDecoder().decode(data);
 const posix = Deno.build.os !== "windows";
-const MAIN = new URL("./main.ts", import.meta.url).pathname;
 
 /** A bare UDP socket on 127.0.0.1, closed by scope (for misbehaving servers). */
 function rawSocket(): Deno.DatagramConn & Disposable {
@@ -132,7 +141,7 @@ Deno.test("serveUdp() logs each datagram at debug, escaped, and the stop line", 
   using conn = await connectUdp({ port: server.addr.port });
   await echo(conn, bytes("a\r\n\x1b[2J INF forged"));
   await server.close();
-  const lines = logs.records.map(render);
+  const lines = logs.lines();
   const peer = `127.0.0.1:${conn.localAddr.port}`;
   assert.ok(
     lines.includes(
@@ -167,7 +176,7 @@ Deno.test("serveUdp() with the same drop seed drops the same datagrams", async (
     assert.equal(server.stats.dropped, dropped.length);
     const jitter = jitterMs > 0 ? `, jitter ${jitterMs} ms` : "";
     assert.ok(
-      logs.records.map(render).includes(
+      logs.lines().includes(
         `faults: drop 0.5${jitter}, seed ${seed}`,
       ),
     );
@@ -233,7 +242,7 @@ Deno.test("serveUdp() close() waits shutdownTimeoutMs for delayed echoes, then g
   const seen = logs.next(/delayed 5 bytes/);
   await seen;
   await server.close(); // does not wait the minute; its timer is cleared
-  const lines = logs.records.map(render);
+  const lines = logs.lines();
   assert.ok(
     lines.includes("stopping: 1 delayed echoes not sent"),
     lines.join("\n"),
@@ -290,36 +299,9 @@ Deno.test("seededRandom() repeats per seed; streams and seeds differ", () => {
 
 // ---- client ----------------------------------------------------------------
 
-/** The CLI's runs are bounded too: a hung child is killed and fails its test. */
-const CHILD_MS = 30_000;
-
-/** `runCli()` with the child killed after {@linkcode CHILD_MS}. */
-async function runCliWithin(args: string[]) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--quiet", MAIN, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-    signal: AbortSignal.timeout(CHILD_MS),
-  }).output();
-  return { code, stdout: text(stdout), stderr: text(stderr) };
-}
-
 /** Runs `tcpecho client --udp ARGS` with `input` on stdin. */
-async function udpClient(args: string[], input: Uint8Array) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--quiet", MAIN, "client", "--udp", ...args],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-    signal: AbortSignal.timeout(CHILD_MS),
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(input);
-  await writer.close();
-  const { code, stdout, stderr } = await child.output();
-  return { code, stdout, stderr: text(stderr) };
+function udpClient(args: string[], input: Uint8Array) {
+  return runClient(["--udp", ...args], input);
 }
 
 Deno.test("tcpecho client --udp pipes each line as a datagram, replies to stdout", async () => {
@@ -375,79 +357,13 @@ Deno.test("tcpecho client --udp skips a late reply to a lost line", async () => 
   assert.match(stderr, /^lost: no reply to line 1 \(5 bytes\)/);
 });
 
-/** `tcpecho client --udp ARGS` under a real pseudo-terminal, via script(1). */
-function underPty(args: string[]) {
-  const command = [Deno.execPath(), "run", "-A", "--quiet", MAIN, "client"]
-    .concat("--udp", args).join(" ");
-  const child = new Deno.Command("script", {
-    args: ["-qefc", command, "/dev/null"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1", TERM: "dumb" },
-    signal: AbortSignal.timeout(CHILD_MS),
-  }).spawn();
-  let screen = "";
-  const waiters: { text: string; resolve: () => void }[] = [];
-  const reading = (async () => {
-    const decoder = new TextDecoder();
-    for await (const chunk of child.stdout) {
-      screen += decoder.decode(chunk, { stream: true });
-      for (const w of waiters.splice(0)) {
-        if (screen.includes(w.text)) w.resolve();
-        else waiters.push(w);
-      }
-    }
-  })();
-  const writer = child.stdin.getWriter();
-  return {
-    get screen() {
-      return screen;
-    },
-    type: (text: string) => writer.write(bytes(text)),
-    /** Resolves once `text` is on screen; rejects after REPLY_MS. */
-    async see(text: string): Promise<void> {
-      if (screen.includes(text)) return;
-      const { promise, resolve, reject } = Promise.withResolvers<void>();
-      waiters.push({ text, resolve });
-      const timer = setTimeout(
-        () => reject(new Error(`never saw ${text}; screen:\n${screen}`)),
-        REPLY_MS,
-      );
-      try {
-        await promise;
-      } finally {
-        clearTimeout(timer);
-      }
-    },
-    async exit(): Promise<number> {
-      await writer.close().catch(() => {});
-      const [status] = await Promise.all([
-        child.status,
-        reading,
-        child.stderr.cancel(),
-      ]);
-      return status.code;
-    },
-  };
-}
-
-const hasScript = (() => {
-  try {
-    return new Deno.Command("script", { args: ["--version"] }).outputSync()
-      .success;
-  } catch {
-    return false;
-  }
-})();
-
 Deno.test({
   name:
     "tcpecho client --udp on a terminal shows server say# and ends on Ctrl+D",
   ignore: !hasScript,
   async fn() {
     await using server = serveUdp({ port: 0 });
-    const pty = underPty(["-p", `${server.addr.port}`]);
+    const pty = underPty(["--udp", "-p", `${server.addr.port}`], REPLY_MS);
     await pty.see(`sending to udp:127.0.0.1:${server.addr.port}`);
     await pty.type("hello\r");
     await pty.see("server say# hello");
@@ -463,7 +379,10 @@ Deno.test({
   ignore: !hasScript,
   async fn() {
     await using server = serveUdp({ port: 0, drop: 1 });
-    const pty = underPty(["-p", `${server.addr.port}`, "--timeout", "0.05"]);
+    const pty = underPty(
+      ["--udp", "-p", `${server.addr.port}`, "--timeout", "0.05"],
+      REPLY_MS,
+    );
     await pty.see("sending to");
     await pty.type("gone\r");
     await pty.see('lost: no reply to "gone" within 0.05 s');
@@ -481,7 +400,7 @@ Deno.test({
   ignore: !hasScript,
   async fn() {
     await using server = serveUdp({ port: 0 });
-    const pty = underPty(["-p", `${server.addr.port}`]);
+    const pty = underPty(["--udp", "-p", `${server.addr.port}`], REPLY_MS);
     await pty.see("> "); // the prompt: readline has the terminal
     await pty.type("\x03"); // Ctrl+C, as a key, not a SIGINT
     assert.equal(await pty.exit(), 130, pty.screen);
@@ -572,53 +491,22 @@ Deno.test("runUdpBench() counts an altered reply as an error", async () => {
 
 Deno.test("tcpecho bench --udp ends on time against a server that drops all", async () => {
   await using server = serveUdp({ port: 0, drop: 1 });
-  const { code, stdout, stderr } = await runCliWithin([
-    "bench",
-    "--udp",
-    "-p",
-    `${server.addr.port}`,
-    "-c",
-    "2",
-    "-d",
-    "1.6",
-    "--json",
-  ]);
-  assert.equal(code, 0, stderr);
-  const result = JSON.parse(stdout);
-  assert.deepEqual(Object.keys(result), [
-    "pattern",
-    "connections",
-    "size",
-    "duration_s",
-    "messages",
-    "messages_per_s",
-    "bytes",
-    "mib_per_s",
-    "latency_us",
-    "errors",
-    "rate",
-    "latency_uncorrected_us",
-    "connects_per_s",
-    "lost",
-    "per_conn",
-  ]);
+  const { result, stderr } = await benchJson(
+    ["--udp", "-p", `${server.addr.port}`, "-c", "2", "-d", "1.6"],
+  );
+  const shown = JSON.stringify(result);
+  assert.deepEqual(Object.keys(result), RESULT_KEYS);
   assert.equal(result.messages, 0);
   assert.equal(result.errors, 0);
-  assert.ok(result.lost >= 2, stdout); // a second each, per socket
-  assert.ok(result.duration_s < 1.7, stdout);
+  assert.ok(result.lost >= 2, shown); // a second each, per socket
+  assert.ok(result.duration_s < 1.7, shown);
   assert.match(stderr, /^warning: no reply came back/);
 });
 
 Deno.test("tcpecho bench --udp --spawn-server measures its own UDP server", async () => {
-  const { code, stdout, stderr } = await runCliWithin([
-    "bench",
-    "--udp",
-    "--spawn-server",
-    "-c",
-    "2",
-    "-d",
-    "0.3",
-  ]);
+  const { code, stdout, stderr } = await runCli(
+    ["bench", "--udp", "--spawn-server", "-c", "2", "-d", "0.3"],
+  );
   assert.equal(code, 0, stderr);
   assert.match(
     stdout,
@@ -629,8 +517,7 @@ Deno.test("tcpecho bench --udp --spawn-server measures its own UDP server", asyn
 
 Deno.test("tcpecho bench --udp --threads 2 splits the sockets over two workers", async () => {
   await using server = serveUdp({ port: 0 });
-  const { code, stdout, stderr } = await runCliWithin([
-    "bench",
+  const { result } = await benchJson([
     "--udp",
     "-p",
     `${server.addr.port}`,
@@ -640,15 +527,13 @@ Deno.test("tcpecho bench --udp --threads 2 splits the sockets over two workers",
     "0.3",
     "--threads",
     "2",
-    "--json",
   ]);
-  assert.equal(code, 0, stderr);
-  const result = JSON.parse(stdout);
+  const shown = JSON.stringify(result);
   assert.equal(result.connections, 3);
   assert.equal(result.errors, 0);
-  assert.ok(result.messages > 0, stdout);
+  assert.ok(result.messages > 0, shown);
   // Every socket, in both workers, got replies in the window.
-  assert.ok(result.per_conn.min > 0, stdout);
+  assert.ok(result.per_conn.min > 0, shown);
   // Peers seen by the server: each socket is one.
   assert.ok(server.stats.peers >= 3, JSON.stringify(server.stats));
 });
@@ -658,8 +543,7 @@ Deno.test("tcpecho bench --udp --hlog logs the losses, and bench merge adds them
   const dir = await Deno.makeTempDir();
   try {
     const path = `${dir}/udp.hlog`;
-    const run = await runCliWithin([
-      "bench",
+    const { result } = await benchJson([
       "--udp",
       "-p",
       `${server.addr.port}`,
@@ -669,15 +553,12 @@ Deno.test("tcpecho bench --udp --hlog logs the losses, and bench merge adds them
       "1.2",
       "--hlog",
       path,
-      "--json",
     ]);
-    assert.equal(run.code, 0, run.stderr);
-    const result = JSON.parse(run.stdout);
-    assert.ok(result.lost > 0, run.stdout);
+    assert.ok(result.lost > 0, JSON.stringify(result));
     const log = parseHlog(await Deno.readTextFile(path));
     assert.equal(log.run?.udp, true);
     assert.deepEqual(log.end, { errors: 0, lost: result.lost });
-    const merge = await runCliWithin(["bench", "merge", path, path]);
+    const merge = await runCli(["bench", "merge", path, path]);
     assert.equal(merge.code, 0, merge.stderr);
     assert.match(merge.stdout, /^merge of 2 logs: pingpong over UDP, 4 conn/);
     assert.match(
@@ -763,13 +644,11 @@ Deno.test("tcpecho server/client/bench --udp usage errors exit 2", async (t) => 
   ];
   for (const [args, message] of cases) {
     await t.step(args.join(" "), async () => {
-      const { code, stdout, stderr } = await runCliWithin(args);
-      assert.equal(code, 2, stderr);
-      assert.equal(stdout, "");
-      const lines = stderr.trimEnd().split("\n");
-      assert.equal(lines.length, 2, stderr);
-      assert.match(lines[0], message);
-      assert.match(lines[1], new RegExp(`^usage: tcpecho ${args[0]} `));
+      await assertUsageError(
+        args,
+        message,
+        new RegExp(`^usage: tcpecho ${args[0]} `),
+      );
     });
   }
 });
