@@ -1,12 +1,14 @@
 /**
  * `tcpecho bench` and `tcpecho bench merge`: options, `--help` and run. The
- * CLI runs the connections in worker isolates (`--threads`, at least one)
- * whose runtime has a bounded I/O tick; the library's `runBench()` runs them
- * in the caller's isolate with the same driver.
+ * CLI runs the connections (with `--udp`, the sockets) in worker isolates
+ * (`--threads`, at least one) whose runtime has a bounded I/O tick; the
+ * library's `runBench()` and `runUdpBench()` run them in the caller's isolate
+ * with the same driver.
  *
  * @module
  */
 import {
+  bytes,
   type Command,
   CONNECT_OPTIONS,
   connectOptions,
@@ -26,6 +28,7 @@ import { boundIoTick } from "./_tick.ts";
 import {
   BENCH_DEFAULTS,
   type BenchIntervalListener,
+  type BenchProgress,
   checkBenchOptions,
   formatInterval,
   formatProgress,
@@ -34,6 +37,8 @@ import {
 } from "./bench.ts";
 import { CONNECT_DEFAULTS, targetName } from "./client.ts";
 import { SERVE_DEFAULTS } from "./server.ts";
+import { checkUdpBenchOptions } from "./_udp_bench.ts";
+import { MAX_UDP4_PAYLOAD, UDP_BENCH_DEFAULTS } from "./udp.ts";
 
 const OPTIONS = {
   ...groupOptions(
@@ -72,6 +77,11 @@ const OPTIONS = {
     help: "open loop: N messages/s in total, spread evenly; latency from\n" +
       "each message's intended send time (pingpong, connect)",
   },
+  udp: {
+    type: "boolean",
+    help: `ping-pong over UDP, one socket per connection; a reply not back
+within ${UDP_BENCH_DEFAULTS.lossTimeoutMs / 1000} s is lost`,
+  },
   lines: {
     type: "boolean",
     help:
@@ -97,22 +107,39 @@ const OPTIONS = {
     type: "boolean",
     help: "one JSON object on stdout instead of the report",
   },
+  "send-proxy": {
+    type: "string",
+    choices: ["v1", "v2"],
+    help: "each connection first sends a PROXY header (its own address as\n" +
+      "the source), for servers run with --proxy-protocol",
+  },
   "spawn-server": {
     type: "boolean",
     help: 'start "tcpecho server --port 0" (with --lines: --mode line and a\n' +
-      "--max-line that fits -s) as a child, measure it, stop it",
+      "--max-line that fits -s; with --udp: --udp) as a child, measure it,\n" +
+      "stop it",
   },
 } as const satisfies Options;
 
 const USAGE = "usage: tcpecho bench [--host ADDR] [--port N | --unix PATH] " +
-  "[--tls] [-c N] [-s BYTES] [-d SECONDS] [--pattern pingpong|stream|connect] " +
-  "[--rate N] [--lines] [--threads N] [--interval SECONDS] [--hlog FILE] " +
-  "[--json] [--spawn-server]  (tcpecho bench --help)";
+  "[--tls [--ca FILE | --insecure]] [--connect-timeout SECONDS] " +
+  "[-c N] [-s BYTES] [-d SECONDS] [--pattern pingpong|stream|connect] " +
+  "[--rate N] [--lines] [--udp] [--threads N] [--interval SECONDS] [--hlog FILE] " +
+  "[--json] [--spawn-server] [HOST [PORT] | HOST:PORT]  (tcpecho bench --help)";
 
 /** How many error lines `bench` prints as they happen; the report groups them all. */
 const ERRORS_SHOWN = 5;
 /** Most worker threads. */
 const MAX_THREADS = 64;
+/** Options a UDP ping-pong has no use for, refused with `--udp`. */
+const TCP_ONLY = [
+  "unix",
+  "tls",
+  "ca",
+  "connect-timeout",
+  "lines",
+  "rate",
+] as const;
 
 const MERGE_OPTIONS = {
   json: {
@@ -152,12 +179,13 @@ rates over the time the logs span together.`,
         throw new Error(`cannot read "${name}"`, { cause });
       }
     }
-    const { result, histogram } = mergeHlogs(logs);
+    const { result, histogram, udp } = mergeHlogs(logs);
     const n = logs.length;
     console.log(
       values.json ? JSON.stringify(result) : formatReport(result, {
         histogram,
         source: `merge of ${n} log${n === 1 ? "" : "s"}`,
+        udp,
       }),
     );
     return 0;
@@ -175,24 +203,36 @@ export const benchCommand: Command<typeof OPTIONS> = {
     description:
       `Load-test an echo server and check every echoed byte (a mismatch is an error,
 exit 1). Reports messages/s, MiB/s, latency percentiles and a histogram,
-per-connection fairness, and errors grouped by cause.`,
+per-connection fairness, and errors grouped by cause. With --udp, ping-pong
+over UDP: a reply not back in time is lost (counted apart, not an error).`,
     options: OPTIONS,
     width: 28,
     notes:
       `A progress line goes to stderr when it is a terminal. Ctrl+C stops early and
 still prints what was measured (exit 130). The connections run in worker
 threads whose runtime handles at most DENO_TOKIO_MAX_IO_EVENTS_PER_TICK I/O
-events per turn (128 unless set), so every connection gets its turn.
+events per turn (128 unless set), so every connection gets its turn. With
+--udp the sockets run there too, split over --threads alike.
 "tcpecho bench merge --help": one report from several --hlog files.`,
   }),
   options: OPTIONS,
-  async run(values, _positionals, ctx) {
-    const { host, port, unix, lines, json, hlog, "spawn-server": spawn } =
+  allowPositionals: true,
+  async run(values, positionals, ctx) {
+    const { host, port, unix, lines, udp, json, hlog, "spawn-server": spawn } =
       values;
-    if (spawn && (host ?? port ?? unix) !== undefined) {
+    if (
+      spawn && ((host ?? port ?? unix) !== undefined || positionals.length > 0)
+    ) {
       throw new UsageError(
-        "--spawn-server measures its own server: no --host, --port or --unix",
+        "--spawn-server measures its own server: no --host, --port, --unix or HOST PORT",
       );
+    }
+    if (udp) {
+      for (const name of TCP_ONLY) {
+        if (values[name] !== undefined) {
+          throw new UsageError(`--${name} cannot go with --udp`);
+        }
+      }
     }
     if (spawn && values.tls) {
       throw new UsageError(
@@ -200,17 +240,19 @@ events per turn (128 unless set), so every connection gets its turn.
           "--tls-cert and --tls-key and bench it with --tls --ca",
       );
     }
-    const target = await connectOptions(values);
+    const target = await connectOptions(values, positionals);
     const connections = integer(values, "connections", [1, 100_000]) ??
       BENCH_DEFAULTS.connections;
-    const sizeBytes = integer(values, "size", [1, 16 << 20]) ??
-      BENCH_DEFAULTS.sizeBytes;
-    const durationMs = secondsMs(values, "duration");
-    if (durationMs === 0) {
-      throw new UsageError("--duration must be more than 0");
-    }
+    const sizeBytes = bytes(values, "size", [
+      1,
+      udp ? MAX_UDP4_PAYLOAD : 16 << 20,
+    ]) ?? BENCH_DEFAULTS.sizeBytes;
+    const durationMs = secondsMs(values, "duration", { positive: true });
     const pattern = oneOf(values, "pattern", OPTIONS.pattern.choices) ??
       BENCH_DEFAULTS.pattern;
+    if (udp && pattern !== "pingpong") {
+      throw new UsageError(`--pattern ${pattern} cannot go with --udp`);
+    }
     const rate = integer(values, "rate", [1, 100_000_000]);
     if (rate !== undefined && pattern === "stream") {
       throw new UsageError("--rate paces messages: not with --pattern stream");
@@ -223,17 +265,28 @@ events per turn (128 unless set), so every connection gets its turn.
     if (intervalMs !== undefined && intervalMs < 10) {
       throw new UsageError("--interval must be at least 0.01 seconds");
     }
+    const sendProxy = oneOf(
+      values,
+      "send-proxy",
+      OPTIONS["send-proxy"].choices,
+    );
+    if (udp && sendProxy !== undefined) {
+      throw new UsageError("--send-proxy cannot go with --udp");
+    }
+    target.sendProxy = sendProxy;
     const stop = new AbortController();
     using _signals = ctx.onStopSignals(() => stop.abort());
     // The spawned server speaks what we send: lines get a line-mode server
-    // whose line limit fits the message.
+    // whose line limit fits the message, --udp a UDP server.
     await using server = spawn
       ? await spawnServer([
         ...(lines ? ["--mode", "line"] : []),
+        ...(sendProxy ? ["--proxy-protocol", sendProxy] : []),
         ...(lines && sizeBytes - 1 > SERVE_DEFAULTS.maxLineBytes
           ? ["--max-line", `${sizeBytes - 1}`]
           : []),
-        ...(connections > SERVE_DEFAULTS.maxConns
+        ...(udp ? ["--udp"] : []),
+        ...(!udp && connections > SERVE_DEFAULTS.maxConns
           ? ["--max-conns", `${connections}`]
           : []),
       ])
@@ -249,6 +302,7 @@ events per turn (128 unless set), so every connection gets its turn.
       connections,
       size: sizeBytes,
       rate: rate ?? null,
+      ...(udp ? { udp: true as const } : {}),
     });
     const progress = Deno.stderr.isTerminal();
     const encoder = new TextEncoder();
@@ -263,27 +317,30 @@ events per turn (128 unless set), so every connection gets its turn.
       });
     }
     if (log) intervals.push(log.listener());
-    const settings = checkBenchOptions({
-      ...target,
+    const common = {
       connections,
       sizeBytes,
       durationMs,
-      pattern,
-      rate,
-      lines,
       signal: stop.signal,
       intervals,
       onProgress: progress
-        ? (p) =>
+        ? (p: BenchProgress) =>
           Deno.stderr.writeSync(encoder.encode(`\r${formatProgress(p)}\x1b[K`))
         : undefined,
-      onError(err) {
+      onError(err: Error) {
         groups.add(err, ctx.describe);
         if (errorsShown++ < ERRORS_SHOWN) {
           console.error(`${clear}warning: ${ctx.describe(err)}`);
         }
       },
-    });
+    };
+    const settings = udp
+      ? checkUdpBenchOptions({
+        hostname: target.hostname,
+        port: target.port,
+        ...common,
+      })
+      : checkBenchOptions({ ...target, ...common, pattern, rate, lines });
     boundIoTick(); // before the workers start: their runtimes read it
     const workers: WorkerShard[] = [];
     let outcome: BenchOutcome;
@@ -305,7 +362,10 @@ events per turn (128 unless set), so every connection gets its turn.
       for (const worker of workers) await worker[Symbol.asyncDispose]();
     }
     const { result, histogram } = outcome;
-    log?.end({ errors: result.errors });
+    log?.end({
+      errors: result.errors,
+      ...(udp ? { lost: result.lost } : {}),
+    });
     if (progress) Deno.stderr.writeSync(encoder.encode(clear));
     const errorGroups = groups.groups;
     if (json) {
@@ -324,7 +384,13 @@ events per turn (128 unless set), so every connection gets its turn.
         warmupMs: BENCH_DEFAULTS.warmupMs,
         histogram,
         errors: errorGroups,
+        udp,
       }));
+    }
+    if (udp && result.messages === 0 && result.lost > 0) {
+      console.error(
+        "warning: no reply came back: is a UDP echo server listening there?",
+      );
     }
     if (result.errors > 0) {
       throw new Error(

@@ -1,9 +1,9 @@
 /**
  * The driver of a load-test run (private to `bench.ts`): the same for
- * connections in the caller's isolate (`runBench()`) and in workers (`bench
- * --threads`). It opens the shards' connections, times the warm-up and the
- * window, takes what the shards measured at each interval boundary, adds it
- * up exactly, and drains.
+ * connections in the caller's isolate (`runBench()`, `runUdpBench()`) and in
+ * workers (`bench --threads`), over TCP or UDP. It opens the shards'
+ * connections, times the warm-up and the window, takes what the shards
+ * measured at each interval boundary, adds it up exactly, and drains.
  *
  * @module
  */
@@ -11,13 +11,15 @@
 import { LatencyHistogram } from "./_histogram.ts";
 import type { ShardDelta, ShardEvents } from "./_bench_shard.ts";
 import { benchResult, fairness } from "./_bench_report.ts";
+import { BENCH_DEFAULTS } from "./_bench_types.ts";
 import type {
   BenchInterval,
   BenchIntervalListener,
+  BenchOptions,
   BenchPattern,
   BenchProgress,
   BenchResult,
-} from "./bench.ts";
+} from "./_bench_types.ts";
 import { delay } from "./io.ts";
 
 /** How often the progress callback is called. */
@@ -25,7 +27,7 @@ const PROGRESS_INTERVAL_MS = 250;
 /** A timer firing this early still counts as on time. */
 const TIMER_SLACK_MS = 1;
 
-/** A group of connections the driver runs: a `LocalShard` or a worker. */
+/** A group of connections the driver runs: a `LocalShard`, a `UdpShard` or a worker. */
 export interface Shard {
   /** Opens the first connection alone; throws `cannot connect to …`. */
   probe(): Promise<void>;
@@ -56,6 +58,84 @@ export interface DriveSettings {
   intervals?: readonly BenchIntervalListener[];
 }
 
+/** The options every run takes, over TCP or UDP, that the driver uses. */
+export type RunOptions = Pick<
+  BenchOptions,
+  | "connections"
+  | "sizeBytes"
+  | "durationMs"
+  | "warmupMs"
+  | "signal"
+  | "onProgress"
+  | "onError"
+  | "intervals"
+>;
+
+/**
+ * The driver's settings: `options` with {@linkcode BENCH_DEFAULTS} for what
+ * they leave out, and the run's `pattern` and `rate` (0: closed loop).
+ * Nothing is checked here: each run checks its options, in its own order,
+ * with {@linkcode checkConnections}, {@linkcode checkMs} and
+ * {@linkcode checkIntervals}.
+ */
+export function driveSettings(
+  options: RunOptions,
+  pattern: BenchPattern,
+  rate: number,
+): DriveSettings {
+  const {
+    connections = BENCH_DEFAULTS.connections,
+    sizeBytes = BENCH_DEFAULTS.sizeBytes,
+    durationMs = BENCH_DEFAULTS.durationMs,
+    warmupMs = BENCH_DEFAULTS.warmupMs,
+    signal,
+    onProgress,
+    onError,
+    intervals,
+  } = options;
+  return {
+    pattern,
+    connections,
+    sizeBytes,
+    durationMs,
+    warmupMs,
+    rate,
+    signal,
+    onProgress,
+    onError,
+    intervals,
+  };
+}
+
+/** @throws {RangeError} unless `connections` is a whole number above 0 */
+export function checkConnections(connections: number): void {
+  if (!Number.isSafeInteger(connections) || connections < 1) {
+    throw new RangeError(
+      `invalid connections ${connections}: expected a positive integer`,
+    );
+  }
+}
+
+/** @throws {RangeError} unless the option `name`'s `value` is a time ≥ 0 */
+export function checkMs(name: string, value: number): void {
+  if (!(value >= 0 && Number.isFinite(value))) {
+    throw new RangeError(`invalid ${name} ${value}: expected 0 or more`);
+  }
+}
+
+/** @throws {RangeError} unless every interval is 1 ms or more */
+export function checkIntervals(
+  intervals: readonly BenchIntervalListener[] = [],
+): void {
+  for (const { everyMs } of intervals) {
+    if (!(everyMs >= 1 && Number.isFinite(everyMs))) {
+      throw new RangeError(
+        `invalid interval ${everyMs}: expected 1 ms or more`,
+      );
+    }
+  }
+}
+
 /** A run's result and the histograms the text report draws. */
 export interface BenchOutcome {
   /** The JSON result. */
@@ -70,6 +150,7 @@ export interface BenchOutcome {
 class Tally {
   messages = 0;
   bytes = 0;
+  lost = 0;
   readonly histogram = new LatencyHistogram();
   readonly uncorrected: LatencyHistogram | undefined;
   constructor(open: boolean) {
@@ -78,12 +159,14 @@ class Tally {
   add(delta: ShardDelta): void {
     this.messages += delta.messages;
     this.bytes += delta.bytes;
+    this.lost += delta.lost ?? 0;
     this.histogram.addSparse(delta.histogram);
     if (delta.uncorrected) this.uncorrected?.addSparse(delta.uncorrected);
   }
   reset(): void {
     this.messages = 0;
     this.bytes = 0;
+    this.lost = 0;
     this.histogram.reset();
     this.uncorrected?.reset();
   }
@@ -155,6 +238,7 @@ export async function drive(
     histogram: totals.histogram,
     uncorrected: totals.uncorrected,
     errors,
+    lost: totals.lost,
     perConnection: fairness(perConnection),
   });
   return {
@@ -162,6 +246,25 @@ export async function drive(
     histogram: totals.histogram,
     uncorrected: totals.uncorrected,
   };
+}
+
+/**
+ * Runs all the connections of a run in this isolate, as one shard
+ * (`runBench()`, `runUdpBench()`), and returns what they measured:
+ * `makeShard` gets `settings.shard` and every connection's index.
+ */
+export async function driveHere<O>(
+  settings: DriveSettings & { shard: O },
+  makeShard: (
+    options: O & { first: number; count: number },
+    events: ShardEvents,
+  ) => Shard,
+): Promise<BenchResult> {
+  const { shard, connections } = settings;
+  const { result } = await drive(settings, (events) => [
+    makeShard({ ...shard, first: 0, count: connections }, events),
+  ]);
+  return result;
 }
 
 function messagesOf(

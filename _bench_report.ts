@@ -16,7 +16,7 @@ import type {
   BenchResult,
   LatencySummary,
   PerConnection,
-} from "./bench.ts";
+} from "./_bench_types.ts";
 
 /** The percentiles of {@linkcode LatencySummary}, in order, with their labels. */
 const PERCENTILES = [
@@ -222,16 +222,29 @@ export interface ReportDetails {
   errors?: ErrorGroup[];
   /** Where the result came from, instead of the settings (`bench merge`). */
   source?: string;
+  /** A run over UDP: the header says so and the report gives the loss rate. */
+  udp?: boolean;
 }
 
-/** Human-readable report of a {@linkcode BenchResult}, several lines, no final newline. */
+/**
+ * Human-readable report of a {@linkcode BenchResult}, several lines, no final
+ * newline; over UDP (or with anything lost) it gives the loss rate.
+ */
 export function formatReport(
   result: BenchResult,
   details: ReportDetails = {},
 ): string {
-  const { target, threads, warmupMs, histogram, errors = [], source } = details;
+  const {
+    target,
+    threads,
+    warmupMs,
+    histogram,
+    errors = [],
+    source,
+    udp = false,
+  } = details;
   const settings = [
-    result.pattern,
+    `${result.pattern}${udp ? " over UDP" : ""}`,
     `${number(result.connections)} connections`,
     `${number(result.size)}-byte messages`,
     ...(result.rate === null ? [] : [`${number(result.rate)} msg/s asked`]),
@@ -272,6 +285,13 @@ export function formatReport(
       `per conn   min ${number(min)}, median ${number(median)}, max ${
         number(max)
       } ${unit} (Jain ${jain.toFixed(3)})`,
+    );
+  }
+  if (udp || result.lost > 0) {
+    const sent = result.messages + result.lost;
+    const share = sent > 0 ? (100 * result.lost / sent).toFixed(2) : "0.00";
+    lines.push(
+      `lost       ${number(result.lost)} of ${number(sent)} (${share}%)`,
     );
   }
   lines.push(`errors     ${number(result.errors)}`);

@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { SparseCounts } from "./_histogram.ts";
+import type { LatencyHistogram, SparseCounts } from "./_histogram.ts";
 import { Payload } from "./_payload.ts";
 import {
   connectCycles,
@@ -58,6 +58,41 @@ export interface ShardDelta {
   histogram: SparseCounts;
   /** Open loop: latency from the actual send; else null. */
   uncorrected: SparseCounts | null;
+  /** UDP: replies lost (`_udp_bench.ts`); absent over TCP. */
+  lost?: number;
+}
+
+/** What a shard counts in the window between two deltas. */
+export interface WindowCounts {
+  /** Messages completed. */
+  messages: number;
+  /** Echoed bytes received. */
+  bytes: number;
+  /** Latency (open loop: from the intended send time). */
+  readonly histogram: LatencyHistogram;
+  /** Open loop: latency from the actual send. */
+  readonly uncorrected?: LatencyHistogram;
+  /** UDP: replies lost. */
+  lost?: number;
+}
+
+/** `counts` as a {@linkcode ShardDelta}; they count afresh from zero. */
+export function takeDelta(counts: WindowCounts): ShardDelta {
+  const delta: ShardDelta = {
+    messages: counts.messages,
+    bytes: counts.bytes,
+    histogram: counts.histogram.toSparse(),
+    uncorrected: counts.uncorrected?.toSparse() ?? null,
+  };
+  counts.messages = 0;
+  counts.bytes = 0;
+  counts.histogram.reset();
+  counts.uncorrected?.reset();
+  if (counts.lost !== undefined) {
+    delta.lost = counts.lost;
+    counts.lost = 0;
+  }
+  return delta;
 }
 
 /** What a shard tells as it runs. Must not throw. */
@@ -162,18 +197,7 @@ export class LocalShard {
 
   /** What was measured since the last call, and starts counting afresh. */
   take(): ShardDelta {
-    const run = this.#run;
-    const delta: ShardDelta = {
-      messages: run.messages,
-      bytes: run.bytes,
-      histogram: run.histogram.toSparse(),
-      uncorrected: run.uncorrected?.toSparse() ?? null,
-    };
-    run.messages = 0;
-    run.bytes = 0;
-    run.histogram.reset();
-    run.uncorrected?.reset();
-    return delta;
+    return takeDelta(this.#run);
   }
 
   /** Closes the window (connections stop sending) and takes the last delta. */

@@ -3,17 +3,19 @@
  * N worker isolates (`_bench_worker.ts`), each created after
  * {@linkcode boundIoTick} so its runtime takes a bounded number of I/O
  * events per tick and latency measures the server, not our own queue. The
- * driver is the one `runBench()` uses; each worker is a {@linkcode Shard}.
+ * driver is the one `runBench()` uses; each worker is a {@linkcode Shard}
+ * (TCP connections, or UDP sockets with `bench --udp`).
  *
  * @module
  */
 
 import type { Shard } from "./_bench_driver.ts";
 import type { ShardDelta, ShardEvents, ShardOptions } from "./_bench_shard.ts";
+import type { UdpShardOptions } from "./_udp_bench.ts";
 
 /** What the main isolate asks a bench worker. */
 export type WorkerRequest =
-  | { type: "init"; options: ShardOptions }
+  | { type: "init"; options: ShardOptions | UdpShardOptions }
   | { type: "probe"; id: number }
   | { type: "open"; id: number }
   | { type: "measure" }
@@ -72,7 +74,11 @@ export class WorkerShard implements Shard, AsyncDisposable {
   #dead: Error | undefined;
 
   /** Starts worker `n` for `options`' connections, reporting through `events`. */
-  constructor(n: number, options: ShardOptions, events: ShardEvents) {
+  constructor(
+    n: number,
+    options: ShardOptions | UdpShardOptions,
+    events: ShardEvents,
+  ) {
     this.#worker = new Worker(
       new URL("./_bench_worker.ts", import.meta.url),
       { type: "module", name: `bench-${n}` },

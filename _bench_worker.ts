@@ -1,12 +1,14 @@
 /**
  * A bench worker isolate (`bench --threads`): runs one {@linkcode LocalShard}
- * of a run's connections as the main isolate asks (`_bench_threads.ts` has
- * the message protocol). Exports nothing.
+ * of a run's connections (with `--udp`, one {@linkcode UdpShard} of its
+ * sockets) as the main isolate asks (`_bench_threads.ts` has the message
+ * protocol). Exports nothing.
  *
  * @module
  */
 
 import { LocalShard, type ShardDelta } from "./_bench_shard.ts";
+import { UdpShard } from "./_udp_bench.ts";
 import {
   postError,
   type WorkerReply,
@@ -17,7 +19,7 @@ const scope = self as unknown as {
   postMessage(reply: WorkerReply): void;
   onmessage: ((event: MessageEvent<WorkerRequest>) => void) | null;
 };
-let shard: LocalShard | undefined;
+let shard: LocalShard | UdpShard | undefined;
 
 function answer(id: number, work: () => unknown): void {
   Promise.resolve()
@@ -36,13 +38,18 @@ function answer(id: number, work: () => unknown): void {
 scope.onmessage = (event) => {
   const request = event.data;
   switch (request.type) {
-    case "init":
-      shard = new LocalShard(request.options, {
-        onError: (err) =>
+    case "init": {
+      const { options } = request;
+      const events = {
+        onError: (err: Error) =>
           scope.postMessage({ type: "error", error: postError(err) }),
         onAllGone: () => scope.postMessage({ type: "allGone" }),
-      });
+      };
+      shard = "transport" in options
+        ? new UdpShard(options, events)
+        : new LocalShard(options, events);
       return;
+    }
     case "measure":
       return shard!.measure();
     case "probe":

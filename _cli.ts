@@ -9,7 +9,29 @@
  */
 import { parseArgs, type ParseArgsOptionDescriptor } from "node:util";
 import { CONNECT_DEFAULTS, type ConnectOptions } from "./client.ts";
+import { escapeControls, quote } from "./io.ts";
 import type { LogFormat, LogLevelName } from "./log.ts";
+import {
+  type NumberOption,
+  numberOption,
+  SIZE_EXAMPLES,
+  splitHostPort,
+  suggest,
+  targetFromPositionals,
+  UsageError,
+} from "./_args.ts";
+import { readPem } from "./_tls_files.ts";
+
+// Value helpers kept in their own files, for commands to import from here.
+export {
+  bytes,
+  type NumberOption,
+  splitHostPort,
+  suggest,
+  targetFromPositionals,
+  UsageError,
+} from "./_args.ts";
+export { checkKeyPair, readPem } from "./_tls_files.ts";
 
 /** One option: how `parseArgs` reads it and how `--help` shows it. */
 export interface OptionSpec extends ParseArgsOptionDescriptor {
@@ -86,15 +108,6 @@ export interface Command<O extends Options = Options> {
 }
 
 /**
- * A bad command line: `main.ts` prints it with the usage line of the command
- * being run and exits 2.
- */
-export class UsageError extends Error {
-  /** `UsageError`, as stacks show it. */
-  override name = "UsageError";
-}
-
-/**
  * The command `args` starts with, followed into its subcommands, and the
  * arguments left for it; `undefined` when `args[0]` names no command.
  */
@@ -123,10 +136,11 @@ export function parseCommandLine(
   command: Command,
   args: string[],
 ): { help: boolean; values: Values<Options>; positionals: string[] } {
+  const options = { ...command.options, ...HELP_OPTIONS };
   try {
     const { values: { help, ...values }, positionals } = parseArgs({
-      args,
-      options: { ...command.options, ...HELP_OPTIONS },
+      args: joinNegativeValues(args, options),
+      options,
       strict: true,
       allowPositionals: command.allowPositionals ?? false,
     });
@@ -138,8 +152,39 @@ export function parseCommandLine(
     }
     // node:util adds hint lines; the first one says it.
     const [first] = message.split("\n");
-    throw new UsageError(first.charAt(0).toLowerCase() + first.slice(1));
+    const unknown = /^Unknown option '(-[^']*)'/.exec(first)?.[1];
+    if (unknown === undefined) {
+      throw new UsageError(first.charAt(0).toLowerCase() + first.slice(1));
+    }
+    const near = unknown.startsWith("--") &&
+      suggest(unknown.slice(2), Object.keys(options));
+    throw new UsageError(
+      `unknown option '${unknown}'${near ? `: did you mean --${near}?` : ""}`,
+    );
   }
+}
+
+/**
+ * `--name -5` and `-n -5` as `--name=-5`, for options that take a value:
+ * node:util calls such a value ambiguous, and the option's own check can say
+ * better what it takes (`--connections takes a whole number…, not "-5"`).
+ */
+function joinNegativeValues(args: string[], options: Options): string[] {
+  const joined: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--") return [...joined, ...args.slice(i)];
+    const name = arg.startsWith("--")
+      ? arg.slice(2)
+      : Object.keys(options).find((k) => `-${options[k].short}` === arg);
+    const takesValue = name !== undefined && options[name]?.type === "string";
+    if (takesValue && /^-\.?\d/.test(args[i + 1] ?? "")) {
+      joined.push(`--${name}=${args[++i]}`);
+    } else {
+      joined.push(arg);
+    }
+  }
+  return joined;
 }
 
 function optionLabel(
@@ -184,7 +229,12 @@ export function formatHelp(
     notes?: string;
   },
 ): string {
-  const end = notes === undefined ? "" : `\n${notes}\n`;
+  const args = new Set(Object.values(options).map(({ arg }) => arg));
+  const units = [
+    args.has("SECONDS") ? `SECONDS may have a unit: ${DURATION_EXAMPLES}.` : "",
+    args.has("BYTES") ? `BYTES may have a unit: ${SIZE_EXAMPLES}.` : "",
+  ].filter(Boolean).join("\n");
+  const end = [units, notes].filter(Boolean).map((p) => `\n${p}\n`).join("");
   return `${usage}\n\n${description}\n\n${
     formatOptions(options, width)
   }\n${end}`;
@@ -209,37 +259,52 @@ export function groupOptions<O extends Options>(options: O, help: string): O {
 }
 
 /** A whole number in `[min, max]`, or a usage error naming the option. */
-export function integer<K extends string>(
+export const integer: NumberOption = numberOption(
+  (value) => /^\d+$/.test(value) ? Number(value) : NaN,
+  (range) => `a whole number ${range}`,
+);
+
+/** A fraction from 0 to 1 (`0.25`, `.5`, `1`), or a usage error naming the option. */
+export function fraction<K extends string>(
   values: { readonly [P in NoInfer<K>]?: string },
   name: K,
-  [min, max] = [0, Number.MAX_SAFE_INTEGER],
 ): number | undefined {
   const value = values[name];
   if (value === undefined) return undefined;
-  const n = /^\d+$/.test(value) ? Number(value) : NaN;
-  if (!(n >= min && n <= max)) {
-    const range = max === Number.MAX_SAFE_INTEGER
-      ? `a whole number ≥ ${min}`
-      : `a whole number from ${min} to ${max}`;
-    throw new UsageError(`--${name} takes ${range}, not "${value}"`);
+  const f = /^(\d+(\.\d*)?|\.\d+)$/.test(value) ? Number(value) : NaN;
+  if (!(f >= 0 && f <= 1)) {
+    throw new UsageError(
+      `--${name} takes a fraction from 0 to 1, not "${value}"`,
+    );
   }
-  return n;
+  return f;
 }
 
-/** Seconds (fractions allowed) as milliseconds, or a usage error. */
+const DURATION_EXAMPLES = "500ms, 10s, 1.5m, 1h (a bare number is seconds)";
+const DURATION = /^(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)?$/;
+const DURATION_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/**
+ * A duration as milliseconds: seconds (fractions allowed) or a number with a
+ * unit (`500ms`, `10s`, `1.5m`, `1h`), at most 1,000,000 s; more than 0 when
+ * `positive`. Else a usage error naming the option.
+ */
 export function secondsMs<K extends string>(
   values: { readonly [P in NoInfer<K>]?: string },
   name: K,
+  { positive = false }: { positive?: boolean } = {},
 ): number | undefined {
   const value = values[name];
   if (value === undefined) return undefined;
-  const s = /^\d+(\.\d+)?$/.test(value) ? Number(value) : NaN;
-  if (!(s >= 0 && s <= 1e6)) {
+  const [, number, unit = "s"] = DURATION.exec(value) ?? [];
+  const ms = Number(number) * DURATION_MS[unit as keyof typeof DURATION_MS];
+  if (!(ms >= 0 && ms <= 1e9) || (positive && ms === 0)) {
     throw new UsageError(
-      `--${name} takes seconds (a number ≥ 0), not "${value}"`,
+      `--${name} takes a duration ${positive ? "> 0" : "≥ 0"}, such as 30, ` +
+        `500ms, 10s or 1m, not ${quote(value)}`,
     );
   }
-  return s * 1000;
+  return ms;
 }
 
 /** One of `choices` (the option's table row has them), or a usage error. */
@@ -253,39 +318,30 @@ export function oneOf<K extends string, T extends string>(
     return value as T | undefined;
   }
   throw new UsageError(
-    `--${name} takes ${choices.join(" or ")}, not "${value}"`,
+    `--${name} takes ${choices.join(" or ")}, not ${quote(value)}`,
   );
 }
 
 /**
- * Reads a PEM file holding a `label` block ("CERTIFICATE", "PRIVATE KEY"),
- * naming what it is for when it cannot. Deno ignores a CA file with no
- * certificate in it, so an unusable file is caught here.
- *
- * @throws {Error} `cannot read WHAT "PATH"`, the reason as its `cause`
+ * A Unix socket path or a host and port, not both, neither empty, and no
+ * port inside `--host`; else a usage error.
  */
-export async function readPem(
-  path: string,
-  what: string,
-  label: string,
-): Promise<string> {
-  try {
-    const pem = await Deno.readTextFile(path);
-    if (!new RegExp(`-----BEGIN [A-Z ]*${label}-----`).test(pem)) {
-      throw new Error(`no PEM ${label.toLowerCase()} in it`);
-    }
-    return pem;
-  } catch (cause) {
-    throw new Error(`cannot read ${what} "${path}"`, { cause });
-  }
-}
-
-/** A Unix socket path or a host and port, not both; else a usage error. */
 export function checkTarget(
   { host, port, unix }: { host?: string; port?: string; unix?: string },
 ): void {
+  if (unix === "") throw new UsageError('--unix takes a path, not ""');
   if (unix !== undefined && (port ?? host) !== undefined) {
     throw new UsageError("--unix cannot go with --host or --port");
+  }
+  if (host === "") throw new UsageError('--host takes an address, not ""');
+  const split = host === undefined ? undefined : splitHostPort(host);
+  if (split?.port !== undefined) {
+    throw new UsageError(
+      `--host takes an address without a port, not ${quote(host!)}: ` +
+        `use --host ${escapeControls(split.host)} --port ${
+          escapeControls(split.port)
+        }`,
+    );
   }
 }
 
@@ -309,12 +365,16 @@ export const CONNECT_OPTIONS = {
   },
   tls: {
     type: "boolean",
-    help: "speak TLS (the certificate is always verified)",
+    help: "speak TLS (the certificate is verified unless --insecure)",
   },
   ca: {
     type: "string",
     arg: "FILE",
     help: "also trust this CA (PEM), for self-signed servers",
+  },
+  insecure: {
+    type: "boolean",
+    help: "with --tls: do not verify the server's certificate",
   },
   "connect-timeout": {
     type: "string",
@@ -326,26 +386,53 @@ export const CONNECT_OPTIONS = {
 } as const satisfies Options;
 
 /**
- * The {@linkcode ConnectOptions} that {@linkcode CONNECT_OPTIONS} ask for,
- * the CA file read.
+ * The {@linkcode ConnectOptions} that {@linkcode CONNECT_OPTIONS} and the
+ * positional `HOST PORT` (see {@linkcode targetFromPositionals}) ask for, the
+ * CA file read. `--insecure` is said on stderr.
  *
  * @throws {UsageError} for bad or conflicting values
  * @throws {Error} when the CA file cannot be read
  */
 export async function connectOptions(
   values: Values<typeof CONNECT_OPTIONS>,
+  positionals: readonly string[] = [],
 ): Promise<ConnectOptions> {
-  const { host, unix, tls, ca } = values;
-  checkTarget(values);
+  const target = targetFromPositionals(values, positionals);
+  const { host, unix, tls, ca, insecure } = target;
+  checkTarget(target);
   if (ca !== undefined && !tls) throw new UsageError("--ca needs --tls");
-  return {
-    hostname: host,
-    port: integer(values, "port", [1, 65535]),
+  if (insecure && !tls) throw new UsageError("--insecure needs --tls");
+  if (insecure && ca !== undefined) {
+    throw new UsageError("--insecure trusts any certificate: no --ca with it");
+  }
+  const options: ConnectOptions = {
+    hostname: host === undefined ? undefined : splitHostPort(host).host,
+    port: integer(target, "port", [1, 65535]),
     path: unix,
     tls,
+    insecure,
     caCerts: ca === undefined
       ? undefined
       : [await readPem(ca, "CA certificate", "CERTIFICATE")],
-    connectTimeoutMs: secondsMs(values, "connect-timeout"),
+    connectTimeoutMs: secondsMs(target, "connect-timeout", { positive: true }),
   };
+  if (insecure) {
+    console.error(
+      "warning: --insecure: the server's certificate is not verified",
+    );
+  }
+  return options;
+}
+
+/**
+ * What to do about `err`, for the end of its `error:` line (` (…)`), or `""`:
+ * a certificate from an unknown CA suggests `--ca` and `--insecure`.
+ */
+export function errorHint(err: unknown): string {
+  for (let e = err; e instanceof Error; e = e.cause) {
+    if (/\bUnknownIssuer\b/.test(e.message)) {
+      return " (trust the server's CA with --ca FILE, or skip the check with --insecure)";
+    }
+  }
+  return "";
 }

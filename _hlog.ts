@@ -19,7 +19,7 @@ import {
   valueFromIndex,
 } from "./_histogram.ts";
 import { benchResult } from "./_bench_report.ts";
-import type { BenchIntervalListener, BenchResult } from "./bench.ts";
+import type { BenchIntervalListener, BenchResult } from "./_bench_types.ts";
 
 const V2_COOKIE = 0x1c849303 | 0x10; // LSBit of the word size: TLZE encoding
 const V2_COMPRESSED_COOKIE = 0x1c849304 | 0x10;
@@ -162,6 +162,16 @@ export interface HlogRun {
   size: number;
   /** Open-loop target rate, or null. */
   rate: number | null;
+  /** A run over UDP (`bench --udp`); absent over TCP. */
+  udp?: true;
+}
+
+/** A run's totals that histograms do not hold: the log's last line. */
+export interface HlogEnd {
+  /** Errors of the whole run. */
+  errors: number;
+  /** UDP: replies lost in the window; absent over TCP. */
+  lost?: number;
 }
 
 const RUN_PREFIX = "# tcpecho bench ";
@@ -239,8 +249,8 @@ export class HlogWriter implements Disposable {
     };
   }
 
-  /** Appends the run's totals that histograms do not hold (errors). */
-  end(totals: { errors: number }): void {
+  /** Appends the run's totals that histograms do not hold (errors, UDP losses). */
+  end(totals: HlogEnd): void {
     this.#baseMs ??= this.#header(performance.timeOrigin + performance.now());
     this.#write(`${END_PREFIX}${JSON.stringify(totals)}\n`);
   }
@@ -275,7 +285,7 @@ export interface Hlog {
   /** The run's settings, from a tcpecho log's comment (undefined for other logs). */
   run?: HlogRun;
   /** The run's totals (undefined when the run did not finish writing). */
-  end?: { errors: number };
+  end?: HlogEnd;
   /** Every interval line, in order. */
   intervals: HlogInterval[];
 }
@@ -343,6 +353,8 @@ export interface MergedLogs {
   histogram: LatencyHistogram;
   /** Every `uncorrected` interval added up (open-loop runs). */
   uncorrected?: LatencyHistogram;
+  /** The logs are of `bench --udp` runs. */
+  udp: boolean;
 }
 
 /**
@@ -352,7 +364,7 @@ export interface MergedLogs {
  * runs one after the other average).
  *
  * @throws {RangeError} for a log that is not a tcpecho bench log, or logs of
- *   different patterns or message sizes.
+ *   different patterns, message sizes or transports (TCP, UDP).
  */
 export function mergeHlogs(logs: { name: string; text: string }[]): MergedLogs {
   const histogram = new LatencyHistogram();
@@ -361,6 +373,7 @@ export function mergeHlogs(logs: { name: string; text: string }[]): MergedLogs {
   let connections = 0;
   let rate = 0;
   let errors = 0;
+  let lost = 0;
   let startSec = Infinity;
   let endSec = -Infinity;
   for (const { name, text } of logs) {
@@ -383,9 +396,18 @@ export function mergeHlogs(logs: { name: string; text: string }[]): MergedLogs {
           `the first log has ${first.pattern} with ${first.size}-byte messages`,
       );
     }
+    if ((run.udp ?? false) !== (first.udp ?? false)) {
+      const transport = (r: HlogRun) => r.udp ? "UDP" : "TCP";
+      throw new RangeError(
+        `cannot merge "${name}": a ${transport(run)} run, the first log has a ${
+          transport(first)
+        } run`,
+      );
+    }
     connections += run.connections;
     rate += run.rate ?? 0;
     errors += log.end?.errors ?? 0;
+    lost += log.end?.lost ?? 0;
     for (const interval of log.intervals) {
       if (interval.tag === UNCORRECTED_TAG) {
         (uncorrected ??= new LatencyHistogram()).add(interval.histogram);
@@ -409,7 +431,8 @@ export function mergeHlogs(logs: { name: string; text: string }[]): MergedLogs {
     uncorrected,
     errors,
     rate,
+    lost,
     perConnection: null,
   });
-  return { result, histogram, uncorrected };
+  return { result, histogram, uncorrected, udp: first.udp ?? false };
 }

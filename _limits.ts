@@ -22,7 +22,10 @@ export interface ConnLimits {
    *   when a limit is reached
    */
   acquire(ip: string): Disposable | undefined;
-  /** Why {@linkcode ConnLimits.acquire} refuses `ip` now (logs and events show it). */
+  /**
+   * Why {@linkcode ConnLimits.acquire} refuses `ip` now (logs and events show
+   * it after the peer tag, which names the address).
+   */
   refusal(ip: string): string;
 }
 
@@ -68,10 +71,10 @@ export class LocalConnLimits implements ConnLimits {
     };
   }
 
-  refusal(ip: string): string {
+  refusal(_ip: string): string {
     return this.#open >= this.#maxConns
       ? maxConnsReason(this.#maxConns)
-      : maxConnsPerIpReason(ip, this.#maxConnsPerIp);
+      : maxConnsPerIpReason(this.#maxConnsPerIp);
   }
 }
 
@@ -79,8 +82,9 @@ function maxConnsReason(maxConns: number): string {
   return `too many connections (max-conns ${maxConns})`;
 }
 
-function maxConnsPerIpReason(ip: string, maxConnsPerIp: number): string {
-  return `too many connections from ${ip} (max-conns-per-ip ${maxConnsPerIp})`;
+/** Without the address: logs and events show it in the peer tag before it. */
+function maxConnsPerIpReason(maxConnsPerIp: number): string {
+  return `too many connections (max-conns-per-ip ${maxConnsPerIp})`;
 }
 
 // ---- shared memory ----------------------------------------------------------
@@ -143,13 +147,20 @@ export class SharedConnLimits implements ConnLimits {
    * New counters, nothing open: send the result to each worker and build a
    * {@linkcode SharedConnLimits} from it there.
    *
-   * @param maxConns connections at once
+   * @param maxConns connections at once (`Infinity`: no limit)
    * @param maxConnsPerIp connections at once from one address; `0` is no limit
+   * @param addresses the most addresses with a connection open at once, which
+   *   sizes the table: the server's `maxConns` when this instance counts by
+   *   address alone (its `maxConns` then `Infinity`)
    */
-  static create(maxConns: number, maxConnsPerIp: number): SharedLimitsData {
+  static create(
+    maxConns: number,
+    maxConnsPerIp: number,
+    addresses: number = maxConns,
+  ): SharedLimitsData {
     // Half full at most when every open connection comes from its own address.
     const entries = maxConnsPerIp > 0
-      ? Math.min(MAX_ENTRIES, 2 ** Math.ceil(Math.log2(2 * maxConns)))
+      ? Math.min(MAX_ENTRIES, 2 ** Math.ceil(Math.log2(2 * addresses)))
       : 0;
     const buffer = new SharedArrayBuffer(
       (HEADER_WORDS + entries * ENTRY_WORDS) * 4,
@@ -184,7 +195,7 @@ export class SharedConnLimits implements ConnLimits {
     }
     const key = encodeKey(ip);
     const refusal = this.#takeBoth(key);
-    if (refusal !== undefined) return this.#refuse(refusal(ip));
+    if (refusal !== undefined) return this.#refuse(refusal);
     return this.#permit(() => this.#giveBoth(key));
   }
 
@@ -221,24 +232,24 @@ export class SharedConnLimits implements ConnLimits {
   }
 
   /** Counts one more connection from `key` and in all; or says which limit refuses. */
-  #takeBoth(key: Key): ((ip: string) => string) | undefined {
+  #takeBoth(key: Key): string | undefined {
     const words = this.#words;
     this.#lock();
     try {
       if (words[OPEN] >= this.#maxConns) {
-        return () => maxConnsReason(this.#maxConns);
+        return maxConnsReason(this.#maxConns);
       }
       let slot = this.#find(key);
       if (slot < 0) {
         slot = -slot - 1;
         if (slot >= this.#capacity) {
-          return () => `too many client addresses at once (${this.#capacity})`;
+          return `too many client addresses at once (${this.#capacity})`;
         }
         this.#store(slot, key);
       }
       const at = this.#entry(slot);
       if (words[at] >= this.#maxConnsPerIp) {
-        return (ip) => maxConnsPerIpReason(ip, this.#maxConnsPerIp);
+        return maxConnsPerIpReason(this.#maxConnsPerIp);
       }
       words[at]++;
       words[OPEN]++;

@@ -4,34 +4,33 @@
  * @module
  */
 import {
+  bytes,
+  checkKeyPair,
   checkTarget,
   type Command,
-  type CommandContext,
   formatHelp,
+  fraction,
   integer,
   oneOf,
   type Options,
   readPem,
   secondsMs,
   UsageError,
+  type Values,
 } from "./_cli.ts";
-import { getLogger } from "@logtape/logtape";
-import { type PoolOptions, ServerPool } from "./_server_pool.ts";
-import { boundIoTick, IO_EVENTS_ENV, IO_EVENTS_PER_TICK } from "./_tick.ts";
-import { formatAddr } from "./io.ts";
-import {
-  announce,
-  LOG_DEFAULTS,
-  LOG_FORMATS,
-  LOG_LEVEL_NAMES,
-  Seconds,
-  writeStderr,
-} from "./log.ts";
+import { parseCidr } from "./_cidr.ts";
+import { runPool, runUdp } from "./_server_run.ts";
+import { IO_EVENTS_ENV, IO_EVENTS_PER_TICK } from "./_tick.ts";
+import { LOG_DEFAULTS, LOG_FORMATS, LOG_LEVEL_NAMES } from "./log.ts";
 import {
   removeStaleSocket,
   SERVE_DEFAULTS,
   type ServeOptions,
 } from "./server.ts";
+import { UDP_SERVE_DEFAULTS } from "./udp.ts";
+
+/** The longest `--delay`, `--jitter` or `--slice-delay`: a day. */
+const MAX_FAULT_MS = 86_400_000;
 
 /** `--workers` when not given. */
 const WORKERS_DEFAULT = 1;
@@ -47,18 +46,23 @@ const OPTIONS = {
     type: "string",
     short: "p",
     arg: "N",
-    help: `TCP port; 0 picks a free one (default ${SERVE_DEFAULTS.port})`,
+    help:
+      `TCP (or UDP) port; 0 picks a free one (default ${SERVE_DEFAULTS.port})`,
   },
   unix: {
     type: "string",
     arg: "PATH",
     help: "listen on a unix socket instead of TCP",
   },
+  udp: {
+    type: "boolean",
+    help: "serve UDP instead: echo each datagram to its sender",
+  },
   mode: {
     type: "string",
-    choices: ["raw", "line"],
+    choices: ["raw", "line", "discard"],
     help:
-      `raw: bytes back as they arrive; line: answer each whole line (default ${SERVE_DEFAULTS.mode})`,
+      `raw: bytes back as they arrive; line: answer each whole line;\ndiscard: read and drop everything (default ${SERVE_DEFAULTS.mode})`,
   },
   "max-line": {
     type: "string",
@@ -105,6 +109,85 @@ const OPTIONS = {
     help:
       `serve in N worker threads, each listening on the port (Linux, TCP);\nauto: one per core (default ${WORKERS_DEFAULT})`,
   },
+  drop: {
+    type: "string",
+    arg: "FRACTION",
+    help:
+      `UDP: drop this share (0-1) of datagrams unanswered (default ${UDP_SERVE_DEFAULTS.drop})`,
+  },
+  delay: {
+    type: "string",
+    arg: "MS",
+    help:
+      `fault: hold each echo back this long, TCP and UDP (default ${SERVE_DEFAULTS.delayMs})`,
+  },
+  jitter: {
+    type: "string",
+    arg: "MS",
+    help:
+      `fault: plus a random 0..MS per echo, seeded (default ${SERVE_DEFAULTS.jitterMs})`,
+  },
+  slice: {
+    type: "string",
+    arg: "BYTES",
+    help:
+      `fault: write each echo in pieces of at most BYTES; 0 is off (default ${SERVE_DEFAULTS.sliceBytes})`,
+  },
+  "slice-delay": {
+    type: "string",
+    arg: "MS",
+    help:
+      `fault: pause this long between pieces (writes) (default ${SERVE_DEFAULTS.sliceDelayMs})`,
+  },
+  bandwidth: {
+    type: "string",
+    arg: "KIB",
+    help:
+      `fault: cap each connection's echo at KIB KiB/s; 0 is off (default ${SERVE_DEFAULTS.bandwidthKiBps})`,
+  },
+  "close-after": {
+    type: "string",
+    arg: "BYTES",
+    help:
+      `fault: echo this many bytes, then close the connection; 0 is off (default ${SERVE_DEFAULTS.closeAfterBytes})`,
+  },
+  faulty: {
+    type: "string",
+    arg: "FRACTION",
+    help:
+      `share of connections (0-1) the faults apply to (default ${SERVE_DEFAULTS.faulty})`,
+  },
+  seed: {
+    type: "string",
+    arg: "N",
+    help:
+      "seeds --jitter, --faulty and --drop (default: random; logged at start)",
+  },
+  allow: {
+    type: "string",
+    multiple: true,
+    arg: "CIDR",
+    help:
+      "only clients in this range (IPv4 or IPv6; an address is one host);\n" +
+      "repeatable; others are accepted and closed (default everyone)",
+  },
+  deny: {
+    type: "string",
+    multiple: true,
+    arg: "CIDR",
+    help: "refuse clients in this range, even if allowed; repeatable",
+  },
+  "proxy-protocol": {
+    type: "string",
+    choices: ["v1", "v2", "any"],
+    help: "each connection starts with a PROXY header (HAProxy's); its\n" +
+      "source is the client for logs, limits, --allow/--deny (default off)",
+  },
+  admin: {
+    type: "string",
+    arg: "HOST:PORT",
+    help: "serve GET /metrics (Prometheus), /healthz, /readyz (default off)",
+  },
   "log-level": {
     type: "string",
     choices: LOG_LEVEL_NAMES,
@@ -124,7 +207,53 @@ const OPTIONS = {
 } as const satisfies Options;
 
 const USAGE = "usage: tcpecho server [--host ADDR] [--port N | --unix PATH] " +
-  "[--mode raw|line] [options]  (tcpecho server --help)";
+  "[--mode raw|line|discard | --udp] [--tls-cert FILE --tls-key FILE] [options]" +
+  "  (tcpecho server --help)";
+
+/** Options that mean nothing without connections, refused with `--udp`. */
+const TCP_ONLY = [
+  "unix",
+  "tls-cert",
+  "tls-key",
+  "max-line",
+  "max-conns",
+  "max-conns-per-ip",
+  "idle-timeout",
+  "slice",
+  "slice-delay",
+  "bandwidth",
+  "close-after",
+  "faulty",
+  "allow",
+  "deny",
+  "proxy-protocol",
+  "admin",
+] as const;
+
+/**
+ * Refuses what does not go with the transport: TCP-only options with
+ * `--udp`, UDP-only ones without it.
+ *
+ * @throws {UsageError}
+ */
+function checkTransport(values: Values<typeof OPTIONS>): void {
+  if (!values.udp) {
+    if (values.drop !== undefined) {
+      throw new UsageError("--drop needs --udp");
+    }
+    return;
+  }
+  if (values.mode !== undefined && values.mode !== "raw") {
+    throw new UsageError(
+      `--mode ${values.mode} cannot go with --udp: UDP echoes raw`,
+    );
+  }
+  for (const name of TCP_ONLY) {
+    if (values[name] !== undefined) {
+      throw new UsageError(`--${name} cannot go with --udp`);
+    }
+  }
+}
 
 /** `tcpecho server`: run an echo server until SIGINT/SIGTERM. */
 export const serverCommand: Command<typeof OPTIONS> = {
@@ -134,14 +263,19 @@ export const serverCommand: Command<typeof OPTIONS> = {
   help: formatHelp({
     usage: USAGE,
     description:
-      "Echo every byte (raw, RFC 862) or every line (line mode) back to each client.",
+      `Echo every byte (raw, RFC 862) or every line (line mode) back to each client,
+or with --udp each datagram to its sender.`,
     options: OPTIONS,
     width: 26,
-    notes: "Logs go to stderr; `listening on` is printed at any log level.\n" +
-      "SIGINT/SIGTERM/SIGHUP stop gracefully, a second one exits 130; " +
-      "SIGUSR1 logs\nthe counters. Workers take at most " +
+    notes:
+      "Logs go to stderr; `listening on` and `admin on` are printed at any\n" +
+      "log level. SIGINT/SIGTERM/SIGHUP stop gracefully, a second one exits 130;\n" +
+      "SIGUSR1 logs the counters. Workers take at most " +
       `${IO_EVENTS_ENV} (${IO_EVENTS_PER_TICK}\nunless set) ` +
-      "I/O events per tick: that keeps busy connections even.",
+      "I/O events per tick: that keeps busy connections even.\n" +
+      "--udp serves from one socket in the main isolate (Deno cannot share a UDP\n" +
+      "port between workers): --workers N over 1 with --udp is refused, auto\n" +
+      "means 1.",
   }),
   options: OPTIONS,
   async run(values, _positionals, ctx) {
@@ -163,26 +297,106 @@ export const serverCommand: Command<typeof OPTIONS> = {
     if (verbose && quiet) {
       throw new UsageError("-v and -q cannot go together");
     }
+    checkTransport(values);
+    const { allow = [], deny = [] } = values;
+    for (const [name, rules] of [["allow", allow], ["deny", deny]] as const) {
+      for (const rule of rules) {
+        try {
+          parseCidr(rule);
+        } catch {
+          throw new UsageError(
+            `--${name} takes an IP address or CIDR range, not "${rule}"`,
+          );
+        }
+      }
+    }
+    const proxyProtocol = oneOf(
+      values,
+      "proxy-protocol",
+      OPTIONS["proxy-protocol"].choices,
+    );
+    if (
+      unix !== undefined && allow.length + deny.length > 0 && !proxyProtocol
+    ) {
+      throw new UsageError(
+        "--allow and --deny need client addresses: not --unix (unless --proxy-protocol)",
+      );
+    }
+    const admin = values.admin === undefined
+      ? undefined
+      : hostPort(values.admin, "admin");
     const level = oneOf(values, "log-level", OPTIONS["log-level"].choices) ??
       (verbose ? "debug" : quiet ? "warn" : LOG_DEFAULTS.level);
     const format = oneOf(values, "log-format", OPTIONS["log-format"].choices) ??
       LOG_DEFAULTS.format;
+    const workers = workerCount(values.workers, {
+      unix: unix !== undefined,
+      udp: values.udp === true,
+    });
+    if (values.udp) {
+      oneOf(values, "mode", OPTIONS.mode.choices);
+      const options = {
+        hostname: host,
+        port: integer(values, "port", [0, 65535]),
+        drop: fraction(values, "drop"),
+        delayMs: integer(values, "delay", [0, 3_600_000]),
+        jitterMs: integer(values, "jitter", [0, 3_600_000]),
+        seed: integer(values, "seed", [0, 2 ** 32 - 1]),
+        shutdownTimeoutMs: secondsMs(values, "shutdown-timeout"),
+      };
+      await ctx.configureLogging(level, format);
+      return await runUdp(ctx, options);
+    }
+    const mode = oneOf(values, "mode", OPTIONS.mode.choices);
+    const echoFaults = [
+      "delay",
+      "jitter",
+      "slice",
+      "slice-delay",
+      "bandwidth",
+      "close-after",
+    ] as const;
+    for (const name of echoFaults) {
+      if (mode === "discard" && values[name] !== undefined) {
+        throw new UsageError(
+          `--${name} does nothing with --mode discard (nothing is echoed)`,
+        );
+      }
+    }
     const options: ServeOptions = {
       hostname: host,
       port: integer(values, "port", [0, 65535]),
       path: unix,
-      mode: oneOf(values, "mode", OPTIONS.mode.choices),
-      maxLineBytes: integer(values, "max-line", [1, 2 ** 30]),
+      mode,
+      maxLineBytes: bytes(values, "max-line", [1, 2 ** 30]),
       maxConns: integer(values, "max-conns", [1, 2 ** 30]),
       maxConnsPerIp: integer(values, "max-conns-per-ip"),
       idleTimeoutMs: secondsMs(values, "idle-timeout"),
       shutdownTimeoutMs: secondsMs(values, "shutdown-timeout"),
+      delayMs: integer(values, "delay", [0, MAX_FAULT_MS]),
+      jitterMs: integer(values, "jitter", [0, MAX_FAULT_MS]),
+      sliceBytes: integer(values, "slice", [0, 2 ** 30]),
+      sliceDelayMs: integer(values, "slice-delay", [0, MAX_FAULT_MS]),
+      bandwidthKiBps: integer(values, "bandwidth", [0, 2 ** 30]),
+      closeAfterBytes: integer(values, "close-after"),
+      faulty: fraction(values, "faulty"),
+      seed: integer(values, "seed", [0, 2 ** 32 - 1]),
+      allow,
+      deny,
+      proxyProtocol,
     };
-    const workers = workerCount(values.workers, options.path !== undefined);
+    if (
+      options.maxLineBytes !== undefined &&
+      (options.mode ?? SERVE_DEFAULTS.mode) !== "line"
+    ) throw new UsageError("--max-line applies to --mode line");
     await ctx.configureLogging(level, format);
     if (certFile !== undefined && keyFile !== undefined) {
       options.cert = await readPem(certFile, "TLS certificate", "CERTIFICATE");
       options.key = await readPem(keyFile, "TLS key", "PRIVATE KEY");
+      await checkKeyPair(
+        { file: certFile, pem: options.cert },
+        { file: keyFile, pem: options.key },
+      );
     }
     if (options.path !== undefined) await removeStaleSocket(options.path);
     return await runPool(ctx, {
@@ -190,7 +404,7 @@ export const serverCommand: Command<typeof OPTIONS> = {
       serve: options,
       level,
       format,
-      onLog: writeStderr,
+      admin,
     });
   },
 };
@@ -198,20 +412,31 @@ export const serverCommand: Command<typeof OPTIONS> = {
 /**
  * `--workers`: a count, or `auto` for one per core. Above 1, each worker
  * listens on the port with `SO_REUSEPORT`, which balances only on Linux, and
- * which a unix socket does not have: there `auto` means 1.
+ * which neither a unix socket nor UDP (served in the main isolate) has:
+ * there `auto` means 1.
  *
  * @throws {UsageError} for a bad value, or above 1 where it cannot work
  */
-function workerCount(value: string | undefined, unix: boolean): number {
+function workerCount(
+  value: string | undefined,
+  where: { unix: boolean; udp: boolean },
+): number {
   const linux = Deno.build.os === "linux" || Deno.build.os === "android";
   if (value === "auto") {
-    return linux && !unix ? navigator.hardwareConcurrency : 1;
+    return linux && !where.unix && !where.udp
+      ? navigator.hardwareConcurrency
+      : 1;
   }
   const n = integer({ workers: value }, "workers", [1, 1024]) ??
     WORKERS_DEFAULT;
-  if (n > 1 && unix) {
+  if (n > 1 && where.unix) {
     throw new UsageError(
       "--workers above 1 needs TCP: a unix socket has one listener",
+    );
+  }
+  if (n > 1 && where.udp) {
+    throw new UsageError(
+      "--workers above 1 cannot go with --udp: UDP is served from one socket",
     );
   }
   if (n > 1 && !linux) {
@@ -222,72 +447,15 @@ function workerCount(value: string | undefined, unix: boolean): number {
   return n;
 }
 
-/**
- * Runs the server's worker pool until a stop signal: signal handlers first,
- * then the workers, then `listening on` (at any log level); at the end
- * `stopped:` with the totals. A worker's death ends it with that error.
- *
- * @returns the exit code
- */
-async function runPool(
-  ctx: CommandContext,
-  options: Omit<PoolOptions, "onDraining">,
-): Promise<number> {
-  const log = getLogger(["tcpecho", "server"]);
-  const { serve, format } = options;
-  // Signals are heard from now on, before the workers start.
-  const running: { pool?: ServerPool; stopped?: boolean } = {};
-  using _stop = ctx.onStopSignals(() => {
-    running.stopped = true;
-    void running.pool?.close();
-  });
-  using _stats = ctx.onStatsSignal(() => {
-    running.pool?.stats().then(
-      ({ active, served, refused, bytesOut }) =>
-        log.info(
-          "stats: {active} active, {served} served, {refused} refused, {bytesOut} bytes echoed",
-          { active, served, refused, bytesOut },
-        ),
-      () => {}, // the pool is going down: finished says why
-    );
-  });
-  // Before the workers start: their runtimes read it as they start.
-  const tick = boundIoTick();
-  if (tick.source === "default") {
-    log.warn(
-      "cannot set {name} (no --allow-env for it): under load, some connections may wait long",
-      { name: IO_EVENTS_ENV },
-    );
+/** `HOST:PORT` or `[IPv6]:PORT`, or a usage error naming the option. */
+function hostPort(
+  value: string,
+  name: string,
+): { hostname: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(value);
+  const port = Number(match?.[3]);
+  if (match === null || port > 65535) {
+    throw new UsageError(`--${name} takes HOST:PORT, not "${value}"`);
   }
-  log.debug("{workers} workers, {name}={value} ({source})", {
-    workers: options.workers,
-    name: IO_EVENTS_ENV,
-    ...tick,
-  });
-  const pool = running.pool = await ServerPool.start({
-    ...options,
-    onDraining(count) {
-      if (count === 0) return;
-      log.info(
-        "stopping: waiting up to {timeout_s} s for {count} connections",
-        {
-          timeout_s: new Seconds(
-            serve.shutdownTimeoutMs ?? SERVE_DEFAULTS.shutdownTimeoutMs,
-          ),
-          count,
-        },
-      );
-    },
-  });
-  if (running.stopped) void pool.close();
-  else {
-    const where = formatAddr(pool.addr);
-    announce(format, ["tcpecho", "server"], "listening on {where}", { where });
-  }
-  const { served, bytesOut } = await pool.finished;
-  log.info("stopped: {served} connections served, {bytesOut} bytes echoed", {
-    served,
-    bytesOut,
-  });
-  return 0;
+  return { hostname: match[1] ?? match[2], port };
 }

@@ -5,12 +5,14 @@
  * {@linkcode boundIoTick}); sums their reports; stops them; and turns a
  * worker's death into an error for the whole server. The message protocol
  * is {@linkcode ToWorker} and {@linkcode FromWorker}. Private to
- * `_server_command.ts`.
+ * `_server_command.ts` (and `_server_run.ts`, which runs it for the CLI).
  *
  * @module
  */
 import { Worker } from "node:worker_threads";
+import type { RefusalCode } from "./_admission.ts";
 import { SharedConnLimits, type SharedLimitsData } from "./_limits.ts";
+import type { MetricsSnapshot } from "./_metrics.ts";
 import { formatAddr } from "./io.ts";
 import type { LogFormat, LogLevelName } from "./log.ts";
 import {
@@ -27,27 +29,53 @@ export type ToWorker =
     index: number;
     /** What to serve (plain data; the worker adds no callback but its own). */
     options: ServeOptions;
-    /** The pool's limits, in shared memory. */
+    /** The pool's `maxConns` count, in shared memory. */
     limits: SharedLimitsData;
+    /** The pool's `maxConnsPerIp` count, when on. */
+    ipLimits?: SharedLimitsData;
+    /** Whether to record metrics (`--admin`), for `metrics` requests. */
+    metrics: boolean;
     /** How the worker logs; its lines come back in `log` messages. */
     level: LogLevelName;
     format: LogFormat;
   }
   /** Answer with `stats`. */
   | { type: "stats" }
+  /** Answer with `metrics` (only asked when started with `metrics`). */
+  | { type: "metrics" }
   /** Stop gracefully: `draining`, then `stopped`. */
   | { type: "stop" };
 
 /** Worker → main isolate. Messages of one worker arrive in order. */
 export type FromWorker =
-  /** It serves, at `addr`. */
-  | { type: "listening"; addr: Deno.NetAddr | Deno.UnixAddr }
+  /**
+   * It serves, at `addr`; with TLS, `tlsLinger` says why it cannot release
+   * the sockets of the connections it closes (the pool warns once).
+   */
+  | {
+    type: "listening";
+    addr: Deno.NetAddr | Deno.UnixAddr;
+    tlsLinger?: string;
+  }
   /** It could not start: the error's message and its causes', outermost first. */
   | { type: "failed"; messages: string[] }
   /** Log lines, whole, each ending in `\n`: write them as they are. */
   | { type: "log"; text: string }
   /** Its counters now. */
   | { type: "stats"; stats: ServerStats }
+  /** Its metrics now. */
+  | { type: "metrics"; snapshot: MetricsSnapshot }
+  /**
+   * `count` refusals for `code` since its last such message, `peer` the
+   * first of them (the pool logs them, summarised for all workers).
+   */
+  | {
+    type: "refused";
+    peer: string;
+    code: RefusalCode;
+    reason: string;
+    count: number;
+  }
   /** It stopped accepting and waits for this many connections. */
   | { type: "draining"; connections: number }
   /** It stopped; its final counters. */
@@ -79,6 +107,15 @@ export interface PoolOptions {
   format: LogFormat;
   /** Takes the workers' log lines, in batches of whole lines. */
   onLog(text: string): void;
+  /** Takes the workers' refusals: `count` of `code`, `peer` the first. */
+  onRefused?(
+    peer: string,
+    code: RefusalCode,
+    reason: string,
+    count: number,
+  ): void;
+  /** Whether the workers record metrics, for {@linkcode ServerPool.snapshots}. */
+  metrics?: boolean;
   /**
    * Told once every worker stopped accepting after
    * {@linkcode ServerPool.close}: how many connections the drain waits for,
@@ -103,13 +140,17 @@ class Member {
   readonly worker: Worker;
   readonly index: number;
   /** Resolves once it listens; rejects if it failed to start or died. */
-  readonly listening = Promise.withResolvers<Deno.NetAddr | Deno.UnixAddr>();
+  readonly listening = Promise.withResolvers<
+    Extract<FromWorker, { type: "listening" }>
+  >();
   /** Resolves, once it stopped accepting, with the connections it waits for. */
   readonly draining = Promise.withResolvers<number>();
   /** Resolves with its final counters; rejects if it died. */
   readonly stopped = Promise.withResolvers<ServerStats>();
   /** Answers to `stats` requests, in order. */
   readonly statsReplies: ((stats: ServerStats) => void)[] = [];
+  /** Answers to `metrics` requests, in order. */
+  readonly metricsReplies: ((snapshot: MetricsSnapshot) => void)[] = [];
   /** Settles when it can send nothing more (stopped, failed or dead). */
   readonly gone = Promise.withResolvers<void>();
   alive = true;
@@ -134,6 +175,11 @@ export class ServerPool implements AsyncDisposable {
   /** Where every worker listens. */
   readonly addr: Deno.NetAddr | Deno.UnixAddr;
   /**
+   * With TLS, why the workers cannot release the sockets of connections
+   * they close (the first worker that said so); `undefined` if they can.
+   */
+  readonly tlsLinger: string | undefined;
+  /**
    * Resolves with the totals once every worker stopped after
    * {@linkcode ServerPool.close}; rejects once a worker died (or failed) and
    * the others stopped: the server is down either way.
@@ -146,11 +192,12 @@ export class ServerPool implements AsyncDisposable {
 
   private constructor(
     members: Member[],
-    addr: Deno.NetAddr | Deno.UnixAddr,
+    listening: Extract<FromWorker, { type: "listening" }>[],
     onDraining: ((connections: number) => void) | undefined,
   ) {
     this.#members = members;
-    this.addr = addr;
+    this.addr = listening[0].addr;
+    this.tlsLinger = listening.find((l) => l.tlsLinger)?.tlsLinger;
     this.#onDraining = onDraining;
     this.finished = this.#watch();
     this.finished.catch(() => {});
@@ -168,10 +215,14 @@ export class ServerPool implements AsyncDisposable {
     let port = serve.port ?? SERVE_DEFAULTS.port;
     const reusePort = workers > 1;
     if (reusePort) port = claimPort(serve.hostname, port);
-    const limits = SharedConnLimits.create(
-      serve.maxConns ?? SERVE_DEFAULTS.maxConns,
-      serve.maxConnsPerIp ?? SERVE_DEFAULTS.maxConnsPerIp,
-    );
+    // As serve() counts: all connections at accept, by address once the
+    // address is known (after a PROXY header).
+    const maxConns = serve.maxConns ?? SERVE_DEFAULTS.maxConns;
+    const maxConnsPerIp = serve.maxConnsPerIp ?? SERVE_DEFAULTS.maxConnsPerIp;
+    const limits = SharedConnLimits.create(maxConns, 0);
+    const ipLimits = maxConnsPerIp > 0
+      ? SharedConnLimits.create(Infinity, maxConnsPerIp, maxConns)
+      : undefined;
     const members: Member[] = [];
     for (let index = 0; index < workers; index++) {
       const member = spawn(index, options);
@@ -181,6 +232,8 @@ export class ServerPool implements AsyncDisposable {
         index,
         options: { ...serve, port, reusePort },
         limits,
+        ipLimits,
+        metrics: options.metrics ?? false,
         level,
         format,
       });
@@ -193,8 +246,10 @@ export class ServerPool implements AsyncDisposable {
       await stopAll(members);
       throw failed.reason;
     }
-    const [first] = started as PromiseFulfilledResult<Deno.NetAddr>[];
-    return new ServerPool(members, first.value, options.onDraining);
+    const listening = (started as PromiseFulfilledResult<
+      Extract<FromWorker, { type: "listening" }>
+    >[]).map((s) => s.value);
+    return new ServerPool(members, listening, options.onDraining);
   }
 
   /**
@@ -204,16 +259,33 @@ export class ServerPool implements AsyncDisposable {
    *   totals would be partial
    */
   async stats(): Promise<ServerStats> {
-    const replies = this.#members.map((m) => {
-      const { promise, resolve } = Promise.withResolvers<ServerStats>();
-      m.statsReplies.push(resolve);
-      m.post({ type: "stats" });
+    return sumStats(await this.#ask("stats", (m) => m.statsReplies));
+  }
+
+  /**
+   * Each worker's metrics now (started with `metrics`): add them up with
+   * `sumSnapshots`.
+   *
+   * @throws {Error} when a worker stops or dies before it answers
+   */
+  snapshots(): Promise<MetricsSnapshot[]> {
+    return this.#ask("metrics", (m) => m.metricsReplies);
+  }
+
+  /** Asks every worker, and waits for all the answers. */
+  #ask<T>(
+    type: "stats" | "metrics",
+    replies: (m: Member) => ((answer: T) => void)[],
+  ): Promise<T[]> {
+    return Promise.all(this.#members.map((m) => {
+      const { promise, resolve } = Promise.withResolvers<T>();
+      replies(m).push(resolve);
+      m.post({ type });
       const gone = m.gone.promise.then(() => {
         throw new Error(`worker ${m.index + 1} is gone`);
       });
       return Promise.race([promise, gone]);
-    });
-    return sumStats(await Promise.all(replies));
+    }));
   }
 
   /**
@@ -305,13 +377,22 @@ function spawn(index: number, options: PoolOptions): Member {
   worker.on("message", (data: FromWorker) => {
     switch (data.type) {
       case "listening":
-        return m.listening.resolve(data.addr);
+        return m.listening.resolve(data);
       case "failed":
         return die(chain(data.messages));
       case "log":
         return options.onLog(data.text);
       case "stats":
         return m.statsReplies.shift()?.(data.stats);
+      case "metrics":
+        return m.metricsReplies.shift()?.(data.snapshot);
+      case "refused":
+        return options.onRefused?.(
+          data.peer,
+          data.code,
+          data.reason,
+          data.count,
+        );
       case "draining":
         return m.draining.resolve(data.connections);
       case "stopped":

@@ -11,8 +11,11 @@
  */
 import { parentPort } from "node:worker_threads";
 import { configureSync, getLogger } from "@logtape/logtape";
+import type { RefusalCode, RefusalReporter } from "./_admission.ts";
 import { SharedConnLimits } from "./_limits.ts";
+import { MetricsRecorder } from "./_metrics.ts";
 import type { FromWorker, ToWorker } from "./_server_pool.ts";
+import { tlsReleaseUnavailable } from "./_tls_release.ts";
 import { BatchSink, LOG_LEVELS } from "./log.ts";
 import {
   type ConnEvent,
@@ -30,12 +33,16 @@ import {
  */
 const CRASH_VAR = "TCPECHO_TEST_CRASH";
 
+/** How often a worker sends the count of its refusals, during a flood. */
+const REFUSALS_MS = 100;
+
 function post(message: FromWorker): void {
   parentPort!.postMessage(message);
 }
 
 let server: Server | undefined;
 let sink: BatchSink | undefined;
+let recorder: MetricsRecorder | undefined;
 let crashOn: string | undefined;
 let stopping = false;
 
@@ -47,7 +54,7 @@ function crash(why: string): never {
 }
 
 function start(message: Extract<ToWorker, { type: "start" }>): void {
-  const { index, options, limits, level, format } = message;
+  const { index, options, limits, ipLimits, metrics, level, format } = message;
   sink = new BatchSink(format, (text) => post({ type: "log", text }));
   configureSync({
     sinks: { out: sink.sink },
@@ -58,14 +65,23 @@ function start(message: Extract<ToWorker, { type: "start" }>): void {
   });
   if (index === 0) crashOn = testCrash();
   const serving: ServeOptions = { ...options };
+  if (metrics) {
+    recorder = new MetricsRecorder();
+    serving.onConnState = recorder.onConnState;
+  }
   if (crashOn === "open") {
+    const record = serving.onConnState;
     serving.onConnState = (event: ConnEvent) => {
+      record?.(event);
       if (event.state === "open") setTimeout(() => crash("open"));
     };
   }
   try {
     server = serveInPool(serving, {
       limits: new SharedConnLimits(limits),
+      ipLimits: ipLimits && new SharedConnLimits(ipLimits),
+      refusals: new RefusalForward(),
+      faultStream: index,
       onDraining(connections) {
         sink?.flush();
         post({ type: "draining", connections });
@@ -76,7 +92,65 @@ function start(message: Extract<ToWorker, { type: "start" }>): void {
     post({ type: "failed", messages: causes(err) });
     return;
   }
-  post({ type: "listening", addr: server.addr });
+  const tls = options.cert !== undefined && options.key !== undefined;
+  const tlsLinger = tls ? tlsReleaseUnavailable() : undefined;
+  post({ type: "listening", addr: server.addr, tlsLinger });
+}
+
+/**
+ * Sends this worker's refusals to the pool, which logs them summarised for
+ * all workers: the first of a reason at once, then the count of the others
+ * at most every {@linkcode REFUSALS_MS} (a flood is a message a tick, not a
+ * message a refusal). The worker's log lines logged before go first.
+ */
+class RefusalForward implements RefusalReporter {
+  readonly #pending = new Map<
+    RefusalCode,
+    { peer: string; reason: string; count: number }
+  >();
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  refused(peer: string, code: RefusalCode, reason: string): void {
+    const pending = this.#pending.get(code);
+    if (pending !== undefined) {
+      pending.count++;
+      pending.reason = reason;
+      return;
+    }
+    if (this.#timer === undefined) {
+      // The first of a while: said now, so that its line comes in order.
+      this.#send([[code, { peer, reason, count: 1 }]]);
+      this.#timer = setTimeout(() => this.#flush(), REFUSALS_MS);
+    } else {
+      this.#pending.set(code, { peer, reason, count: 1 });
+    }
+  }
+
+  #flush(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#pending.size === 0) return;
+    const pending = [...this.#pending];
+    this.#pending.clear();
+    this.#send(pending);
+    this.#timer = setTimeout(() => this.#flush(), REFUSALS_MS);
+  }
+
+  #send(
+    refusals: [RefusalCode, { peer: string; reason: string; count: number }][],
+  ): void {
+    sink?.flush();
+    for (const [code, { peer, reason, count }] of refusals) {
+      post({ type: "refused", peer, code, reason, count });
+    }
+  }
+
+  /** Sends what is counted, and stops the timer (the server stopped). */
+  [Symbol.dispose](): void {
+    this.#flush();
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
 }
 
 async function stop(): Promise<void> {
@@ -96,6 +170,12 @@ parentPort!.on("message", (data: ToWorker) => {
       sink?.flush(); // what was logged before the request comes first
       if (server !== undefined) {
         post({ type: "stats", stats: { ...server.stats } });
+      }
+      return;
+    case "metrics":
+      if (server !== undefined) {
+        const metrics = recorder ?? new MetricsRecorder(); // counters only
+        post({ type: "metrics", snapshot: metrics.snapshot(server.stats) });
       }
       return;
     case "stop":

@@ -1,13 +1,21 @@
 /**
  * One connection of the echo server: {@linkcode Session} (the conn, its peer
  * tag, its byte counts, why the server closed it), the TLS handshake, and the
- * raw and line echo loops over an adaptive {@linkcode ReadBuffer}. Private to
- * `server.ts`.
+ * raw, line and discard loops over an adaptive {@linkcode ReadBuffer}.
+ * Private to `server.ts` (and `_faults.ts`, which wraps the echo's writes).
  *
  * @module
  */
 import type { Logger } from "@logtape/logtape";
-import { escapePreview, isDisconnect, writeAll } from "./io.ts";
+import {
+  PrefixedConn,
+  proxiedPeer,
+  type ProxyAccept,
+  ProxyHeaderError,
+  readProxyHeader,
+} from "./_proxy_protocol.ts";
+import type { ReleaseTls } from "./_tls_release.ts";
+import { escapePreview, isPeerError, writeAll } from "./io.ts";
 import { Seconds, Template } from "./log.ts";
 
 /** Read buffer bounds: see {@linkcode ReadBuffer}. */
@@ -19,6 +27,7 @@ const SHRINK_AFTER_READS = 4;
 const PREVIEW_CHARS = 80;
 /** The two lines every connection logs: templates parsed once. */
 const ONLINE = new Template("[{peer}] online");
+const ONLINE_VIA = new Template("[{peer}] online (via {via})");
 const OFFLINE = new Template(
   "[{peer}] offline ({duration_s} s, {bytesIn} bytes in, {bytesOut} bytes out)",
 );
@@ -31,8 +40,17 @@ export interface ByteTotals {
   bytesOut: number;
 }
 
-/** Echoes a session until the client's EOF: {@linkcode echoRaw} or {@linkcode echoLines}. */
+/**
+ * Echoes a session until the client's EOF: {@linkcode echoRaw},
+ * {@linkcode echoLines} or {@linkcode echoDiscard}.
+ */
 export type Echo = (session: Session) => Promise<void>;
+
+/**
+ * Sends one echo (bytes the caller may reuse once it resolves) and counts it;
+ * resolving is the caller's cue to read again (backpressure).
+ */
+export type Send = (bytes: Uint8Array) => Promise<void>;
 
 /**
  * One open connection, as its task, the idle sweep and shutdown see it. Its
@@ -40,12 +58,20 @@ export type Echo = (session: Session) => Promise<void>;
  * {@linkcode Session.interrupt}.
  */
 export class Session {
-  /** The connection; {@linkcode Session.run} owns and closes it. */
-  readonly conn: Deno.Conn;
-  /** The tag logs show: `ip:port`, `[::1]:port` or `unix#N`. */
-  readonly peer: string;
+  /**
+   * The connection; {@linkcode Session.run} owns and closes it. After a
+   * PROXY header, a {@linkcode PrefixedConn} holding what came with it.
+   */
+  conn: Deno.Conn;
+  /**
+   * The tag logs show: `ip:port`, `[::1]:port` or `unix#N`; after a PROXY
+   * header, its source's.
+   */
+  peer: string;
   /** The client address limits count by (`unix` for Unix sockets). */
-  readonly ip: string;
+  ip: string;
+  /** With a PROXY header that named a source: the socket's own peer tag. */
+  via?: string;
   /** Bytes received on this connection. */
   bytesIn = 0;
   /** Bytes echoed on this connection. */
@@ -57,10 +83,17 @@ export class Session {
    * shutdown); `undefined` while open and when the client ended it.
    */
   closeReason?: string;
+  /**
+   * True while a fault (delay, slice delay, bandwidth) holds an echo back on
+   * purpose: that wait is not the client's idleness, so the idle sweep spares
+   * the session.
+   */
+  holding = false;
   readonly #totals: ByteTotals;
   /** The server's logger, for {@linkcode Template.log}. */
   readonly #serverLog: Logger;
   #log?: Logger;
+  #interrupted?: AbortController;
   readonly #startedAt = performance.now();
   #endedAt?: number;
 
@@ -117,6 +150,19 @@ export class Session {
   }
 
   /**
+   * Aborts when {@linkcode Session.interrupt} ends the connection, for waits
+   * that are not a read or write on it (a fault's delay). Made on first use:
+   * the plain echo loops never pay for it.
+   */
+  get interrupted(): AbortSignal {
+    if (this.#interrupted === undefined) {
+      this.#interrupted = new AbortController();
+      if (this.closeReason !== undefined) this.#abort();
+    }
+    return this.#interrupted.signal;
+  }
+
+  /**
    * Ends the connection from outside (idle sweep, handshake timer, shutdown):
    * the task's pending read or write rejects and it logs `reason`. Only the
    * first reason counts, and the conn is closed only once.
@@ -129,6 +175,64 @@ export class Session {
     } catch {
       // its task closed it a moment ago and is about to end
     }
+    this.#abort();
+  }
+
+  #abort(): void {
+    this.#interrupted?.abort(
+      new Deno.errors.Interrupted(`interrupted: ${this.closeReason}`),
+    );
+  }
+
+  /**
+   * Reads the PROXY header within `timeoutMs` (closing the connection if it
+   * does not come) and takes its source as this session's peer; bytes that
+   * came with it are read first by the echo. Failures are logged here (a
+   * warning for a bad, missing or late header) and set
+   * {@linkcode Session.closeReason}.
+   *
+   * @returns whether a header was read; if not, the connection is closed
+   */
+  async readProxyHeader(
+    accept: ProxyAccept,
+    timeoutMs: number,
+  ): Promise<boolean> {
+    let late = false;
+    const timer = setTimeout(() => {
+      late = this.closeReason === undefined;
+      this.interrupt(`no PROXY header within ${seconds(timeoutMs)}`);
+    }, timeoutMs);
+    try {
+      const { header, rest } = await readProxyHeader(this.conn, accept);
+      const proxied = proxiedPeer(header);
+      if (proxied !== undefined) {
+        this.via = this.peer;
+        this.peer = proxied.peer;
+        this.ip = proxied.ip;
+        this.#log = undefined; // made again, with the new peer
+      }
+      if (rest.length > 0) this.conn = new PrefixedConn(this.conn, rest);
+      return true;
+    } catch (err) {
+      this.#endedAt = performance.now();
+      this.conn[Symbol.dispose]();
+      const { log } = this;
+      if (err instanceof ProxyHeaderError && this.closeReason === undefined) {
+        this.closeReason = `bad PROXY header: ${err.message}`;
+        log.warn("[{peer}] closing: {reason}", { reason: this.closeReason });
+      } else if (late) {
+        log.warn("[{peer}] closing: {reason}", { reason: this.closeReason });
+      } else if (this.closeReason !== undefined) {
+        log.info("[{peer}] closing: {reason}", { reason: this.closeReason });
+      } else if (isPeerError(err)) {
+        log.debug("[{peer}] {err}", { err: String(err) });
+      } else {
+        log.error("[{peer}] connection failed: {err}", { err });
+      }
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**
@@ -138,17 +242,26 @@ export class Session {
    * only a bug rejects.
    *
    * @param handshakeTimeoutMs TLS only: the bound on the handshake
+   * @param release TLS only: releases the socket of a connection that the
+   *   server ended (interrupted, a limit, a failed handshake) or that failed
    */
-  async run(echo: Echo, handshakeTimeoutMs?: number): Promise<void> {
-    using _conn = this.conn; // closed however we leave
-    const { peer } = this;
-    ONLINE.log(this.#serverLog, "info", { peer });
+  async run(
+    echo: Echo,
+    handshakeTimeoutMs?: number,
+    release?: ReleaseTls,
+  ): Promise<void> {
+    using conn = this.conn; // closed however we leave
+    const { peer, via } = this;
+    if (via === undefined) ONLINE.log(this.#serverLog, "info", { peer });
+    else ONLINE_VIA.log(this.#serverLog, "info", { peer, via });
+    let failed = false;
     try {
       if (handshakeTimeoutMs !== undefined) {
         await handshake(this, handshakeTimeoutMs);
       }
       await echo(this);
     } catch (err) {
+      failed = true;
       if (this.closeReason !== undefined) {
         this.log.info("[{peer}] closing: {reason}", {
           reason: this.closeReason,
@@ -156,12 +269,15 @@ export class Session {
       } else if (err instanceof LimitError || err instanceof HandshakeError) {
         this.closeReason = err.message;
         this.log.warn("[{peer}] closing: {reason}", { reason: err.message });
-      } else if (isDisconnect(err)) {
+      } else if (isPeerError(err)) {
         this.log.debug("[{peer}] {err}", { err: String(err) });
       } else {
         this.log.error("[{peer}] connection failed: {err}", { err });
       }
     } finally {
+      // Such a connection may owe the client bytes or a handshake, and Deno
+      // 2.9.6 would keep its socket open until the client acts.
+      if (failed || this.closeReason !== undefined) release?.(conn);
       this.#endedAt = performance.now();
       OFFLINE.log(this.#serverLog, "info", {
         peer,
@@ -197,7 +313,14 @@ async function handshake(session: Session, timeoutMs: number): Promise<void> {
   try {
     await conn.handshake();
   } catch (cause) {
-    if (session.closeReason !== undefined || isDisconnect(cause)) throw cause;
+    // A client gone is a debug line; one that speaks no TLS (plaintext, an
+    // alert such as UnknownCA: InvalidData) is worth a warning.
+    if (
+      session.closeReason !== undefined ||
+      (isPeerError(cause) && !(cause instanceof Deno.errors.InvalidData))
+    ) {
+      throw cause;
+    }
     throw new HandshakeError(
       `TLS handshake failed: ${(cause as Error).message}`,
       { cause },
@@ -240,15 +363,28 @@ export async function echoLines(
   maxLineBytes: number,
 ): Promise<void> {
   const { conn } = session;
+  await frameLines(session, maxLineBytes, async (bytes) => {
+    await writeAll(conn, bytes);
+    session.sent(bytes.length);
+  });
+  await conn.closeWrite();
+}
+
+/**
+ * The line framing of {@linkcode echoLines}, up to the client's EOF: each
+ * batch of whole lines (and the tail at EOF) goes to `send`.
+ */
+export async function frameLines(
+  session: Session,
+  maxLineBytes: number,
+  send: Send,
+): Promise<void> {
+  const { conn } = session;
   const debug = session.debugging;
   const tooLong = () =>
     new LimitError(`line longer than ${maxLineBytes} bytes (max-line)`);
   const rb = new ReadBuffer();
   let end = 0; // bytes held in rb.bytes; they hold no "\n"
-  const send = async (bytes: Uint8Array) => {
-    await writeAll(conn, bytes);
-    session.sent(bytes.length);
-  };
   for (;;) {
     if (end === rb.bytes.length) rb.grow(end);
     const n = await conn.read(end === 0 ? rb.bytes : rb.bytes.subarray(end));
@@ -283,6 +419,25 @@ export async function echoLines(
     if (debug) logLine(session.log, tail);
     await send(tail);
   }
+}
+
+/**
+ * Discard mode (RFC 863): read and drop everything, answer nothing; at the
+ * client's EOF, close.
+ */
+export async function echoDiscard(session: Session): Promise<void> {
+  const { conn } = session;
+  const debug = session.debugging;
+  const rb = new ReadBuffer();
+  for (
+    let n = await conn.read(rb.bytes);
+    n !== null;
+    n = await conn.read(rb.bytes)
+  ) {
+    session.received(n);
+    if (debug) session.log.debug("[{peer}] discarded {n} bytes", { n });
+    rb.adapt(n);
+  }
   await conn.closeWrite();
 }
 
@@ -298,7 +453,7 @@ function logLine(log: Logger, line: Uint8Array): void {
  * {@linkcode MAX_READ_BYTES} (big reads are what make streaming fast);
  * {@linkcode SHRINK_AFTER_READS} small reads in a row halve it again.
  */
-class ReadBuffer {
+export class ReadBuffer {
   bytes: Uint8Array = new Uint8Array(MIN_READ_BYTES);
   #smallReads = 0;
 

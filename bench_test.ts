@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   BENCH_DEFAULTS,
+  type BenchOptions,
   type BenchProgress,
   type BenchResult,
   formatProgress,
@@ -16,17 +17,20 @@ import { split, WorkerShard } from "./_bench_threads.ts";
 import { EchoError } from "./_bench_connection.ts";
 import { checkBenchOptions } from "./bench.ts";
 import { serve } from "./server.ts";
-import { echoServer, flipBitAt, stubServer } from "./testing.ts";
+import { CA, TLS } from "./testing.ts";
+import {
+  echoServer,
+  flipBitAt,
+  LATENCY_KEYS,
+  RESULT_KEYS,
+  stubServer,
+} from "./testing_cli.ts";
 
 // ---- helpers --------------------------------------------------------------------
 
-const testdata = (name: string) =>
-  Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
-const CERT = testdata("server.pem");
-const KEY = testdata("server-key.pem");
-const CA = testdata("ca.pem");
-
 const SHORT = { durationMs: 300, warmupMs: 100 } as const;
+/** Shorter still, with no warm-up: for runs whose end is the point. */
+const BRIEF = { durationMs: 100, warmupMs: 0 } as const;
 
 function assertSane(result: BenchResult): void {
   assert.equal(result.errors, 0);
@@ -37,6 +41,18 @@ function assertSane(result: BenchResult): void {
   );
   assert.ok(result.messages_per_s > 0);
   assert.ok(result.mib_per_s > 0);
+}
+
+/** {@linkcode runBench} that also keeps each error it reports, in order. */
+async function benchErrors(
+  options: BenchOptions,
+): Promise<{ result: BenchResult; errors: Error[] }> {
+  const errors: Error[] = [];
+  const result = await runBench({
+    ...options,
+    onError: (err) => errors.push(err),
+  });
+  return { result, errors };
 }
 
 // ---- LatencyHistogram -----------------------------------------------------------
@@ -265,7 +281,7 @@ Deno.test("runBench() works over a Unix socket", async () => {
 });
 
 Deno.test("runBench() works over TLS, both patterns", async () => {
-  await using server = echoServer({ tls: { cert: CERT, key: KEY } });
+  await using server = echoServer({ tls: { ...TLS } });
   for (const pattern of ["pingpong", "stream"] as const) {
     const result = await runBench({
       hostname: "localhost",
@@ -284,12 +300,10 @@ Deno.test("runBench() counts a corrupted echo as an error and ends that connecti
   for (const pattern of ["pingpong", "stream"] as const) {
     // connection 1 gets one byte flipped, 1000 bytes in; the others are fine
     await using server = echoServer({ mangle: flipBitAt(1000, 1) });
-    const errors: Error[] = [];
-    const result = await runBench({
+    const { result, errors } = await benchErrors({
       port: server.port,
       connections: 3,
       pattern,
-      onError: (err) => errors.push(err),
       ...SHORT,
     });
     assert.equal(result.errors, 1, pattern);
@@ -306,11 +320,9 @@ Deno.test("runBench() counts a server closing early as an error", async () => {
   await using server = echoServer({
     mangle: (chunk, state) => state.offset > 640 ? "close" : chunk,
   });
-  const errors: Error[] = [];
-  const result = await runBench({
+  const { result, errors } = await benchErrors({
     port: server.port,
     connections: 2,
-    onError: (err) => errors.push(err),
     ...SHORT,
   });
   assert.equal(result.errors, 2);
@@ -328,11 +340,9 @@ Deno.test("runBench() counts an extra (duplicated) echo as an error", async () =
         ? new Uint8Array([...chunk, ...chunk])
         : chunk,
   });
-  const errors: Error[] = [];
-  const result = await runBench({
+  const { result, errors } = await benchErrors({
     port: server.port,
     connections: 2,
-    onError: (err) => errors.push(err),
     ...SHORT,
   });
   assert.equal(result.errors, 1);
@@ -344,14 +354,11 @@ Deno.test("runBench() counts an extra (duplicated) echo as an error", async () =
 
 Deno.test("runBench() counts a server that never closes after the half-close", async () => {
   await using server = echoServer({ hold: true });
-  const errors: Error[] = [];
-  const result = await runBench({
+  const { result, errors } = await benchErrors({
     port: server.port,
     connections: 2,
-    durationMs: 100,
-    warmupMs: 0,
+    ...BRIEF,
     drainTimeoutMs: 50,
-    onError: (err) => errors.push(err),
   });
   assert.equal(result.errors, 2);
   assert.ok(result.messages > 0);
@@ -425,37 +432,11 @@ Deno.test("runBench() result has the SPEC's JSON keys in order, then per_conn", 
   const result = await runBench({
     port: server.port,
     connections: 1,
-    durationMs: 100,
-    warmupMs: 0,
+    ...BRIEF,
   });
   const json = JSON.parse(JSON.stringify(result));
-  assert.deepEqual(Object.keys(json), [
-    "pattern",
-    "connections",
-    "size",
-    "duration_s",
-    "messages",
-    "messages_per_s",
-    "bytes",
-    "mib_per_s",
-    "latency_us",
-    "errors",
-    "rate",
-    "latency_uncorrected_us",
-    "connects_per_s",
-    "lost",
-    "per_conn",
-  ]);
-  assert.deepEqual(Object.keys(json.latency_us), [
-    "p50",
-    "p75",
-    "p90",
-    "p95",
-    "p99",
-    "p999",
-    "p9999",
-    "max",
-  ]);
+  assert.deepEqual(Object.keys(json), RESULT_KEYS);
+  assert.deepEqual(Object.keys(json.latency_us), LATENCY_KEYS);
   assert.equal(json.rate, null);
   assert.equal(json.latency_uncorrected_us, null);
   assert.equal(json.connects_per_s, null);

@@ -6,8 +6,11 @@
  * @module
  */
 import process from "node:process";
-import { createInterface } from "node:readline";
+import { type ProxyVersion, sendProxyHeader } from "./_proxy_protocol.ts";
+
+export type { ProxyVersion } from "./_proxy_protocol.ts";
 import {
+  escapeControls,
   formatAddr,
   isDisconnect,
   LineSplitter,
@@ -15,6 +18,8 @@ import {
   writeAll,
   type Writer,
 } from "./io.ts";
+import { connectInsecure } from "./_insecure_tls.ts";
+import { Prompt } from "./_prompt.ts";
 
 /** Where and how to connect; shared by `client` and `bench`. */
 export interface ConnectOptions {
@@ -24,14 +29,25 @@ export interface ConnectOptions {
   port?: number;
   /** Connect to this Unix socket instead of TCP. */
   path?: string;
-  /** Speak TLS (the server's certificate is always verified). @default {false} */
+  /** Speak TLS (the server's certificate is verified unless `insecure`). @default {false} */
   tls?: boolean;
   /** Extra trusted CA certificates (PEM), for self-signed servers. */
   caCerts?: string[];
+  /**
+   * With `tls`: trust any certificate. Goes through `node:tls`, the only
+   * way Deno 2.9.6 offers, so it is slower. @default {false}
+   */
+  insecure?: boolean;
   /** Give up connecting after this long. @default {5000} */
   connectTimeoutMs?: number;
   /** Abort the connect attempt. */
   signal?: AbortSignal;
+  /**
+   * First send a PROXY header of this version (before TLS), naming our own
+   * address as the source and the server's as the destination, for servers
+   * that expect one (`tcpecho server --proxy-protocol`).
+   */
+  sendProxy?: ProxyVersion;
 }
 
 /** Defaults of {@linkcode ConnectOptions}; also printed by `--help`. */
@@ -68,8 +84,10 @@ export async function connect(
     path,
     tls = false,
     caCerts,
+    insecure = false,
     connectTimeoutMs = CONNECT_DEFAULTS.connectTimeoutMs,
     signal,
+    sendProxy,
   } = options;
   const timeout = new AbortController();
   const timer = setTimeout(() => timeout.abort(), connectTimeoutMs);
@@ -77,9 +95,20 @@ export async function connect(
     ? AbortSignal.any([signal, timeout.signal])
     : timeout.signal;
   try {
+    if (tls && insecure) {
+      return await connectInsecure({ hostname, port, path, signal: abort });
+    }
     const tcp = path === undefined
       ? await Deno.connect({ hostname, port, signal: abort })
       : await Deno.connect({ transport: "unix", path }); // local: never hangs
+    if (sendProxy !== undefined) {
+      try {
+        await sendProxyHeader(tcp, sendProxy);
+      } catch (err) {
+        tcp.close();
+        throw err;
+      }
+    }
     if (!tls) return tcp;
     const conn = await Deno.startTls(tcp as Deno.TcpConn, {
       hostname: path === undefined ? hostname : "localhost",
@@ -116,21 +145,43 @@ export interface Input extends Reader {
   close(): void;
 }
 
+/** Options for {@linkcode pipe} and {@linkcode interactive}. */
+export interface ExchangeOptions {
+  /**
+   * Fail when the server sends nothing for this long while we wait for it:
+   * for the echo of bytes sent, or for its close after ours. Time spent
+   * waiting for input does not count. `0` is off. @default {0}
+   */
+  idleTimeoutMs?: number;
+}
+
 /**
  * Copies `input` to the socket and the socket to `output`, byte for byte, like
  * `nc -N`: at input EOF the sending side is shut down (half-close), then the
  * echo is read until the server closes. If the server closes first, `input`
  * is closed to end the read still pending on it.
  *
- * @throws {Error} when the connection fails (a reset, or a write error other
- *   than the server having gone away).
+ * Nothing is lost silently: the echo of an echo server is as long as what was
+ * sent, so the server closing with fewer bytes back than were taken from
+ * `input` is an error, and so is a reset or a failed write.
+ *
+ * @throws {Error} `the server closed the connection after echoing R of S
+ *   bytes`, `connection lost after R of S bytes came back` (the cause being
+ *   the reset or the failed write), `no data from the server for N s`, or
+ *   the error of `input` or `output`
  */
 export async function pipe(
   conn: Deno.Conn,
   input: Input = Deno.stdin,
   output: Writer = Deno.stdout,
+  options: ExchangeOptions = {},
 ): Promise<void> {
+  const { idleTimeoutMs = 0 } = options;
+  using silence = new Silence(idleTimeoutMs, () => closeQuietly(conn));
+  let sent = 0; // bytes taken from input, to be sent
+  let received = 0;
   let sending = true;
+  let sendError: unknown; // the socket's: a failed write or half-close
   const upload = (async () => {
     try {
       const buf = new Uint8Array(64 * 1024);
@@ -139,24 +190,113 @@ export async function pipe(
         n !== null;
         n = await input.read(buf)
       ) {
-        await writeAll(conn, buf.subarray(0, n));
+        sent += n;
+        silence.waiting();
+        await writeAll(conn, buf.subarray(0, n)).catch((err) => {
+          throw sendError = err;
+        });
       }
-      await conn.closeWrite();
+      await conn.closeWrite().catch((err) => {
+        throw sendError = err;
+      });
+      silence.waiting(); // for the server to close
     } finally {
       sending = false;
     }
   })().then(() => undefined, (err: unknown) => err); // settled below
+  let lost: unknown; // how the download ended, if not at EOF
+  const buf = new Uint8Array(64 * 1024);
+  // Reads the socket; a reset (or our idle close) ends the loop as `lost`.
+  const readOrLose = async (): Promise<number | null> => {
+    try {
+      return await conn.read(buf);
+    } catch (err) {
+      // A TLS peer that closes without close_notify: the counts judge it.
+      if (!(err instanceof Deno.errors.UnexpectedEof)) lost = err;
+      return null;
+    }
+  };
   try {
-    const buf = new Uint8Array(64 * 1024);
-    for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+    for (let n = await readOrLose(); n !== null; n = await readOrLose()) {
+      received += n;
+      silence.heard(received < sent || !sending);
       await writeAll(output, buf.subarray(0, n));
     }
   } finally {
     if (sending) input.close(); // the server is done: stop waiting for input
   }
-  const err = await upload;
-  // Writes fail once the server has gone; the download said how it ended.
-  if (err !== undefined && !isDisconnect(err)) throw err;
+  const inputError = await upload;
+  if (silence.expired) {
+    throw new Error(`no data from the server for ${idleTimeoutMs / 1000} s`);
+  }
+  lost ??= sendError;
+  if (lost !== undefined) {
+    throw new Error(
+      `connection lost after ${received} of ${sent} bytes came back`,
+      { cause: lost },
+    );
+  }
+  if (received < sent) {
+    throw new Error(
+      `the server closed the connection after echoing ${received} of ${sent} bytes`,
+    );
+  }
+  // Reading input failed on its own, or was interrupted by our close.
+  if (inputError !== undefined && !isDisconnect(inputError)) throw inputError;
+}
+
+/**
+ * The idle timeout of {@linkcode pipe} and {@linkcode interactive}: one timer,
+ * running only while we wait for the server, restarted by each byte from it.
+ */
+class Silence implements Disposable {
+  /** Whether the server was silent too long (and `onExpire` was called). */
+  expired = false;
+  #ms: number;
+  #onExpire: () => void;
+  #waiting = false;
+  #since = 0; // the last byte heard, or the start of the wait
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(ms: number, onExpire: () => void) {
+    this.#ms = ms;
+    this.#onExpire = onExpire;
+  }
+
+  /** We now wait for the server: the clock starts, unless it runs already. */
+  waiting(): void {
+    if (this.#ms <= 0 || this.#waiting) return;
+    this.#waiting = true;
+    this.#since = performance.now();
+    this.#arm(this.#ms);
+  }
+
+  /** Bytes came: the clock restarts, or stops when we wait for nothing more. */
+  heard(stillWaiting: boolean): void {
+    this.#since = performance.now();
+    this.#waiting &&= stillWaiting;
+  }
+
+  #arm(ms: number): void {
+    this.#timer ??= setTimeout(() => {
+      this.#timer = undefined;
+      if (!this.#waiting) return;
+      const left = this.#since + this.#ms - performance.now();
+      if (left > 0) return this.#arm(left);
+      this.expired = true;
+      this.#onExpire();
+    }, ms);
+  }
+
+  [Symbol.dispose](): void {
+    clearTimeout(this.#timer);
+  }
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch { /* closed already */ }
 }
 
 /** How {@linkcode interactive} ended. */
@@ -165,45 +305,42 @@ export type InteractiveEnd = "eof" | "server-closed" | "interrupted";
 /**
  * The terminal client: reads lines with a prompt and history, sends each with
  * `\n`, and shows each echoed line as `server say# …`. Ctrl+D ends sending and
- * waits for the outstanding echoes; Ctrl+C ends at once.
+ * waits for the outstanding echoes; Ctrl+C ends at once. The cursor is left
+ * at the start of a line, for the shell's prompt or the caller's message.
+ *
+ * @throws {Error} `no data from the server for N s` (see
+ *   {@linkcode ExchangeOptions}), or how the connection failed
  */
 export async function interactive(
   conn: Deno.Conn,
-  options: { prompt?: string } = {},
+  options: { prompt?: string } & ExchangeOptions = {},
 ): Promise<InteractiveEnd> {
-  const { prompt = "> " } = options;
-  const rl = createInterface({
-    input: process.stdin,
-    output: process.stdout,
-    prompt,
-    historySize: 1000,
-    terminal: true,
-  });
+  const { prompt = "> ", idleTimeoutMs = 0 } = options;
+  using silence = new Silence(idleTimeoutMs, () => closeQuietly(conn));
   const encoder = new TextEncoder();
   let end = "eof" as InteractiveEnd;
   let sending = Promise.resolve();
-  const done = Promise.withResolvers<void>();
-  const show = (text: string) => {
-    // Clear the prompt line, print, then redraw the prompt and typed text.
-    process.stdout.write(`\r\x1b[K${text}\n`);
-    rl.prompt(true);
-  };
-  rl.on("line", (line: string) => {
+  let sent = 0;
+  let received = 0;
+  let halfClosed = false;
+  let atLineStart = false; // the cursor is not after a prompt
+  const terminal = new Prompt(prompt, (line) => {
     const bytes = encoder.encode(line + "\n");
+    sent += bytes.length;
+    silence.waiting();
     sending = sending.then(() => writeAll(conn, bytes));
-    rl.prompt();
   });
-  rl.on("SIGINT", () => {
-    end = "interrupted";
-    rl.close();
-  });
-  rl.on("close", () => done.resolve());
-  rl.prompt();
+  const show = (text: string) => {
+    terminal.show(text);
+    atLineStart = !terminal.reading;
+  };
 
   const receiving = (async () => {
     const splitter = new LineSplitter(); // a "\r" stays, shown as "\\r"
     const buf = new Uint8Array(64 * 1024);
     for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+      received += n;
+      silence.heard(received < sent || halfClosed);
       for (const line of splitter.push(buf.subarray(0, n))) {
         show(`server say# ${forTerminal(line)}`);
       }
@@ -211,23 +348,38 @@ export async function interactive(
     const last = splitter.end();
     if (last !== undefined) show(`server say# ${forTerminal(last)}`);
   })();
-  const received = receiving.then(() => "closed" as const);
+  const closed = receiving.then(() => "closed" as const);
 
   try {
-    const first = await Promise.race([done.promise, received]);
+    const first = await Promise.race([terminal.closed, closed]);
     if (first === "closed") {
       end = "server-closed";
       return end;
     }
-    if (end === "interrupted") return end;
+    if (terminal.interrupted) {
+      end = "interrupted";
+      return end;
+    }
     // Ctrl+D: send what is queued, half-close, show the last echoes.
     await sending;
     await conn.closeWrite();
+    halfClosed = true;
+    silence.waiting();
     await receiving;
     return end;
+  } catch (err) {
+    end = "server-closed"; // for the cleanup below: the prompt goes
+    if (silence.expired) {
+      throw new Error(`no data from the server for ${idleTimeoutMs / 1000} s`);
+    }
+    throw err;
   } finally {
-    rl.close();
-    if (end !== "eof") conn.close(); // interrupt the read still pending
+    terminal.close();
+    // Ctrl+C/Ctrl+D leave what was typed and end its line; otherwise the
+    // prompt makes way for the message that follows.
+    if (end === "server-closed") process.stdout.write("\r\x1b[K");
+    else if (!atLineStart) process.stdout.write("\n");
+    if (end !== "eof") closeQuietly(conn); // interrupt the read still pending
     await receiving.catch((err) => {
       if (!isDisconnect(err)) throw err;
     });
@@ -235,14 +387,10 @@ export async function interactive(
   }
 }
 
-/** Echoed text made harmless for a terminal: control characters escaped. */
+/**
+ * Echoed text made harmless for a terminal: controls (tab included, as
+ * `\t`) and invisible format characters escaped, as in logs.
+ */
 export function forTerminal(text: string): string {
-  return text.replace(
-    // deno-lint-ignore no-control-regex
-    /[\u0000-\u0008\u000a-\u001f\u007f-\u009f]/g,
-    (c) =>
-      c === "\r"
-        ? "\\r"
-        : `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
-  );
+  return escapeControls(text);
 }

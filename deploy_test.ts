@@ -32,7 +32,6 @@ import {
   type Command,
   findCommand,
   integer,
-  type Options,
   parseCommandLine,
   secondsMs,
 } from "./_cli.ts";
@@ -58,29 +57,11 @@ type Yaml = any;
 
 // --- tcpecho's own command lines ---------------------------------------------
 
-/**
- * Options the SPEC names that this CLI does not have yet: `--admin` (#11),
- * `--udp` (#12). Each is added to its command's table only
- * while the real row is missing, so once one lands, the real row (its type,
- * its checks) parses the manifests and the Dockerfile, and its entry here can
- * go.
- */
-const PENDING_OPTIONS: Record<string, Options> = {
-  server: { admin: { type: "string" }, udp: { type: "boolean" } },
-};
-
-function withPending(command: Command): Command {
-  const pending = Object.entries(PENDING_OPTIONS[command.name] ?? {})
-    .filter(([name]) => !(name in command.options));
-  return {
-    ...command,
-    options: { ...command.options, ...Object.fromEntries(pending) },
-  };
-}
-
-const COMMANDS = [serverCommand, clientCommand, benchCommand].map((command) =>
-  withPending(command as unknown as Command)
-);
+const COMMANDS = [
+  serverCommand,
+  clientCommand,
+  benchCommand,
+] as unknown as Command[];
 
 /** A tcpecho command line as the CLI parses it. */
 interface CommandLine {

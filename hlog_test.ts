@@ -10,7 +10,7 @@ import {
   UNCORRECTED_TAG,
 } from "./_hlog.ts";
 import { runBench } from "./bench.ts";
-import { echoServer, runCli } from "./testing.ts";
+import { benchJson, echoServer, runCli } from "./testing_cli.ts";
 
 // hdr-histogram-js, HdrHistogram's own JavaScript port, is the independent
 // reader (and writer) these tests check our files against.
@@ -149,18 +149,8 @@ Deno.test("mergeHlogs() of two runs' logs equals the histogram of both runs", as
       0,
     );
 
-    const cli = await runCli([
-      "bench",
-      "merge",
-      `${dir}/a.hlog`,
-      `${dir}/b.hlog`,
-      "--json",
-    ]);
-    assert.equal(cli.code, 0, cli.stderr);
-    assert.deepEqual(
-      JSON.parse(cli.stdout),
-      JSON.parse(JSON.stringify(result)),
-    );
+    const cli = await benchJson(["merge", `${dir}/a.hlog`, `${dir}/b.hlog`]);
+    assert.deepEqual(cli.result, JSON.parse(JSON.stringify(result)));
     const text = await runCli([
       "bench",
       "merge",

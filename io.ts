@@ -61,6 +61,34 @@ export function isDisconnect(err: unknown): boolean {
     err instanceof Deno.errors.BadResource;
 }
 
+/** OS error codes Deno reports as a plain `Error`, that a peer can cause. */
+const PEER_ERROR_CODES = new Set([
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EHOSTDOWN",
+  "ENETDOWN",
+]);
+
+/**
+ * Errors a peer can cause on its own connection, which end that connection
+ * and concern nobody else: {@linkcode isDisconnect}, TLS records that are
+ * not what they should be (rustls's `InvalidData`: garbage, a tampered
+ * record, a fatal alert), a peer that stopped acknowledging (`TimedOut`), or
+ * one that became unreachable.
+ */
+export function isPeerError(err: unknown): boolean {
+  if (
+    isDisconnect(err) ||
+    err instanceof Deno.errors.InvalidData ||
+    err instanceof Deno.errors.TimedOut ||
+    err instanceof Deno.errors.NetworkUnreachable
+  ) {
+    return true;
+  }
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && PEER_ERROR_CODES.has(code);
+}
+
 /** `HOST:PORT` (`[::1]:PORT` for IPv6) or `unix:PATH`, as logs and errors show it. */
 export function formatAddr(addr: Deno.Addr): string {
   if (!("hostname" in addr)) {
@@ -71,23 +99,59 @@ export function formatAddr(addr: Deno.Addr): string {
     : `${addr.hostname}:${addr.port}`;
 }
 
-const decoder = new TextDecoder(); // non-fatal: invalid UTF-8 shows as U+FFFD
+// Non-fatal: invalid UTF-8 shows as U+FFFD. A leading BOM is kept, to be shown.
+const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
 /**
- * Message bytes made safe to show in one log line: decoded leniently, control
- * characters (newlines, `\r`, ESC…) escaped, quoted, and cut to `maxChars`
- * (then followed by the full byte count). A client cannot forge or flood log lines.
+ * What a terminal may act on or a reader may not see: controls (C0 such as
+ * `\n` and ESC, DEL, C1 such as CSI), every format character (zero-width and
+ * bidi marks, bidi embeddings, overrides and isolates, the BOM, tag
+ * characters), the line and paragraph separators and lone surrogates.
+ */
+const UNSAFE = /[\p{Cc}\p{Cf}\p{Cs}\u2028\u2029]/gu;
+const SHORT: Readonly<Record<string, string>> = {
+  "\b": "\\b",
+  "\t": "\\t",
+  "\n": "\\n",
+  "\f": "\\f",
+  "\r": "\\r",
+};
+
+/**
+ * `text` with every character a terminal may act on or a reader may not see
+ * escaped as JSON does (`\n`, `\t`, `\u001b`, `\u202e`…), so it cannot forge
+ * a line, move the cursor, or hide or reorder what follows it.
+ */
+export function escapeControls(text: string): string {
+  return text.replace(UNSAFE, (c) => {
+    if (SHORT[c] !== undefined) return SHORT[c];
+    let escaped = ""; // an astral character as its two surrogates, as JSON does
+    for (let i = 0; i < c.length; i++) {
+      escaped += `\\u${c.charCodeAt(i).toString(16).padStart(4, "0")}`;
+    }
+    return escaped;
+  });
+}
+
+/**
+ * `text` in double quotes, safe to show in one line of a log or an error
+ * message: quotes and backslashes escaped, then {@linkcode escapeControls}.
+ * The result is a JSON string.
+ */
+export function quote(text: string): string {
+  return `"${escapeControls(text.replace(/["\\]/g, "\\$&"))}"`;
+}
+
+/**
+ * Message bytes made safe to show in one log line: decoded leniently, escaped
+ * and quoted by {@linkcode quote}, and cut to `maxChars` (then followed by
+ * the full byte count). A client cannot forge or flood log lines.
  */
 export function escapePreview(bytes: Uint8Array, maxChars: number): string {
   let text = decoder.decode(bytes.subarray(0, maxChars * 4));
   const cut = text.length > maxChars || bytes.length > maxChars * 4;
   if (cut) text = text.slice(0, maxChars);
-  // JSON escapes quotes, backslashes and C0 controls (\n, \r, ESC…); the
-  // rest a terminal may act on (DEL, C1 such as CSI, line separators) too.
-  const quoted = JSON.stringify(text).replace(
-    /[\u007f-\u009f\u2028\u2029]/g,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
-  );
+  const quoted = quote(text);
   return cut ? `${quoted}… (${bytes.length} bytes)` : quoted;
 }
 

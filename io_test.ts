@@ -1,8 +1,11 @@
 import assert from "node:assert/strict";
 import {
   delay,
+  escapeControls,
   escapePreview,
   isDisconnect,
+  isPeerError,
+  quote,
   readAll,
   type Reader,
   writeAll,
@@ -172,6 +175,51 @@ Deno.test("isDisconnect() recognises a read interrupted by closing the socket", 
   assert.equal(isDisconnect(err), true, String(err));
 });
 
+// ---- isPeerError ----------------------------------------------------------
+
+/** An OS error as Deno reports one it has no class for: a code on an Error. */
+function osError(code: string): Error {
+  return Object.assign(new Error(`${code} (os error)`), { code });
+}
+
+Deno.test("isPeerError() is true for disconnects and what else a peer can cause", () => {
+  for (
+    const err of [
+      new Deno.errors.ConnectionReset("x"),
+      new Deno.errors.BrokenPipe("x"),
+      new Deno.errors.UnexpectedEof("x"),
+      new Deno.errors.InvalidData("received corrupt message"),
+      new Deno.errors.TimedOut("timed out"),
+      new Deno.errors.NetworkUnreachable("x"),
+      osError("EHOSTUNREACH"),
+      osError("ENETUNREACH"),
+      osError("EHOSTDOWN"),
+      osError("ENETDOWN"),
+    ]
+  ) {
+    assert.equal(isPeerError(err), true, String(err));
+  }
+});
+
+Deno.test("isPeerError() is false for our own failures and for non-errors", () => {
+  for (
+    const err of [
+      new Deno.errors.NotFound("x"),
+      new Deno.errors.PermissionDenied("x"),
+      new Deno.errors.AddrInUse("x"),
+      osError("EMFILE"),
+      osError("ENOBUFS"),
+      new TypeError("x"),
+      "InvalidData",
+      { code: 113 },
+      undefined,
+      null,
+    ]
+  ) {
+    assert.equal(isPeerError(err), false, String(err));
+  }
+});
+
 // ---- escapePreview --------------------------------------------------------
 
 Deno.test("escapePreview() quotes text and escapes what a terminal acts on", () => {
@@ -185,11 +233,35 @@ Deno.test("escapePreview() quotes text and escapes what a terminal acts on", () 
     // DEL, C1 controls (CSI), line and paragraph separators.
     ["\x7f\x9b2J\x85", '"\\u007f\\u009b2J\\u0085"'],
     ["one\u2028two\u2029", '"one\\u2028two\\u2029"'],
-    ["héllo wörld ✓", '"héllo wörld ✓"'],
+    // Bidi overrides and isolates, zero-width and format characters, BOM.
+    ["a\u202egnp.exe", '"a\\u202egnp.exe"'],
+    ["\u202a\u202b\u202c\u202d", '"\\u202a\\u202b\\u202c\\u202d"'],
+    ["\u2066x\u2067y\u2068z\u2069", '"\\u2066x\\u2067y\\u2068z\\u2069"'],
+    [
+      "zero\u200bwidth\u200c\u200d\u200e\u200f",
+      '"zero\\u200bwidth\\u200c\\u200d\\u200e\\u200f"',
+    ],
+    ["\ufeffbom\u061c\u2060", '"\\ufeffbom\\u061c\\u2060"'],
+    ["héllo wörld ✓ שלום", '"héllo wörld ✓ שלום"'],
   ];
   for (const [text, expected] of cases) {
     assert.equal(escapePreview(encoder.encode(text), 80), expected, text);
+    assert.equal(quote(text), expected, text);
   }
+});
+
+Deno.test("quote() and escapeControls() leave no control, format or separator character raw", () => {
+  const unsafe = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/u;
+  for (let c = 0; c <= 0x10ffff; c++) {
+    const text = String.fromCodePoint(c); // lone surrogates too
+    const quoted = quote(text);
+    assert.ok(!unsafe.test(quoted), `U+${c.toString(16)} comes out raw`);
+    assert.equal(JSON.parse(quoted), text, `U+${c.toString(16)} round trip`);
+    const escaped = escapeControls(text);
+    assert.ok(!unsafe.test(escaped), `U+${c.toString(16)} comes out raw`);
+    if (!unsafe.test(text)) assert.equal(escaped, text, "kept as it is");
+  }
+  assert.equal(escapeControls('a\tb "c" \\'), 'a\\tb "c" \\');
 });
 
 Deno.test("escapePreview() shows invalid UTF-8 as U+FFFD", () => {

@@ -64,7 +64,7 @@ function checkAgainstModel(
           limits.refusal(ip),
           full
             ? `too many connections (max-conns ${maxConns})`
-            : `too many connections from ${ip} (max-conns-per-ip ${maxConnsPerIp})`,
+            : `too many connections (max-conns-per-ip ${maxConnsPerIp})`,
         );
         continue;
       }
@@ -124,6 +124,26 @@ Deno.test("LocalConnLimits grants and refuses as a count and a Map would", () =>
     ),
     { numRuns: 200 },
   );
+});
+
+Deno.test("SharedConnLimits by address alone: no total, a table sized for the server's maxConns", () => {
+  // As the pool builds the per-address count of the admission split.
+  const data = SharedConnLimits.create(Infinity, 2, 4);
+  assert.equal(tableWords(data).length, 8 * 18); // 2 × 4 entries of 18 words
+  const limits = new SharedConnLimits(data);
+  fc.assert(
+    fc.property(steps, (plan) =>
+      checkAgainstModel(
+        limits,
+        Infinity,
+        2,
+        plan.filter((s) => !("acquire" in s) || IPS.indexOf(s.acquire) < 4),
+        (ip) => limits.openFrom(ip),
+      )),
+    { numRuns: 200 },
+  );
+  assert.equal(limits.open, 0);
+  assert.ok(tableWords(data).every((w) => w === 0), "table not empty");
 });
 
 Deno.test("SharedConnLimits refuses an address longer than its key", () => {

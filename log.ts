@@ -13,6 +13,7 @@
  * @module
  */
 import {
+  compareLogLevel,
   configure,
   type Logger,
   type LogLevel,
@@ -322,51 +323,45 @@ export class Template {
 }
 
 /**
- * Writes one info record to stderr whatever the level: `listening on …` is
- * printed even with `-q`, since scripts read the port from it.
- *
- * @param template a LogTape message template: `listening on {where}`
+ * The info lines logged whatever the level, `-q` included (by their message
+ * template): scripts read the port of `--port 0` from `listening on`, and
+ * the admin port from `admin on`.
  */
-export function announce(
-  format: LogFormat,
-  category: string[],
-  template: string,
-  properties: Record<string, unknown>,
-): void {
-  const message: unknown[] = [];
-  let rest = template;
-  for (let m = /\{(\w+)\}/.exec(rest); m; m = /\{(\w+)\}/.exec(rest)) {
-    message.push(rest.slice(0, m.index), properties[m[1]]);
-    rest = rest.slice(m.index + m[0].length);
-  }
-  message.push(rest);
-  writeStderr(
-    formatter(format)({
-      category,
-      level: "info",
-      timestamp: Date.now(),
-      message,
-      rawMessage: template,
-      properties,
-    }),
-  );
-}
+export const ANNOUNCEMENTS: ReadonlySet<string> = new Set([
+  "listening on {where}",
+  "admin on {where}",
+]);
 
 /**
- * Configures LogTape for this isolate: `tcpecho` records from `level` up, and
- * LogTape's own warnings, go to `sink` (stderr in `format` by default).
+ * Configures LogTape for this isolate: `tcpecho` records from `level` up,
+ * the {@linkcode ANNOUNCEMENTS} at any level, and LogTape's own warnings, go
+ * to `sink` (stderr in `format` by default). Above `info`, info records are
+ * made and then dropped unless announced: this isolate logs a few (a worker
+ * isolate, which logs per connection, configures its own level).
  */
 export async function configureLogging(
   level: LogLevelName,
   format: LogFormat,
   sink: Sink = stderrSink(format),
 ): Promise<void> {
+  const lowest = LOG_LEVELS[level];
+  const quiet = compareLogLevel(lowest, "info") > 0;
+  let out = sink;
+  if (quiet) {
+    out = (record: LogRecord) => {
+      if (
+        compareLogLevel(record.level, lowest) >= 0 ||
+        ANNOUNCEMENTS.has(record.rawMessage as string)
+      ) sink(record);
+    };
+    if (IMMEDIATE_SINK in sink) immediate(out); // it keeps no record either
+  }
   await configure({
-    sinks: { out: sink },
+    sinks: { out },
     loggers: [
       {
         category: ["tcpecho"],
-        lowestLevel: LOG_LEVELS[level],
+        lowestLevel: quiet ? "info" : lowest,
         sinks: ["out"],
       },
       {

@@ -12,13 +12,16 @@ import denoJson from "./deno.json" with { type: "json" };
 import {
   type Command,
   type CommandContext,
+  errorHint,
   findCommand,
   parseCommandLine,
+  suggest,
   UsageError,
 } from "./_cli.ts";
 import { benchCommand } from "./_bench_command.ts";
 import { clientCommand } from "./_client_command.ts";
 import { serverCommand } from "./_server_command.ts";
+import { escapeControls, quote } from "./io.ts";
 import { configureLogging } from "./log.ts";
 
 /** The version in deno.json, the single source of truth. */
@@ -54,7 +57,10 @@ options:
 exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted
 `;
 
-/** The cause chain, `: `-joined, as the one `error:` line shows it. */
+/**
+ * The cause chain, `: `-joined, as the one `error:` line shows it: control
+ * and invisible characters escaped, whoever put them in a message.
+ */
 function describe(err: unknown): string {
   const parts: string[] = [];
   for (let e: unknown = err; e !== undefined; e = (e as Error).cause) {
@@ -62,12 +68,12 @@ function describe(err: unknown): string {
     // message already names the file.
     parts.push(
       e instanceof Error
-        ? e.message.replace(/( \(os error \d+\)): \w+ '.*'$/, "$1")
+        ? e.message.replace(/( \(os error \d+\)): \w+ '[^]*'$/, "$1")
         : String(e),
     );
     if (!(e instanceof Error)) break;
   }
-  return parts.join(": ");
+  return escapeControls(parts.join(": "));
 }
 
 /** The signals that stop a command: SIGHUP too, so a closed terminal cleans up. */
@@ -129,6 +135,11 @@ export async function main(args: string[]): Promise<number> {
         return 0;
       case "-V":
       case "--version":
+        if (args.length > 1) {
+          throw new UsageError(
+            `${args[0]} takes no argument, not ${quote(args[1])}`,
+          );
+        }
         console.log(
           `tcpecho ${VERSION} (deno ${Deno.version.deno}, v8 ${Deno.version.v8})`,
         );
@@ -138,7 +149,12 @@ export async function main(args: string[]): Promise<number> {
     }
     const found = findCommand(COMMANDS, args);
     if (found === undefined) {
-      throw new UsageError(`unknown command "${args[0]}"`);
+      const near = suggest(args[0], COMMANDS.map(({ name }) => name));
+      throw new UsageError(
+        `unknown command ${quote(args[0])}${
+          near ? `: did you mean ${near}?` : ""
+        }`,
+      );
     }
     const { command } = found;
     usage = command.usage;
@@ -152,7 +168,7 @@ export async function main(args: string[]): Promise<number> {
     }
     return await command.run(values, positionals, ctx);
   } catch (err) {
-    console.error(`error: ${describe(err)}`);
+    console.error(`error: ${describe(err)}${errorHint(err)}`);
     if (err instanceof UsageError) {
       console.error(usage);
       return 2;

@@ -5,15 +5,19 @@ import { type Command, findCommand } from "./_cli.ts";
 import { benchCommand } from "./_bench_command.ts";
 import { clientCommand } from "./_client_command.ts";
 import { serverCommand } from "./_server_command.ts";
+import { captureLogs, echoAll } from "./testing.ts";
 import {
-  captureLogs,
+  assertUsageError,
+  benchClean,
+  benchJson,
   cli,
-  echoAll,
   echoServer,
   flipBitAt,
+  LATENCY_KEYS,
+  RESULT_KEYS,
   runCli,
   ServerProcess,
-} from "./testing.ts";
+} from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 const posix = Deno.build.os !== "windows";
@@ -111,17 +115,23 @@ Deno.test("findCommand() follows subcommands and leaves their arguments", () => 
 Deno.test("tcpecho usage errors exit 2 with error and usage lines", async (t) => {
   const cases: [string[], RegExp][] = [
     [[], /^error: a command is required$/],
-    [["serve"], /^error: unknown command "serve"$/],
+    [["serve"], /^error: unknown command "serve": did you mean server\?$/],
     [
       ["server", "--port", "70000"],
       /--port takes a whole number from 0 to 65535, not "70000"/,
     ],
     [["server", "--port", "80a"], /--port takes a whole number/],
     [["server", "--bogus"], /^error: unknown option '--bogus'/],
-    [["server", "--mode", "fast"], /--mode takes raw or line, not "fast"/],
+    [
+      ["server", "--mode", "fast"],
+      /--mode takes raw or line or discard, not "fast"/,
+    ],
     [["server", "--tls-cert", "c.pem"], /--tls-cert and --tls-key go together/],
-    [["server", "--idle-timeout=-1"], /--idle-timeout takes seconds/],
-    [["server", "--idle-timeout", "-1"], /argument is ambiguous/],
+    [["server", "--idle-timeout=-1"], /--idle-timeout takes a duration ≥ 0/],
+    [
+      ["server", "--idle-timeout", "-1"],
+      /^error: --idle-timeout takes a duration ≥ 0, such as 30, 500ms, 10s or 1m, not "-1"$/,
+    ],
     [["server", "extra"], /unexpected argument 'extra'/],
     [["client", "--port", "0"], /--port takes a whole number from 1 to 65535/],
     [
@@ -131,15 +141,10 @@ Deno.test("tcpecho usage errors exit 2 with error and usage lines", async (t) =>
     [["client", "--ca", "ca.pem"], /^error: --ca needs --tls$/],
   ];
   for (const [args, message] of cases) {
-    await t.step(args.join(" ") || "(no args)", async () => {
-      const { code, stdout, stderr } = await runCli(args);
-      assert.equal(code, 2);
-      assert.equal(stdout, "");
-      const lines = stderr.trimEnd().split("\n");
-      assert.equal(lines.length, 2, stderr);
-      assert.match(lines[0], message);
-      assert.match(lines[1], /^usage: tcpecho/);
-    });
+    await t.step(
+      args.join(" ") || "(no args)",
+      () => assertUsageError(args, message),
+    );
   }
 });
 
@@ -360,63 +365,26 @@ Deno.test("tcpecho server --tls-cert/--tls-key serves TLS", async () => {
 // ---- bench ----------------------------------------------------------------
 
 Deno.test("tcpecho bench --spawn-server --json prints the spec's object", async () => {
-  const { code, stdout, stderr } = await runCli([
-    "bench",
+  const { result } = await benchClean([
     "--spawn-server",
     "-c",
     "4",
     "-d",
     "0.3",
-    "--json",
   ]);
-  assert.equal(code, 0, stderr);
-  const result = JSON.parse(stdout);
-  assert.deepEqual(Object.keys(result), [
-    "pattern",
-    "connections",
-    "size",
-    "duration_s",
-    "messages",
-    "messages_per_s",
-    "bytes",
-    "mib_per_s",
-    "latency_us",
-    "errors",
-    "rate",
-    "latency_uncorrected_us",
-    "connects_per_s",
-    "lost",
-    "per_conn",
-  ]);
-  assert.deepEqual(Object.keys(result.latency_us), [
-    "p50",
-    "p75",
-    "p90",
-    "p95",
-    "p99",
-    "p999",
-    "p9999",
-    "max",
-  ]);
-  assert.equal(result.errors, 0);
-  assert.ok(result.messages > 0);
+  assert.deepEqual(Object.keys(result), RESULT_KEYS);
+  assert.deepEqual(Object.keys(result.latency_us), LATENCY_KEYS);
 });
 
 Deno.test("tcpecho bench --lines --spawn-server measures a line-mode server", async () => {
-  const { code, stdout, stderr } = await runCli([
-    "bench",
+  await benchClean([
     "--spawn-server",
     "--lines",
     "-c",
     "2",
     "-d",
     "0.3",
-    "--json",
   ]);
-  assert.equal(code, 0, stderr);
-  const result = JSON.parse(stdout);
-  assert.equal(result.errors, 0);
-  assert.ok(result.messages > 0);
 });
 
 Deno.test("tcpecho bench exits 1 when a server corrupts an echo", async () => {
@@ -488,8 +456,7 @@ Deno.test({
 
 Deno.test("tcpecho bench --interval prints one line per interval on stderr, kept", async () => {
   await using server = serve({ port: 0 });
-  const { code, stdout, stderr } = await runCli([
-    "bench",
+  const { result, stderr } = await benchJson([
     "-p",
     `${server.addr.port}`,
     "-c",
@@ -498,9 +465,7 @@ Deno.test("tcpecho bench --interval prints one line per interval on stderr, kept
     "1",
     "--interval",
     "0.25",
-    "--json",
   ]);
-  assert.equal(code, 0, stderr);
   const lines = stderr.trimEnd().split("\n");
   assert.ok(lines.length >= 4 && lines.length <= 5, stderr);
   for (const line of lines) {
@@ -510,7 +475,7 @@ Deno.test("tcpecho bench --interval prints one line per interval on stderr, kept
     );
   }
   assert.match(lines[0], /^\[ {2}0\.0- {2}0\.[23] s\]/);
-  assert.ok(JSON.parse(stdout).messages > 0);
+  assert.ok(result.messages > 0);
 });
 
 Deno.test("tcpecho bench --threads 2: one result over both workers", async () => {

@@ -5,146 +5,62 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
+import { AccessList } from "./_cidr.ts";
+import {
+  type ConnEvent,
+  SERVE_DEFAULTS,
+  type ServeOptions,
+  type Server,
+  type ServerStats,
+} from "./_server_types.ts";
 import { IdleSweep } from "./_idle.ts";
 import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
 import { listen, removeSocketFile } from "./_listen.ts";
-import { type Echo, echoLines, echoRaw, seconds, Session } from "./_session.ts";
+import { echoWithFaults, FaultPlan, readChunks } from "./_faults.ts";
+import type { ProxyAccept } from "./_proxy_protocol.ts";
+import {
+  Admission,
+  NO_PERMIT,
+  RefusalLog,
+  type RefusalReporter,
+} from "./_admission.ts";
+import {
+  type Echo,
+  echoDiscard,
+  echoLines,
+  echoRaw,
+  frameLines,
+  seconds,
+  type Send,
+  Session,
+} from "./_session.ts";
+import { TlsRelay } from "./_tls_relay.ts";
+import {
+  type ReleaseTls,
+  tlsReleaser,
+  tlsReleaseUnavailable,
+} from "./_tls_release.ts";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
 import { Seconds } from "./log.ts";
 
 export { removeStaleSocket } from "./_listen.ts";
-
-/** How the server answers: bytes as they arrive, or whole lines. */
-export type EchoMode = "raw" | "line";
-
-/** Options for {@linkcode serve}. */
-export interface ServeOptions {
-  /** Address to bind. @default {"127.0.0.1"} */
-  hostname?: string;
-  /** TCP port; `0` lets the OS choose. @default {8080} */
-  port?: number;
-  /** Listen on this Unix socket path instead of TCP. */
-  path?: string;
-  /** TLS certificate chain (PEM text); serve TLS when given with `key`. */
-  cert?: string;
-  /** TLS private key (PEM text). */
-  key?: string;
-  /** `raw`: echo bytes as they arrive; `line`: answer each whole `\n` line. @default {"raw"} */
-  mode?: EchoMode;
-  /** Line mode: a line longer than this (before `\n`) closes its connection. @default {65536} */
-  maxLineBytes?: number;
-  /** Connections served at once; one more is accepted and closed. @default {10000} */
-  maxConns?: number;
-  /** Connections at once from one client address; `0` is no limit. @default {0} */
-  maxConnsPerIp?: number;
-  /** Close a connection that moved no byte for this long; `0` is never. @default {0} */
-  idleTimeoutMs?: number;
-  /** On {@linkcode Server.close}: wait this long for clients, then close them. @default {5000} */
-  shutdownTimeoutMs?: number;
-  /**
-   * TLS: close a connection whose handshake has not finished after this long
-   * (or after `idleTimeoutMs`, when shorter). @default {10000}
-   */
-  handshakeTimeoutMs?: number;
-  /** Listen backlog (tests use `1` to make connects hang). */
-  tcpBacklog?: number;
-  /**
-   * TCP and TLS: bind with `SO_REUSEPORT` (Linux; needs `--unstable-net`),
-   * so that several servers share the port and the kernel spreads their
-   * connections. @default {false}
-   */
-  reusePort?: boolean;
-  /**
-   * Called as each connection changes state (see {@linkcode ConnEvent}):
-   * once per connection per state, never per message. What it throws is
-   * logged at error and goes no further.
-   */
-  onConnState?: (event: ConnEvent) => void;
-}
-
-/**
- * A connection changed state, as {@linkcode ServeOptions.onConnState} hears
- * it (Go's `http.ConnState`): `open` once admitted; `closed` once it is
- * closed and no longer counted in {@linkcode ServerStats.active}; `refused`
- * when a limit turned it away (it was closed at once and never opened).
- */
-export type ConnEvent =
-  | {
-    state: "open";
-    /** The peer tag logs show: `ip:port`, `[::1]:port` or `unix#N`. */
-    peer: string;
-  }
-  | {
-    state: "closed";
-    /** The peer tag, as in `open`. */
-    peer: string;
-    /** Bytes received on this connection. */
-    bytesIn: number;
-    /** Bytes echoed on this connection. */
-    bytesOut: number;
-    /** Milliseconds from accept to close. */
-    durationMs: number;
-    /**
-     * Why the server closed it (`idle for 1.00 s`, `line longer than …`,
-     * `TLS handshake failed: …`, `server shutting down`…); absent when the
-     * client ended it or it failed.
-     */
-    reason?: string;
-  }
-  | {
-    state: "refused";
-    /** The peer tag, as in `open`. */
-    peer: string;
-    /** Which limit refused it: `too many connections (max-conns 10000)`… */
-    reason: string;
-  };
-
-/** Defaults of {@linkcode ServeOptions}; also printed by `--help`. */
-export const SERVE_DEFAULTS = {
-  hostname: "127.0.0.1",
-  port: 8080,
-  mode: "raw",
-  maxLineBytes: 65536,
-  maxConns: 10000,
-  maxConnsPerIp: 0,
-  idleTimeoutMs: 0,
-  shutdownTimeoutMs: 5000,
-  handshakeTimeoutMs: 10000,
-} as const;
-
-/** Live counters of a running {@linkcode Server}. */
-export interface ServerStats {
-  /** Connections open now. */
-  active: number;
-  /** Connections served (accepted and not refused by a limit), open or done. */
-  served: number;
-  /** Connections accepted and closed at once by `maxConns` / `maxConnsPerIp`. */
-  refused: number;
-  /** Bytes received from clients. */
-  bytesIn: number;
-  /** Bytes echoed back. */
-  bytesOut: number;
-}
-
-/** A running echo server, shaped like `Deno.HttpServer`. */
-export interface Server<
-  Addr extends Deno.NetAddr | Deno.UnixAddr = Deno.NetAddr | Deno.UnixAddr,
-> extends AsyncDisposable {
-  /** Where it listens; with `port: 0`, the real port. */
-  readonly addr: Addr;
-  /** Settles once the server has stopped and every connection is closed. */
-  readonly finished: Promise<void>;
-  /** Live counters. */
-  readonly stats: Readonly<ServerStats>;
-  /**
-   * Stops gracefully: no new connections, waits up to `shutdownTimeoutMs` for
-   * clients to finish, then closes the rest. Idempotent.
-   */
-  close(): Promise<void>;
-}
+export {
+  type ConnEvent,
+  type EchoMode,
+  type ProxyAccept,
+  type RefusalCode,
+  SERVE_DEFAULTS,
+  type ServeOptions,
+  type Server,
+  type ServerStats,
+} from "./_server_types.ts";
 
 /** Accept-error backoff (EMFILE and the like): first and longest wait. */
 const ACCEPT_BACKOFF_MS = [5, 1000] as const;
+
+/** TLS without a releaser: logged once per server (once per pool). */
+export const TLS_LINGER_WARNING =
+  "TLS: descriptors of connections the server closes may linger until the peer acts (Deno 2.9.6): {why}";
 
 /**
  * Starts an echo server. Binding happens now: a port in use or a bad address
@@ -156,6 +72,7 @@ const ACCEPT_BACKOFF_MS = [5, 1000] as const;
  * console.log(server.addr.port);
  * ```
  * @throws {Error} `cannot listen on ADDR`, with the OS error as `cause`.
+ * @throws {RangeError} for a fault option out of range (`faulty: 2`).
  */
 export function serve(
   options: ServeOptions & { path: string },
@@ -172,19 +89,23 @@ export function serve(options: ServeOptions = {}): Server {
  * alone uses it.
  */
 export interface PoolMember {
-  /** The pool's limits, counted over all its servers. */
+  /** The pool's `maxConns` count, over all its servers (taken at accept). */
   limits: ConnLimits;
-  /**
-   * Told, where a lone server logs `stopping: …`, how many connections its
-   * drain waits for (`0` too): the pool logs one line for all.
-   */
+  /** The pool's `maxConnsPerIp` count, when on (taken once the address is known). */
+  ipLimits?: ConnLimits;
+  /** Takes the refusals: the pool summarises them once for all its servers. */
+  refusals: RefusalReporter;
+  /** The faults' random sequence of `seed` this server draws from (its index). */
+  faultStream: number;
+  /** Told how many connections its drain waits for (`0` too), for one line. */
   onDraining(connections: number): void;
 }
 
 /**
  * {@linkcode serve} for one server of the CLI's worker pool: it counts
- * against the pool's limits, and logs neither `listening on`, `stopping:`
- * nor `stopped:` (the pool logs them once, with totals).
+ * against the pool's limits and draws its own fault sequence; it logs
+ * neither `listening on`, `faults:`, the TLS warning, `stopping:` nor
+ * `stopped:` (the pool logs each once, with totals).
  */
 export function serveInPool(options: ServeOptions, member: PoolMember): Server {
   return new EchoServer(options, member);
@@ -210,10 +131,17 @@ class EchoServer implements Server {
   readonly #listener: Deno.Listener;
   readonly #path: string | undefined;
   readonly #echo: Echo;
+  /** With faults on: picks each connection's echo (faulty or plain). */
+  readonly #pickEcho: (() => Echo) | undefined;
   /** TLS only: the bound on each handshake. */
   readonly #handshakeTimeoutMs: number | undefined;
+  readonly #proxy: ProxyAccept | undefined; // PROXY header versions taken
+  readonly #headerTimeoutMs: number;
+  readonly #relay: TlsRelay | undefined; // TLS after a PROXY header
+  /** TLS: releases the sockets of connections the server closes. */
+  readonly #release: ReleaseTls | undefined;
   readonly #shutdownTimeoutMs: number;
-  readonly #limits: ConnLimits;
+  readonly #admission: Admission;
   readonly #idle: IdleSweep<Session>;
   readonly #onConnState: ((event: ConnEvent) => void) | undefined;
   readonly #sessions = new Set<Session>();
@@ -241,44 +169,100 @@ class EchoServer implements Server {
       handshakeTimeoutMs = SERVE_DEFAULTS.handshakeTimeoutMs,
       tcpBacklog,
       reusePort,
+      allow = SERVE_DEFAULTS.allow,
+      deny = SERVE_DEFAULTS.deny,
+      proxyProtocol = SERVE_DEFAULTS.proxyProtocol,
       onConnState,
     } = options;
-    // Listen first: if it throws, nothing else (no timer) was started.
-    this.#listener = listen({
-      hostname,
-      port,
-      path,
-      cert,
-      key,
-      tcpBacklog,
-      reusePort,
-    });
+    const plan = FaultPlan.from(options, member?.faultStream); // throws on a bad value
+    const faults = mode === "discard" ? undefined : plan; // nothing to delay
+    // Check the rules before listening: a bad one throws with nothing open.
+    const access = new AccessList(allow, deny);
+    const tls = cert !== undefined && key !== undefined;
+    this.#proxy = proxyProtocol === "off" ? undefined : proxyProtocol;
+    // Listen first: if it throws, nothing else (no timer) was started. With
+    // a PROXY header before TLS, the port is plain TCP (see _tls_relay.ts).
+    const relay = tls && this.#proxy !== undefined;
+    this.#listener = relay
+      ? listen({ hostname, port, tcpBacklog, reusePort })
+      : listen({ hostname, port, path, cert, key, tcpBacklog, reusePort });
     this.addr = this.#listener.addr as Deno.NetAddr | Deno.UnixAddr;
     this.#member = member;
-    if (member === undefined) {
-      const where = formatAddr(this.addr);
-      this.#log.info("listening on {where}", { where });
-    }
 
     this.#path = path;
     this.#echo = mode === "line"
       ? (session) => echoLines(session, maxLineBytes)
+      : mode === "discard"
+      ? echoDiscard
       : echoRaw;
-    const tls = cert !== undefined && key !== undefined;
-    this.#handshakeTimeoutMs = !tls
-      ? undefined
-      : idleTimeoutMs > 0
+    if (faults !== undefined) {
+      const read = mode === "line"
+        ? (session: Session, send: Send) =>
+          frameLines(session, maxLineBytes, send)
+        : readChunks;
+      this.#pickEcho = () => {
+        const connFaults = faults.next();
+        if (connFaults === undefined) return this.#echo;
+        return (s) => {
+          s.log.debug("[{peer}] faults apply");
+          return echoWithFaults(s, connFaults, (send) => read(s, send));
+        };
+      };
+    }
+    const boundMs = idleTimeoutMs > 0
       ? Math.min(idleTimeoutMs, handshakeTimeoutMs)
       : handshakeTimeoutMs;
+    this.#handshakeTimeoutMs = tls ? boundMs : undefined;
+    this.#headerTimeoutMs = boundMs;
+    this.#release = tls ? tlsReleaser() : undefined;
+    try {
+      this.#relay = relay
+        ? new TlsRelay(cert!, key!, boundMs, this.#release)
+        : undefined;
+    } catch (cause) {
+      this.#listener.close();
+      throw new Error(`cannot listen on ${formatAddr(this.addr)}`, { cause });
+    }
+    if (member === undefined) { // a pool says these once, for all
+      if (tls && this.#release === undefined) {
+        this.#log.warn(TLS_LINGER_WARNING, { why: tlsReleaseUnavailable() });
+      }
+      if (faults !== undefined) {
+        this.#log.info("faults: {faults}", { faults: faults.describe() });
+      }
+      this.#log.info("listening on {where}", { where: formatAddr(this.addr) });
+    }
     this.#shutdownTimeoutMs = shutdownTimeoutMs;
     this.#onConnState = onConnState;
-    this.#limits = member?.limits ??
-      new LocalConnLimits(maxConns, maxConnsPerIp);
+    // Two limits: all connections at accept, one address's once it is known.
+    const limits: ConnLimits = member?.limits ??
+      new LocalConnLimits(maxConns, 0);
+    const ipLimits = member !== undefined
+      ? member.ipLimits
+      : maxConnsPerIp > 0
+      ? new LocalConnLimits(Infinity, maxConnsPerIp)
+      : undefined;
+    this.#admission = new Admission(
+      {
+        limits,
+        ipLimits,
+        access: access.empty ? undefined : access,
+        release: relay ? undefined : this.#release, // relayed: plain TCP
+      },
+      member?.refusals ?? new RefusalLog(this.#log),
+      (refusal) => {
+        this.stats.refused++;
+        this.#emit({ state: "refused", ...refusal });
+      },
+    );
     const idle = `idle for ${seconds(idleTimeoutMs)}`;
     this.#idle = new IdleSweep(
       idleTimeoutMs,
       this.#sessions,
-      (session) => session.interrupt(idle),
+      // A fault holding an echo back is our wait, not the client's idleness.
+      (session) => {
+        if (!session.holding) session.interrupt(idle);
+      },
     );
     const { promise, resolve } = Promise.withResolvers<void>();
     this.finished = promise;
@@ -339,47 +323,108 @@ class EchoServer implements Server {
     }
   }
 
-  /** Refuses `conn` past a limit; otherwise starts and tracks its task. */
+  /**
+   * Refuses `conn` past `maxConns`; otherwise, with the PROXY protocol,
+   * starts a task that reads its header first, and without, admits the
+   * client (`allow`/`deny`, `maxConnsPerIp`) and starts its session.
+   */
   #admit(conn: Deno.Conn): void {
     const remote = conn.remoteAddr;
     const ip = "hostname" in remote ? remote.hostname : "unix";
     const peer = "hostname" in remote
       ? formatAddr(remote)
       : `unix#${++this.#unixCount}`;
-    const permit = this.#limits.acquire(ip);
-    if (permit === undefined) {
-      const refusal = this.#limits.refusal(ip);
-      this.stats.refused++;
-      this.#log.warn("[{peer}] refused: {refusal}", { peer, refusal });
-      conn.close();
-      this.#emit({ state: "refused", peer, reason: refusal });
+    const slot = this.#admission.accept(conn, peer, ip);
+    if (slot === undefined) return;
+    // Faulty or not is decided at accept, in accept order, so a seed replays.
+    if (this.#proxy !== undefined) {
+      const echo = this.#pickEcho?.() ?? this.#echo;
+      const session = new Session(conn, peer, ip, this.stats, this.#log);
+      const proxied = this.#handleProxied(session, slot, this.#proxy, echo);
+      this.#track(session, proxied);
       return;
     }
-    this.stats.active++;
+    const permit = this.#admission.client(conn, peer, ip);
+    if (permit === undefined) {
+      slot[Symbol.dispose]();
+      return;
+    }
     this.stats.served++;
+    const echo = this.#pickEcho?.() ?? this.#echo;
     const session = new Session(conn, peer, ip, this.stats, this.#log);
+    this.#track(session, this.#handle(session, slot, permit, echo));
+  }
+
+  /**
+   * Counts and tracks a session's task until it ends; then tells
+   * `onConnState` it closed, unless the task says it was refused.
+   */
+  #track(session: Session, handling: Promise<boolean>): void {
+    this.stats.active++;
     this.#sessions.add(session);
-    const task: Promise<void> = this.#handle(session, permit)
-      .catch((err) => this.#log.error("connection task failed: {err}", { err }))
-      .finally(() => {
+    const task: Promise<void> = handling
+      .catch((err) => {
+        this.#log.error("connection task failed: {err}", { err });
+        return true;
+      })
+      .then((served) => {
         this.#sessions.delete(session);
         this.#tasks.delete(task);
         this.stats.active--;
-        if (this.#onConnState !== undefined) this.#emitClosed(session);
+        if (served && this.#onConnState !== undefined) {
+          this.#emitClosed(session);
+        }
       });
     this.#tasks.add(task);
   }
 
-  /** The connection task: holds the permit for as long as the session runs. */
-  async #handle(session: Session, permit: Disposable): Promise<void> {
+  /** The connection task: holds the permits for as long as the session runs. */
+  async #handle(
+    session: Session,
+    slot: Disposable,
+    permit: Disposable,
+    echo: Echo,
+  ): Promise<boolean> {
+    using _slot = slot;
     using _permit = permit;
-    this.#emit({ state: "open", peer: session.peer });
-    await session.run(this.#echo, this.#handshakeTimeoutMs);
+    const { peer, via } = session;
+    this.#emit(via ? { state: "open", peer, via } : { state: "open", peer });
+    await session.run(echo, this.#handshakeTimeoutMs, this.#release);
+    return true;
+  }
+
+  /**
+   * A PROXY protocol connection's task: reads the header, admits the client
+   * it names, and runs the session. Resolves `false` if it was refused.
+   */
+  async #handleProxied(
+    session: Session,
+    slot: Disposable,
+    accept: ProxyAccept,
+    echo: Echo,
+  ): Promise<boolean> {
+    using _slot = slot;
+    if (!(await session.readProxyHeader(accept, this.#headerTimeoutMs))) {
+      this.stats.served++; // a connection closed with a warning, not refused
+      return true;
+    }
+    const { conn, peer, ip, via } = session;
+    const permit = this.#admission.client(conn, peer, ip, via);
+    if (permit === undefined) return false;
+    this.stats.served++;
+    if (this.#relay === undefined) {
+      return await this.#handle(session, NO_PERMIT, permit, echo);
+    }
+    using _permit = permit;
+    return await this.#relay.serve(
+      session,
+      (s) => this.#handle(s, NO_PERMIT, NO_PERMIT, echo),
+    );
   }
 
   /** Tells `onConnState` how `session` ended. */
   #emitClosed(session: Session): void {
-    const { peer, bytesIn, bytesOut, durationMs, closeReason } = session;
+    const { peer, via, bytesIn, bytesOut, durationMs, closeReason } = session;
     const event: ConnEvent = {
       state: "closed",
       peer,
@@ -387,6 +432,7 @@ class EchoServer implements Server {
       bytesOut,
       durationMs,
     };
+    if (via !== undefined) event.via = via;
     if (closeReason !== undefined) event.reason = closeReason;
     this.#emit(event);
   }
@@ -433,13 +479,17 @@ class EchoServer implements Server {
       await Promise.allSettled(tasks);
     }
     this.#idle[Symbol.dispose]();
+    this.#admission[Symbol.dispose]();
+    await this.#relay?.close();
+    await this.#release?.settled(); // no timer outlives the server
     if (this.#path !== undefined) removeSocketFile(this.#path);
     if (this.#member === undefined) {
+      const { served, bytesOut } = this.stats;
       log.info(
         "stopped: {served} connections served, {bytesOut} bytes echoed",
         {
-          served: this.stats.served,
-          bytesOut: this.stats.bytesOut,
+          served,
+          bytesOut,
         },
       );
     }

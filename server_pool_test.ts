@@ -277,11 +277,7 @@ Deno.test({
     for (
       const [option, limit, reason] of [
         ["--max-conns", 3, "too many connections (max-conns 3)"],
-        [
-          "--max-conns-per-ip",
-          2,
-          "too many connections from 127.0.0.1 (max-conns-per-ip 2)",
-        ],
+        ["--max-conns-per-ip", 2, "too many connections (max-conns-per-ip 2)"],
       ] as const
     ) {
       await using server = await Server.start([
@@ -305,13 +301,6 @@ Deno.test({
         outcomes,
         Array.from({ length: 8 }, (_, i) => i < limit),
       );
-      for (const conn of conns.slice(limit)) {
-        const line = await server.waitFor(about(conn, "refused: "));
-        assert.ok(
-          line.endsWith(`WRN [${peer(conn)}] refused: ${reason}`),
-          line,
-        );
-      }
       // A slot given back is a slot for anyone, on either worker.
       const first = conns.shift()!;
       const gone = about(first, "offline ");
@@ -319,7 +308,76 @@ Deno.test({
       await server.waitFor(gone);
       using again = await Deno.connect({ port: server.port });
       assert.ok(await admitted(again));
+      conns.forEach(closeQuietly);
+      again.close();
+      assert.equal(await server.stop(), 0);
+      // Summarised, and every refusal counted once.
+      const refused = refusals(server, reason);
+      assert.ok(
+        refused.firsts.every((l) => conns.some((c) => l.includes(peer(c)))),
+      );
+      assert.equal(refused.total, 8 - limit);
     }
+  },
+});
+
+/**
+ * The refusal warnings of `reason`: the lines naming a peer, the summary
+ * lines, every refusal they count, and whether each kind of line came at
+ * most once a second (the SPEC's bound).
+ */
+function refusals(server: Server, reason: string) {
+  const escaped = reason.replace(/[()]/g, "\\$&");
+  const first = new RegExp(`WRN \\[[^\\]]+\\] refused: ${escaped}$`);
+  const more = new RegExp(
+    `WRN refused: ${escaped}; (\\d+) more in the last second$`,
+  );
+  const firsts = server.matching(first);
+  const summaries = server.matching(more);
+  const time = (line: string) =>
+    Date.parse(`${line.slice(0, 23).replace(" ", "T")}Z`);
+  const spaced = (lines: string[]) =>
+    lines.every((l, i) => i === 0 || time(l) - time(lines[i - 1]) >= 1000);
+  return {
+    firsts,
+    summaries,
+    total: firsts.length +
+      summaries.reduce((n, l) => n + Number(more.exec(l)![1]), 0),
+    onceASecond: spaced(firsts) && spaced(summaries),
+  };
+}
+
+Deno.test({
+  name:
+    "tcpecho server --workers 2: refusal warnings summarised once a second over all workers",
+  ignore: !linux,
+  async fn() {
+    await using server = await Server.start([
+      "--port",
+      "0",
+      "--workers",
+      "2",
+      "--max-conns",
+      "1",
+    ]);
+    using held = await Deno.connect({ port: server.port });
+    assert.ok(await admitted(held));
+    // At once: the kernel spreads them over both workers, each refuses some.
+    const n = 40;
+    const conns = await Promise.all(
+      Array.from({ length: n }, () => Deno.connect({ port: server.port })),
+    );
+    try {
+      const outcomes = await Promise.all(conns.map(admitted));
+      assert.ok(outcomes.every((ok) => !ok));
+    } finally {
+      conns.forEach(closeQuietly);
+    }
+    held.close();
+    assert.equal(await server.stop(), 0);
+    const refused = refusals(server, "too many connections (max-conns 1)");
+    assert.equal(refused.total, n, server.lines.join("\n"));
+    assert.ok(refused.onceASecond, server.lines.join("\n"));
   },
 });
 

@@ -183,23 +183,31 @@ function concat(parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
+/**
+ * Streams `data` to `port` in the writes `c` cuts it into, `due` saying how
+ * much may have come back so far, and asserts that all of it came back
+ * unchanged.
+ */
+async function assertEchoed(
+  port: number,
+  data: Uint8Array,
+  c: Chunking,
+  due: (end: number, eof: boolean) => number,
+): Promise<void> {
+  const plan = cut(data.length, c);
+  const length = plan.at(-1)?.end ?? 0;
+  const { received } = await stream(port, data, plan, due);
+  assert.equal(received.length, length);
+  assert.ok(received.every((b, i) => b === data[i]), "bytes differ");
+}
+
 const NL = new Uint8Array([10]);
 
 Deno.test("serve() in raw mode echoes any stream, however it is cut", async () => {
   await using server = serve({ port: 0 });
   await fc.assert(
     fc.asyncProperty(payload(512 * 1024), chunking, async (p, c) => {
-      const data = materialize(p);
-      const plan = cut(data.length, c);
-      const length = plan.at(-1)?.end ?? 0;
-      const { received } = await stream(
-        server.addr.port,
-        data,
-        plan,
-        (end) => end,
-      );
-      assert.equal(received.length, length);
-      assert.ok(received.every((b, i) => b === data[i]), "bytes differ");
+      await assertEchoed(server.addr.port, materialize(p), c, (end) => end);
     }),
     { numRuns: 100, ...BOUNDS },
   );
@@ -217,17 +225,13 @@ Deno.test("serve() in line mode echoes exactly the input, lines cut or joined an
           ...lines.flatMap((l) => [lineBytes(l), NL]),
           ...(tail === null ? [] : [lineBytes(tail)]),
         ]);
-        const plan = cut(data.length, c);
-        const length = plan.at(-1)?.end ?? 0;
-        const { received } = await stream(
+        await assertEchoed(
           server.addr.port,
           data,
-          plan,
+          c,
           // Whole lines only, until EOF; then the tail too.
           (end, eof) => eof ? end : afterLastNewline(data, end),
         );
-        assert.equal(received.length, length);
-        assert.ok(received.every((b, i) => b === data[i]), "bytes differ");
       },
     ),
     { numRuns: 100, ...BOUNDS },

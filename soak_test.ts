@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { echoServer } from "./testing.ts";
+import { echoServer } from "./testing_cli.ts";
 
 const SOAK = new URL("./tools/soak.ts", import.meta.url).pathname;
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { ServerChild } from "./spawn.ts";
-import { stubServer } from "./testing.ts";
+import { stubServer } from "./testing_cli.ts";
 
 Deno.test("ServerChild is ready at the listening line and keeps every stderr line", async () => {
   await using tmp = await stubServer();

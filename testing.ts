@@ -1,269 +1,34 @@
 /**
- * Test helpers shared by the `*_test.ts` files: the CLI as a child process,
- * a misbehaving echo server and a stub `main.ts` to test clients and spawners
- * against, log capture, and socket round trips. Not part of the tool.
+ * Test helpers shared by the `*_test.ts` files, in process: the server's
+ * connection events, log capture, socket round trips and probes, seeded
+ * random bytes, the TLS test files. Not part of the tool; `testing_cli.ts`
+ * runs the CLI as a child process and has the stand-ins to run it against.
  *
  * @module
  */
-import { configure, type LogRecord, reset } from "@logtape/logtape";
+import assert from "node:assert/strict";
+import net from "node:net";
+import {
+  configure,
+  type LogLevel,
+  type LogRecord,
+  reset,
+} from "@logtape/logtape";
 import { formatAddr, readAll, writeAll } from "./io.ts";
-import type { ConnEvent } from "./server.ts";
-import { ServerChild } from "./spawn.ts";
+import {
+  type ConnEvent,
+  serve,
+  type ServeOptions,
+  type Server,
+} from "./server.ts";
 
 export { readAll, writeAll };
-
-const MAIN = new URL("./main.ts", import.meta.url).pathname;
-
-/** `deno run -A main.ts …` as a child process, stdio piped. */
-export function cli(args: string[], stdin: "piped" | "null" = "null") {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--quiet", MAIN, ...args],
-    stdin,
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  });
-}
-
-/** Runs the CLI to completion: exit code, stdout and stderr as text. */
-export async function runCli(
-  args: string[],
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const { code, stdout, stderr } = await cli(args).output();
-  const text = new TextDecoder();
-  return { code, stdout: text.decode(stdout), stderr: text.decode(stderr) };
-}
-
-/**
- * A running `tcpecho server` child (`deno run -A main.ts server ARGS`, logs
- * uncoloured): a {@linkcode ServerChild} that keeps every stderr line and is
- * killed (SIGKILL) on disposal.
- */
-export class ServerProcess extends ServerChild {
-  /**
-   * `tcpecho server ARGS`, run through `wrapper` when one is given (such as
-   * `prlimit --nofile=64:64 --`).
-   */
-  constructor(args: string[], wrapper: string[] = []) {
-    super(args, {
-      mainModule: MAIN,
-      runFlags: ["-A", "--quiet"],
-      wrapper,
-      env: { NO_COLOR: "1" },
-      startTimeoutMs: 20_000,
-    });
-  }
-
-  /** Starts a server with `args` (add `--port 0`) and waits until it listens. */
-  static async start(
-    args: string[],
-    wrapper: string[] = [],
-  ): Promise<ServerProcess> {
-    const server = new ServerProcess(args, wrapper);
-    await server.ready;
-    return server;
-  }
-
-  /** Kills the child (SIGKILL) and waits for it. */
-  override async [Symbol.asyncDispose](): Promise<void> {
-    await this.stop("SIGKILL");
-  }
-}
-
-// ---- stand-ins: an echo server that misbehaves on purpose, a fake main.ts ----
-
-/**
- * Called on every chunk an {@linkcode echoServer} reads, before it echoes it,
- * with the connection's number (0, 1, … in accept order) and how many bytes
- * it read before this chunk: returns what to echo (the chunk, changed in
- * place or not, or other bytes), or `"close"` to close the connection.
- */
-export type Mangle = (
-  chunk: Uint8Array,
-  state: { readonly conn: number; readonly offset: number },
-) => Uint8Array | "close";
-
-/** Options for {@linkcode echoServer}. */
-export interface EchoServerOptions {
-  /** Changes what is echoed; by default every byte comes back as it came. */
-  mangle?: Mangle;
-  /** Listen on this Unix socket instead of 127.0.0.1, port 0. */
-  path?: string;
-  /** Serve TLS with this PEM certificate and key. */
-  tls?: { cert: string; key: string };
-  /** Echo in writes of at most this many bytes. @default {Infinity} */
-  pieceBytes?: number;
-  /** After the client's half-close, keep the connection open until closed. @default {false} */
-  hold?: boolean;
-}
-
-/** A running {@linkcode echoServer}. */
-export interface EchoServer extends AsyncDisposable {
-  /** Its port on 127.0.0.1 (0 on a Unix socket). */
-  readonly port: number;
-  /** Stops listening, closes every connection, awaits their tasks (idempotent). */
-  close(): Promise<void>;
-}
-
-/**
- * A raw echo server that can misbehave on purpose (alter, cut, split or
- * withhold its echo), to test clients against: one task per connection,
- * half-close answered once everything is echoed, every connection tracked
- * and closed by {@linkcode EchoServer.close}.
- *
- * @example
- * ```ts ignore
- * await using server = echoServer({ mangle: flipBitAt(1000) });
- * ```
- */
-export function echoServer(options: EchoServerOptions = {}): EchoServer {
-  const { mangle, path, tls, pieceBytes = Infinity, hold = false } = options;
-  const closing = Promise.withResolvers<void>();
-  const listener: Deno.Listener = tls
-    ? Deno.listenTls({
-      hostname: "127.0.0.1",
-      port: 0,
-      cert: tls.cert,
-      key: tls.key,
-    })
-    : path === undefined
-    ? Deno.listen({ hostname: "127.0.0.1", port: 0 })
-    : Deno.listen({ transport: "unix", path });
-  const conns = new Set<Deno.Conn>();
-  const tasks = new Set<Promise<void>>();
-  let accepted = 0;
-  const handle = async (conn: Deno.Conn, index: number) => {
-    using _conn = conn;
-    const state = { conn: index, offset: 0 };
-    const buffer = new Uint8Array(64 * 1024);
-    try {
-      for (
-        let n = await conn.read(buffer);
-        n !== null;
-        n = await conn.read(buffer)
-      ) {
-        const out = mangle
-          ? mangle(buffer.subarray(0, n), state)
-          : buffer.subarray(0, n);
-        if (out === "close") return;
-        state.offset += n;
-        for (let at = 0; at < out.length; at += pieceBytes) {
-          await writeAll(
-            conn,
-            out.subarray(at, Math.min(out.length, at + pieceBytes)),
-          );
-        }
-      }
-      if (hold) await closing.promise;
-      await conn.closeWrite();
-    } catch {
-      // reset, or interrupted by close(): this connection is done
-    } finally {
-      conns.delete(conn);
-    }
-  };
-  const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        conns.add(conn);
-        const task: Promise<void> = handle(conn, accepted++).finally(() =>
-          tasks.delete(task)
-        );
-        tasks.add(task);
-      }
-    } catch { /* listener closed */ }
-  })();
-  let closed: Promise<void> | undefined;
-  const close = () =>
-    closed ??= (async () => {
-      closing.resolve();
-      listener.close();
-      await accepting;
-      for (const conn of conns) closeQuietly(conn);
-      await Promise.all(tasks);
-    })();
-  return {
-    port: path === undefined ? (listener.addr as Deno.NetAddr).port : 0,
-    close,
-    [Symbol.asyncDispose]: close,
-  };
-}
-
-/**
- * A {@linkcode Mangle} that flips the low bit of byte `at` of each
- * connection's echo, or of connection `conn`'s only.
- */
-export function flipBitAt(at: number, conn?: number): Mangle {
-  return (chunk, state) => {
-    const i = at - state.offset;
-    if (
-      (conn === undefined || state.conn === conn) && i >= 0 && i < chunk.length
-    ) {
-      chunk[i] ^= 0x01;
-    }
-    return chunk;
-  };
-}
-
-/**
- * A stand-in for `main.ts` (a {@linkcode ServerChild} `mainModule`) that
- * logs as `tcpecho server` does and echoes: `starting`, the ready line
- * (JSON with `--log-format json`), `args: ARGS`. `--silent` leaves out the
- * ready line, `--env` adds `env: $STUB_ENV`, `--ignore-sigterm` keeps it
- * running on SIGTERM (else it exits 0).
- */
-export const STUB_SERVER = `
-const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-console.error("starting");
-if (!Deno.args.includes("--silent")) {
-  console.error(
-    Deno.args.includes("json")
-      ? JSON.stringify({ message: 'listening on "127.0.0.1:' + listener.addr.port + '"' })
-      : "listening on 127.0.0.1:" + listener.addr.port,
-  );
-}
-console.error("args: " + Deno.args.join(" "));
-if (Deno.args.includes("--env")) console.error("env: " + Deno.env.get("STUB_ENV"));
-Deno.addSignalListener("SIGTERM", () => {
-  if (!Deno.args.includes("--ignore-sigterm")) Deno.exit(0);
-});
-for await (const conn of listener) {
-  (async () => {
-    const buf = new Uint8Array(65536);
-    try {
-      for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
-        for (let d = 0; d < n;) d += await conn.write(buf.subarray(d, n));
-      }
-      await conn.closeWrite();
-    } catch {}
-    try { conn.close(); } catch {}
-  })();
-}
-`;
-
-/**
- * A temporary directory holding `source` (by default
- * {@linkcode STUB_SERVER}) as `stub.ts`; removed on disposal.
- */
-export async function stubServer(
-  source: string = STUB_SERVER,
-): Promise<AsyncDisposable & { dir: string; stub: string }> {
-  const dir = await Deno.makeTempDir({ prefix: "tcpecho_stub_" });
-  const stub = `${dir}/stub.ts`;
-  await Deno.writeTextFile(stub, source);
-  return {
-    dir,
-    stub,
-    async [Symbol.asyncDispose]() {
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
-}
 
 /** Captures LogTape records (all levels) until disposed. */
 export async function captureLogs(): Promise<
   AsyncDisposable & {
     records: LogRecord[];
+    lines(level?: LogLevel): string[];
     next(re: RegExp, timeoutMs?: number): Promise<string>;
   }
 > {
@@ -315,6 +80,11 @@ export async function captureLogs(): Promise<
         clearTimeout(timer);
         timers.delete(timer);
       }
+    },
+    /** The messages logged so far (at `level` only, if given), values filled in. */
+    lines(level?: LogLevel): string[] {
+      return records.filter((r) => level === undefined || r.level === level)
+        .map(render);
     },
     async [Symbol.asyncDispose]() {
       for (const timer of timers) clearTimeout(timer); // waits not awaited
@@ -470,6 +240,16 @@ export class ConnEvents implements Disposable {
   };
 
   /**
+   * `serve({ port: 0, ...options })` on TCP, its events recorded here: the
+   * server a test awaits events of.
+   */
+  serve(
+    options: Omit<ServeOptions, "path" | "onConnState"> = {},
+  ): Server<Deno.NetAddr> {
+    return serve({ port: 0, ...options, onConnState: this.onConnState });
+  }
+
+  /**
    * The first `state` event (past or future) that `match` accepts; rejects
    * after `timeoutMs` with the events seen.
    */
@@ -528,6 +308,85 @@ export class ConnEvents implements Disposable {
   [Symbol.dispose](): void {
     for (const timer of this.#timers) clearTimeout(timer);
   }
+}
+
+/** The path of `testdata/NAME` (test certificates and keys). */
+export function testdata(name: string): string {
+  return new URL(`./testdata/${name}`, import.meta.url).pathname;
+}
+
+/** The test server's certificate and key (PEM, for `localhost`): `serve({ ...TLS })`. */
+export const TLS = {
+  cert: Deno.readTextFileSync(testdata("server.pem")),
+  key: Deno.readTextFileSync(testdata("server-key.pem")),
+};
+
+/** The file of the CA that signed {@linkcode TLS}'s certificate: `--ca CA_FILE`. */
+export const CA_FILE = testdata("ca.pem");
+
+/** That CA's certificate (PEM): `caCerts: [CA]`. */
+export const CA = Deno.readTextFileSync(CA_FILE);
+
+/** Whether this machine has an IPv6 loopback to bind. */
+export const hasIpv6 = (() => {
+  try {
+    Deno.listen({ hostname: "::1", port: 0 }).close();
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+/**
+ * Streams 1 MiB writes at `port` from a client that never reads, until the
+ * server closes it as "idle for 0.10 s" (give it `idleTimeoutMs: 100`): that
+ * is once its write is blocked on the client and it has stopped reading in
+ * turn. Asserts that it did stop taking bytes (not all of 64 MiB were
+ * written) and returns its `closed` event.
+ */
+export async function streamUntilStalled(
+  port: number,
+  events: ConnEvents,
+): Promise<Extract<ConnEvent, { state: "closed" }>> {
+  using conn = await Deno.connect({ port });
+  const stalled = events.find("closed", (e) => e.reason === "idle for 0.10 s");
+  const chunk = new Uint8Array(1 << 20);
+  let written = 0;
+  const writing = (async () => {
+    while (written < 64 << 20) written += await conn.write(chunk);
+  })().catch(() => {}); // ends when the server closes the conn
+  const closed = await stalled;
+  assert.ok(written < 64 << 20, `all ${written} bytes were taken`);
+  conn.close();
+  await writing;
+  return closed;
+}
+
+/**
+ * A node:net socket to 127.0.0.1 from `localAddress` (one more client
+ * address: Linux's loopback is all of 127.0.0.0/8), and a promise of
+ * everything it receives until it is closed.
+ */
+export async function connectFrom(
+  localAddress: string,
+  port: number,
+): Promise<{ socket: net.Socket; closed: Promise<Uint8Array> }> {
+  const socket = net.connect({ host: "127.0.0.1", port, localAddress });
+  const chunks: Uint8Array[] = [];
+  const closed = new Promise<Uint8Array>((resolve) => {
+    socket.on("data", (c: Uint8Array) => chunks.push(new Uint8Array(c)));
+    socket.once("close", () => {
+      const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+      chunks.reduce((off, c) => (all.set(c, off), off + c.length), 0);
+      resolve(all);
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  socket.on("error", () => {}); // a reset is one more way to be closed
+  return { socket, closed };
 }
 
 /** The peer tag the server gives a client's TCP connection: `ip:port`. */

@@ -37,13 +37,14 @@ Deno.test("permissionsOf() takes the --allow flags of `deno run … main.ts`", (
   }
 });
 
-Deno.test("PERMISSIONS are the binary's set: net, read, write, run, one env variable", () => {
+Deno.test("PERMISSIONS are the binary's set: net, read, write, run, one env variable, ffi", () => {
   assert.deepEqual(PERMISSIONS, [
     "--allow-net",
     "--allow-read",
     "--allow-write",
     "--allow-run",
     "--allow-env=DENO_TOKIO_MAX_IO_EVENTS_PER_TICK",
+    "--allow-ffi",
   ]);
 });
 

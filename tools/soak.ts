@@ -249,7 +249,9 @@ async function main(): Promise<number> {
     return 2;
   }
   const servers: SoakServer[] = [];
-  const modeArgs = ["--mode", opts.mode, "--max-line", String(1 << 20)];
+  const modeArgs = opts.mode === "line"
+    ? ["--mode", "line", "--max-line", String(1 << 20)] // lines up to 1 MiB
+    : ["--mode", opts.mode];
   if (opts.port === undefined) {
     servers.push(new SoakServer("tcp", modeArgs));
     if (opts.tlsShare > 0) {

@@ -1,0 +1,68 @@
+/**
+ * The terminal of the interactive clients (`interactive()` in `client.ts`,
+ * `udpInteractive()` in `_udp_client.ts`): readline with a prompt and
+ * history, and lines printed above the prompt.
+ *
+ * @module
+ */
+import process from "node:process";
+import { createInterface, type Interface } from "node:readline";
+
+/** A prompt on the terminal that reads lines until Ctrl+D or Ctrl+C. */
+export class Prompt implements Disposable {
+  /** Readline is open: a line shown redraws the prompt after it. */
+  reading = true;
+  /** Ctrl+C ended it. */
+  interrupted = false;
+  /** Resolves once readline has closed: Ctrl+D, Ctrl+C or {@linkcode close}. */
+  readonly closed: Promise<void>;
+  readonly #rl: Interface;
+
+  /** Shows `prompt`; each line typed goes to `onLine`, then the prompt again. */
+  constructor(prompt: string, onLine: (line: string) => void) {
+    const rl = createInterface({
+      input: process.stdin,
+      output: process.stdout,
+      prompt,
+      historySize: 1000,
+      terminal: true,
+    });
+    const closed = Promise.withResolvers<void>();
+    rl.on("line", (line: string) => {
+      onLine(line);
+      rl.prompt();
+    });
+    rl.on("SIGINT", () => {
+      this.interrupted = true;
+      rl.close();
+    });
+    rl.on("close", () => {
+      this.reading = false;
+      closed.resolve();
+    });
+    rl.prompt();
+    this.#rl = rl;
+    this.closed = closed.promise;
+  }
+
+  /** Prints `text` on a line of its own: clears the prompt line, prints, redraws. */
+  show(text: string): void {
+    process.stdout.write(`\r\x1b[K${text}\n`);
+    this.redraw();
+  }
+
+  /** Draws the prompt and what was typed again, while readline is open. */
+  redraw(): void {
+    if (this.reading) this.#rl.prompt(true);
+  }
+
+  /** Closes readline; again does nothing. */
+  close(): void {
+    this.#rl.close();
+  }
+
+  /** Same as {@linkcode close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
