@@ -184,12 +184,13 @@ Deno.test("tcpecho server --workers takes a count or auto, where it can work", a
   }
 });
 
-Deno.test("tcpecho server prints listening on once at any level, JSON too", async () => {
+Deno.test("tcpecho server prints listening on (and admin on) once at any level, JSON too", async () => {
   for (
     const args of [
       ["-q"],
       ["--log-level", "error"],
       ["-q", "--log-format", "json"],
+      ["-q", "--admin", "127.0.0.1:0"],
     ]
   ) {
     await using server = await Server.start([
@@ -201,6 +202,12 @@ Deno.test("tcpecho server prints listening on once at any level, JSON too", asyn
     using conn = await Deno.connect({ port: server.port });
     assert.deepEqual(await echoAll(conn, bytes("q")), bytes("q"));
     assert.equal(await server.stop(), 0);
+    if (args.includes("--admin")) {
+      assert.match(
+        server.lines.shift()!,
+        / INF admin on 127\.0\.0\.1:\d+$/,
+      );
+    }
     assert.equal(server.lines.length, 1, server.lines.join("\n"));
     if (args.includes("json")) {
       const record = JSON.parse(server.lines[0]);
