@@ -268,14 +268,12 @@ or with --udp each datagram to its sender.`,
     options: OPTIONS,
     width: 26,
     notes:
-      "Logs go to stderr; `listening on` and `admin on` are printed at any\n" +
-      "log level. SIGINT/SIGTERM/SIGHUP stop gracefully, a second one exits 130;\n" +
-      "SIGUSR1 logs the counters. Workers take at most " +
-      `${IO_EVENTS_ENV} (${IO_EVENTS_PER_TICK}\nunless set) ` +
-      "I/O events per tick: that keeps busy connections even.\n" +
-      "--udp serves from one socket in the main isolate (Deno cannot share a UDP\n" +
-      "port between workers): --workers N over 1 with --udp is refused, auto\n" +
-      "means 1.",
+      "Logs go to stderr; `listening on` and `admin on` are printed at any log level.\n" +
+      "SIGINT/SIGTERM/SIGHUP stop gracefully, a second one exits 130; SIGUSR1 logs\n" +
+      `the counters. Workers take at most ${IO_EVENTS_ENV} (${IO_EVENTS_PER_TICK}\n` +
+      "unless set) I/O events per tick: that keeps busy connections even. --udp\n" +
+      "serves from one socket in the main isolate (Deno cannot share a UDP port\n" +
+      "between workers): --workers N over 1 with --udp is refused, auto means 1.",
   }),
   options: OPTIONS,
   async run(values, _positionals, ctx) {

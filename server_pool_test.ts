@@ -4,6 +4,7 @@
  * signals, logs that arrive whole and complete, and a worker's death.
  */
 import assert from "node:assert/strict";
+import { serverCommand } from "./_server_command.ts";
 import { ServerChild } from "./spawn.ts";
 import { closeQuietly, echoAll, openFilesLimit, roundTrip } from "./testing.ts";
 import { isDisconnect } from "./io.ts";
@@ -575,4 +576,26 @@ Deno.test({
     child.kill("SIGTERM");
     assert.equal((await child.status).code, 0);
   },
+});
+
+Deno.test("README's tcpecho server table has a row for every option --help prints", async () => {
+  // Help rows: two spaces, the option's label, two or more spaces (or the
+  // end of a label too long for its column).
+  const labels = serverCommand.help.split("\n")
+    .filter((line) => /^  -/.test(line))
+    .map((line) => line.slice(2).split(/ {2,}/)[0]);
+  assert.ok(labels.includes("--workers N|auto"), labels.join("\n"));
+  const readme = await Deno.readTextFile(
+    new URL("./README.md", import.meta.url),
+  );
+  const section = readme.split("\n## `tcpecho server`\n")[1].split("\n## ")[0];
+  const rows = section.split("\n")
+    .filter((line) => line.startsWith("| `"))
+    .map((line) =>
+      line.split(/(?<!\\)\|/)[1].trim().replaceAll("`", "").replaceAll(
+        "\\|",
+        "|",
+      )
+    );
+  for (const label of labels) assert.ok(rows.includes(label), label);
 });
