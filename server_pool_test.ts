@@ -582,7 +582,7 @@ Deno.test("README's tcpecho server table has a row for every option --help print
   // Help rows: two spaces, the option's label, two or more spaces (or the
   // end of a label too long for its column).
   const labels = serverCommand.help.split("\n")
-    .filter((line) => /^  -/.test(line))
+    .filter((line) => /^ {2}-/.test(line))
     .map((line) => line.slice(2).split(/ {2,}/)[0]);
   assert.ok(labels.includes("--workers N|auto"), labels.join("\n"));
   const readme = await Deno.readTextFile(
