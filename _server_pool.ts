@@ -78,8 +78,8 @@ export type FromWorker =
   }
   /** It stopped accepting and waits for this many connections. */
   | { type: "draining"; connections: number }
-  /** It stopped; its final counters. */
-  | { type: "stopped"; stats: ServerStats }
+  /** It stopped; its final counters (and metrics, if it records them). */
+  | { type: "stopped"; stats: ServerStats; snapshot?: MetricsSnapshot }
   /** An error nothing caught ended it (its logs were flushed first). */
   | { type: "crashed"; message: string; stack?: string };
 
@@ -151,6 +151,10 @@ class Member {
   readonly statsReplies: ((stats: ServerStats) => void)[] = [];
   /** Answers to `metrics` requests, in order. */
   readonly metricsReplies: ((snapshot: MetricsSnapshot) => void)[] = [];
+  /** Once it stopped: its final counters. */
+  finalStats: ServerStats | undefined;
+  /** Once it stopped: its final metrics (if it records them). */
+  finalSnapshot: MetricsSnapshot | undefined;
   /** Settles when it can send nothing more (stopped, failed or dead). */
   readonly gone = Promise.withResolvers<void>();
   alive = true;
@@ -259,30 +263,44 @@ export class ServerPool implements AsyncDisposable {
    *   totals would be partial
    */
   async stats(): Promise<ServerStats> {
-    return sumStats(await this.#ask("stats", (m) => m.statsReplies));
+    return sumStats(
+      await this.#ask("stats", (m) => m.statsReplies, (m) => m.finalStats),
+    );
   }
 
   /**
    * Each worker's metrics now (started with `metrics`): add them up with
    * `sumSnapshots`.
    *
-   * @throws {Error} when a worker stops or dies before it answers
+   * @throws {Error} when a worker dies before it answers
    */
   snapshots(): Promise<MetricsSnapshot[]> {
-    return this.#ask("metrics", (m) => m.metricsReplies);
+    return this.#ask(
+      "metrics",
+      (m) => m.metricsReplies,
+      (m) => m.finalSnapshot,
+    );
   }
 
-  /** Asks every worker, and waits for all the answers. */
+  /**
+   * Asks every worker, and waits for all the answers; a worker that stopped
+   * (drained) answers with what it said last, `final`.
+   */
   #ask<T>(
     type: "stats" | "metrics",
     replies: (m: Member) => ((answer: T) => void)[],
+    final: (m: Member) => T | undefined,
   ): Promise<T[]> {
     return Promise.all(this.#members.map((m) => {
       const { promise, resolve } = Promise.withResolvers<T>();
       replies(m).push(resolve);
       m.post({ type });
       const gone = m.gone.promise.then(() => {
-        throw new Error(`worker ${m.index + 1} is gone`);
+        const last = final(m);
+        if (last === undefined) {
+          throw new Error(`worker ${m.index + 1} is gone`);
+        }
+        return last;
       });
       return Promise.race([promise, gone]);
     }));
@@ -397,6 +415,8 @@ function spawn(index: number, options: PoolOptions): Member {
         return m.draining.resolve(data.connections);
       case "stopped":
         m.alive = false;
+        m.finalStats = data.stats;
+        m.finalSnapshot = data.snapshot;
         m.stopped.resolve(data.stats);
         return m.gone.resolve();
       case "crashed": {

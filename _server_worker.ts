@@ -158,7 +158,8 @@ async function stop(): Promise<void> {
   stopping = true;
   await server.close();
   sink?.flush();
-  post({ type: "stopped", stats: { ...server.stats } });
+  const stats = { ...server.stats };
+  post({ type: "stopped", stats, snapshot: recorder?.snapshot(stats) });
 }
 
 parentPort!.on("message", (data: ToWorker) => {
