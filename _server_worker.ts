@@ -100,8 +100,9 @@ function start(message: Extract<ToWorker, { type: "start" }>): void {
 /**
  * Sends this worker's refusals to the pool, which logs them summarised for
  * all workers: the first of a reason at once, then the count of the others
- * at most every {@linkcode REFUSALS_MS} (a flood is a message a tick, not a
- * message a refusal). The worker's log lines logged before go first.
+ * every {@linkcode REFUSALS_MS} while they come (a flood is a message per
+ * reason every 100 ms, not one per refusal). The worker's log lines logged
+ * before go first.
  */
 class RefusalForward implements RefusalReporter {
   readonly #pending = new Map<
