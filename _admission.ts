@@ -37,12 +37,22 @@ interface Window {
 }
 
 /**
+ * Takes each refusal {@linkcode Admission} makes: a {@linkcode RefusalLog},
+ * or in a worker of the CLI's pool, a messenger to the pool's one log.
+ * Disposed with the {@linkcode Admission}.
+ */
+export interface RefusalReporter extends Disposable {
+  /** One refusal of `peer`, for `code` (`reason` says it for people). */
+  refused(peer: string, code: RefusalCode, reason: string): void;
+}
+
+/**
  * Logs refusals: the first of a reason as `[peer] refused: <reason>`, then,
  * while more of that reason keep coming, one line a second with their count,
  * `refused: <reason>; 4999 more in the last second`. A flood of refused
  * clients cannot flood the log. Dispose to log what is still counted.
  */
-class RefusalLog implements Disposable {
+export class RefusalLog implements RefusalReporter {
   readonly #log: Logger;
   readonly #windows = new Map<RefusalCode, Window>();
 
@@ -53,14 +63,23 @@ class RefusalLog implements Disposable {
 
   /** Logs (or counts) one refusal. */
   refused(peer: string, code: RefusalCode, reason: string): void {
+    this.add(peer, code, reason, 1);
+  }
+
+  /**
+   * Logs (or counts) `count` refusals of `code`, `peer` the first of them:
+   * the pool adds up its workers' this way.
+   */
+  add(peer: string, code: RefusalCode, reason: string, count: number): void {
     const window = this.#windows.get(code);
     if (window !== undefined) {
-      window.count++;
+      window.count += count;
       window.reason = reason;
       return;
     }
     this.#log.warn("[{peer}] refused: {reason}", { peer, reason, code });
     this.#open(code, reason);
+    this.#windows.get(code)!.count += count - 1;
   }
 
   #open(code: RefusalCode, reason: string): void {
@@ -119,7 +138,7 @@ export class Admission implements Disposable {
   readonly #limits: ConnLimits;
   readonly #ipLimits: ConnLimits | undefined;
   readonly #access: AccessList | undefined;
-  readonly #log: RefusalLog;
+  readonly #log: RefusalReporter;
   readonly #onRefused: (refusal: Refusal) => void;
   readonly #release: ReleaseTls | undefined;
 
@@ -127,7 +146,8 @@ export class Admission implements Disposable {
    * @param rules `limits` counts every connection (`maxConns`); `ipLimits`
    *   counts by address (`maxConnsPerIp`); `access` is `allow`/`deny`;
    *   `release`, on a TLS listener, releases a refused connection's socket
-   * @param log where refusal warnings go
+   * @param refusals takes each refusal: a {@linkcode RefusalLog} logs them
+   *   summarised
    * @param onRefused told of each refusal (to count it)
    */
   constructor(
@@ -137,14 +157,14 @@ export class Admission implements Disposable {
       access?: AccessList;
       release?: ReleaseTls;
     },
-    log: Logger,
+    refusals: RefusalReporter,
     onRefused: (refusal: Refusal) => void,
   ) {
     this.#limits = rules.limits;
     this.#ipLimits = rules.ipLimits;
     this.#access = rules.access;
     this.#release = rules.release;
-    this.#log = new RefusalLog(log);
+    this.#log = refusals;
     this.#onRefused = onRefused;
   }
 

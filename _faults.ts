@@ -13,7 +13,7 @@
  *
  * @module
  */
-import { createRandom, randomSeed } from "./_random.ts";
+import { createRandom, randomSeed, seededRandom } from "./_random.ts";
 import { ReadBuffer, type Send, type Session } from "./_session.ts";
 import { delay, isPeerError, writeAll } from "./io.ts";
 import type { ServeOptions } from "./_server_types.ts";
@@ -77,20 +77,26 @@ export class FaultPlan {
   private constructor(
     options: Required<Omit<FaultOptions, "seed">>,
     seed: number,
+    stream: number,
   ) {
     this.#options = options;
     this.seed = seed;
-    this.#random = createRandom(seed);
+    this.#random = seededRandom(seed, stream);
   }
 
   /**
    * The plan for `options`, or `undefined` when no fault is on (`faulty`
    * and `seed` alone change nothing).
    *
+   * @param stream which sequence of the seed the draws come from: `0` (the
+   *   library's), or a worker's index, so that the workers of one server
+   *   share its seed but not their draws, and worker 0 draws as `serve()`
+   *   does
+   *
    * @throws {RangeError} for a negative, non-finite or too large value, or
    *   `faulty` outside 0–1
    */
-  static from(options: FaultOptions): FaultPlan | undefined {
+  static from(options: FaultOptions, stream = 0): FaultPlan | undefined {
     const {
       delayMs = 0,
       jitterMs = 0,
@@ -128,6 +134,7 @@ export class FaultPlan {
         faulty,
       },
       seed ?? randomSeed(),
+      stream,
     );
   }
 

@@ -22,6 +22,8 @@ export interface ListenOptions {
   key?: string;
   /** Listen backlog. */
   tcpBacklog?: number;
+  /** TCP and TLS: set `SO_REUSEPORT` (unstable `net`). */
+  reusePort?: boolean;
 }
 
 /**
@@ -30,7 +32,7 @@ export interface ListenOptions {
  * @throws {Error} `cannot listen on ADDR`, with the OS error as `cause`.
  */
 export function listen(options: ListenOptions): Deno.Listener {
-  const { hostname, port, path, cert, key, tcpBacklog } = options;
+  const { hostname, port, path, cert, key, tcpBacklog, reusePort } = options;
   const where = path !== undefined
     ? `unix:${path}`
     : formatAddr({ transport: "tcp", hostname, port });
@@ -43,9 +45,16 @@ export function listen(options: ListenOptions): Deno.Listener {
       throw new TypeError("TLS over a Unix socket is not supported");
     }
     if (cert !== undefined && key !== undefined) {
-      return Deno.listenTls({ hostname, port, cert, key, tcpBacklog });
+      return Deno.listenTls({
+        hostname,
+        port,
+        cert,
+        key,
+        tcpBacklog,
+        reusePort,
+      });
     }
-    return Deno.listen({ hostname, port, tcpBacklog });
+    return Deno.listen({ hostname, port, tcpBacklog, reusePort });
   } catch (cause) {
     throw new Error(`cannot listen on ${where}`, { cause });
   }

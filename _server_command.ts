@@ -18,21 +18,22 @@ import {
   UsageError,
   type Values,
 } from "./_cli.ts";
-import { serveAdmin } from "./_admin.ts";
 import { parseCidr } from "./_cidr.ts";
-import { emptySnapshot, MetricsRecorder } from "./_metrics.ts";
+import { runPool, runUdp } from "./_server_run.ts";
+import { IO_EVENTS_ENV, IO_EVENTS_PER_TICK } from "./_tick.ts";
 import { LOG_DEFAULTS, LOG_FORMATS, LOG_LEVEL_NAMES } from "./log.ts";
 import {
   removeStaleSocket,
-  serve,
   SERVE_DEFAULTS,
   type ServeOptions,
-  type Server,
 } from "./server.ts";
-import { serveUdp, UDP_SERVE_DEFAULTS } from "./udp.ts";
+import { UDP_SERVE_DEFAULTS } from "./udp.ts";
 
 /** The longest `--delay`, `--jitter` or `--slice-delay`: a day. */
 const MAX_FAULT_MS = 86_400_000;
+
+/** `--workers` when not given. */
+const WORKERS_DEFAULT = 1;
 
 const OPTIONS = {
   host: {
@@ -102,6 +103,12 @@ const OPTIONS = {
     help: "serve TLS (PEM certificate chain and key)",
   },
   "tls-key": { type: "string", arg: "FILE" }, // in the --tls-cert row
+  workers: {
+    type: "string",
+    arg: "N|auto",
+    help:
+      `serve in N worker threads, each listening on the port (Linux, TCP);\nauto: one per core (default ${WORKERS_DEFAULT})`,
+  },
   drop: {
     type: "string",
     arg: "FRACTION",
@@ -261,9 +268,12 @@ or with --udp each datagram to its sender.`,
     options: OPTIONS,
     width: 26,
     notes:
-      `Logs go to stderr. SIGINT/SIGTERM stop gracefully; a second signal exits 130.
---udp serves from one socket in one isolate (Deno cannot share a UDP port
-between workers): --workers N over 1 with --udp is refused, auto means 1.`,
+      "Logs go to stderr; `listening on` and `admin on` are printed at any log level.\n" +
+      "SIGINT/SIGTERM/SIGHUP stop gracefully, a second one exits 130; SIGUSR1 logs\n" +
+      `the counters. Workers take at most ${IO_EVENTS_ENV} (${IO_EVENTS_PER_TICK}\n` +
+      "unless set) I/O events per tick: that keeps busy connections even. --udp\n" +
+      "serves from one socket in the main isolate (Deno cannot share a UDP port\n" +
+      "between workers): --workers N over 1 with --udp is refused, auto means 1.",
   }),
   options: OPTIONS,
   async run(values, _positionals, ctx) {
@@ -317,6 +327,10 @@ between workers): --workers N over 1 with --udp is refused, auto means 1.`,
       (verbose ? "debug" : quiet ? "warn" : LOG_DEFAULTS.level);
     const format = oneOf(values, "log-format", OPTIONS["log-format"].choices) ??
       LOG_DEFAULTS.format;
+    const workers = workerCount(values.workers, {
+      unix: unix !== undefined,
+      udp: values.udp === true,
+    });
     if (values.udp) {
       oneOf(values, "mode", OPTIONS.mode.choices);
       const options = {
@@ -329,10 +343,7 @@ between workers): --workers N over 1 with --udp is refused, auto means 1.`,
         shutdownTimeoutMs: secondsMs(values, "shutdown-timeout"),
       };
       await ctx.configureLogging(level, format);
-      const server = serveUdp(options);
-      using _signals = ctx.onStopSignals(() => void server.close());
-      await server.finished;
-      return 0;
+      return await runUdp(ctx, options);
     }
     const mode = oneOf(values, "mode", OPTIONS.mode.choices);
     const echoFaults = [
@@ -386,26 +397,53 @@ between workers): --workers N over 1 with --udp is refused, auto means 1.`,
       );
     }
     if (options.path !== undefined) await removeStaleSocket(options.path);
-    // The admin endpoint binds first: if it cannot, no client was accepted.
-    let server: Server | undefined;
-    let draining = false;
-    const metrics = admin && new MetricsRecorder();
-    options.onConnState = metrics?.onConnState;
-    await using _admin = admin && serveAdmin({
-      ...admin,
-      snapshot: () =>
-        server ? metrics!.snapshot(server.stats) : emptySnapshot(),
-      ready: () => server !== undefined && !draining,
+    return await runPool(ctx, {
+      workers,
+      serve: options,
+      level,
+      format,
+      admin,
     });
-    const running = server = serve(options);
-    using _signals = ctx.onStopSignals(() => {
-      draining = true;
-      void running.close();
-    });
-    await running.finished;
-    return 0;
   },
 };
+
+/**
+ * `--workers`: a count, or `auto` for one per core. Above 1, each worker
+ * listens on the port with `SO_REUSEPORT`, which balances only on Linux, and
+ * which neither a unix socket nor UDP (served in the main isolate) has:
+ * there `auto` means 1.
+ *
+ * @throws {UsageError} for a bad value, or above 1 where it cannot work
+ */
+function workerCount(
+  value: string | undefined,
+  where: { unix: boolean; udp: boolean },
+): number {
+  const linux = Deno.build.os === "linux" || Deno.build.os === "android";
+  if (value === "auto") {
+    return linux && !where.unix && !where.udp
+      ? navigator.hardwareConcurrency
+      : 1;
+  }
+  const n = integer({ workers: value }, "workers", [1, 1024]) ??
+    WORKERS_DEFAULT;
+  if (n > 1 && where.unix) {
+    throw new UsageError(
+      "--workers above 1 needs TCP: a unix socket has one listener",
+    );
+  }
+  if (n > 1 && where.udp) {
+    throw new UsageError(
+      "--workers above 1 cannot go with --udp: UDP is served from one socket",
+    );
+  }
+  if (n > 1 && !linux) {
+    throw new UsageError(
+      `--workers above 1 needs Linux (SO_REUSEPORT), not ${Deno.build.os}`,
+    );
+  }
+  return n;
+}
 
 /** `HOST:PORT` or `[IPv6]:PORT`, or a usage error naming the option. */
 function hostPort(

@@ -56,6 +56,12 @@ export interface ServeOptions {
   /** Listen backlog (tests use `1` to make connects hang). */
   tcpBacklog?: number;
   /**
+   * TCP and TLS: bind with `SO_REUSEPORT` (Linux; needs `--unstable-net`),
+   * so that several servers share the port and the kernel spreads their
+   * connections. @default {false}
+   */
+  reusePort?: boolean;
+  /**
    * Fault: hold each echo back this long from when its bytes were read. Echoes
    * stay in order and a streaming client is not slowed by a delay per echo:
    * the server holds up to 256 KiB back, then stops reading. @default {0}
@@ -119,6 +125,7 @@ export const SERVE_DEFAULTS = {
   idleTimeoutMs: 0,
   shutdownTimeoutMs: 5000,
   handshakeTimeoutMs: 10000,
+  reusePort: false,
   delayMs: 0,
   jitterMs: 0,
   sliceBytes: 0,

@@ -16,6 +16,7 @@ import {
 } from "./_proxy_protocol.ts";
 import type { ReleaseTls } from "./_tls_release.ts";
 import { escapePreview, isPeerError, writeAll } from "./io.ts";
+import { Seconds, Template } from "./log.ts";
 
 /** Read buffer bounds: see {@linkcode ReadBuffer}. */
 const MIN_READ_BYTES = 1024;
@@ -24,6 +25,12 @@ const MAX_READ_BYTES = 256 * 1024;
 const SHRINK_AFTER_READS = 4;
 /** How much of a message a log line shows. */
 const PREVIEW_CHARS = 80;
+/** The two lines every connection logs: templates parsed once. */
+const ONLINE = new Template("[{peer}] online");
+const ONLINE_VIA = new Template("[{peer}] online (via {via})");
+const OFFLINE = new Template(
+  "[{peer}] offline ({duration_s} s, {bytesIn} bytes in, {bytesOut} bytes out)",
+);
 
 /** Server-wide byte counters a session adds to as bytes move. */
 export interface ByteTotals {
@@ -65,8 +72,6 @@ export class Session {
   ip: string;
   /** With a PROXY header that named a source: the socket's own peer tag. */
   via?: string;
-  /** The server's logger with `peer` attached. */
-  log: Logger;
   /** Bytes received on this connection. */
   bytesIn = 0;
   /** Bytes echoed on this connection. */
@@ -85,7 +90,9 @@ export class Session {
    */
   holding = false;
   readonly #totals: ByteTotals;
+  /** The server's logger, for {@linkcode Template.log}. */
   readonly #serverLog: Logger;
+  #log?: Logger;
   #interrupted?: AbortController;
   readonly #startedAt = performance.now();
   #endedAt?: number;
@@ -108,7 +115,19 @@ export class Session {
     this.ip = ip;
     this.#totals = totals;
     this.#serverLog = log;
-    this.log = log.with({ peer });
+  }
+
+  /**
+   * The server's logger with `peer` attached; made on first use, since most
+   * connections log only their two lines (and an idle one costs less).
+   */
+  get log(): Logger {
+    return this.#log ??= this.#serverLog.with({ peer: this.peer });
+  }
+
+  /** Whether debug records are logged: the echo loops log each message then. */
+  get debugging(): boolean {
+    return this.#serverLog.isEnabledFor("debug");
   }
 
   /** Milliseconds since accept, up to the end of {@linkcode Session.run}. */
@@ -190,7 +209,7 @@ export class Session {
         this.via = this.peer;
         this.peer = proxied.peer;
         this.ip = proxied.ip;
-        this.log = this.#serverLog.with({ peer: proxied.peer });
+        this.#log = undefined; // made again, with the new peer
       }
       if (rest.length > 0) this.conn = new PrefixedConn(this.conn, rest);
       return true;
@@ -232,9 +251,9 @@ export class Session {
     release?: ReleaseTls,
   ): Promise<void> {
     using conn = this.conn; // closed however we leave
-    const { log, via } = this;
-    if (via === undefined) log.info("[{peer}] online");
-    else log.info("[{peer}] online (via {via})", { via });
+    const { peer, via } = this;
+    if (via === undefined) ONLINE.log(this.#serverLog, "info", { peer });
+    else ONLINE_VIA.log(this.#serverLog, "info", { peer, via });
     let failed = false;
     try {
       if (handshakeTimeoutMs !== undefined) {
@@ -244,28 +263,28 @@ export class Session {
     } catch (err) {
       failed = true;
       if (this.closeReason !== undefined) {
-        log.info("[{peer}] closing: {reason}", { reason: this.closeReason });
+        this.log.info("[{peer}] closing: {reason}", {
+          reason: this.closeReason,
+        });
       } else if (err instanceof LimitError || err instanceof HandshakeError) {
         this.closeReason = err.message;
-        log.warn("[{peer}] closing: {reason}", { reason: err.message });
+        this.log.warn("[{peer}] closing: {reason}", { reason: err.message });
       } else if (isPeerError(err)) {
-        log.debug("[{peer}] {err}", { err: String(err) });
+        this.log.debug("[{peer}] {err}", { err: String(err) });
       } else {
-        log.error("[{peer}] connection failed: {err}", { err });
+        this.log.error("[{peer}] connection failed: {err}", { err });
       }
     } finally {
       // Such a connection may owe the client bytes or a handshake, and Deno
       // 2.9.6 would keep its socket open until the client acts.
       if (failed || this.closeReason !== undefined) release?.(conn);
       this.#endedAt = performance.now();
-      log.info(
-        "[{peer}] offline ({duration}, {bytesIn} bytes in, {bytesOut} bytes out)",
-        {
-          duration: seconds(this.durationMs),
-          bytesIn: this.bytesIn,
-          bytesOut: this.bytesOut,
-        },
-      );
+      OFFLINE.log(this.#serverLog, "info", {
+        peer,
+        duration_s: new Seconds(this.durationMs),
+        bytesIn: this.bytesIn,
+        bytesOut: this.bytesOut,
+      });
     }
   }
 }
@@ -313,8 +332,8 @@ async function handshake(session: Session, timeoutMs: number): Promise<void> {
 
 /** Raw mode (RFC 862): every byte back as it arrives. */
 export async function echoRaw(session: Session): Promise<void> {
-  const { conn, log } = session;
-  const debug = log.isEnabledFor("debug");
+  const { conn } = session;
+  const debug = session.debugging;
   const rb = new ReadBuffer();
   for (
     let n = await conn.read(rb.bytes);
@@ -328,7 +347,7 @@ export async function echoRaw(session: Session): Promise<void> {
     const written = await conn.write(out);
     if (written < n) await writeAll(conn, out.subarray(written));
     session.sent(n);
-    if (debug) log.debug("[{peer}] echoed {n} bytes", { n });
+    if (debug) session.log.debug("[{peer}] echoed {n} bytes", { n });
     rb.adapt(n);
   }
   await conn.closeWrite(); // the client sent EOF and has everything back
@@ -360,8 +379,8 @@ export async function frameLines(
   maxLineBytes: number,
   send: Send,
 ): Promise<void> {
-  const { conn, log } = session;
-  const debug = log.isEnabledFor("debug");
+  const { conn } = session;
+  const debug = session.debugging;
   const tooLong = () =>
     new LimitError(`line longer than ${maxLineBytes} bytes (max-line)`);
   const rb = new ReadBuffer();
@@ -378,7 +397,7 @@ export async function frameLines(
     const filled = end + n;
     while (nl !== -1 && nl < filled) {
       if (nl - lineStart > maxLineBytes) break;
-      if (debug) logLine(log, buf.subarray(lineStart, nl + 1));
+      if (debug) logLine(session.log, buf.subarray(lineStart, nl + 1));
       lineStart = nl + 1;
       nl = buf.indexOf(10, lineStart);
     }
@@ -389,7 +408,7 @@ export async function frameLines(
     buf.copyWithin(0, lineStart, filled);
     end = filled - lineStart;
     if (debug && end > 0) {
-      log.debug("[{peer}] holding {end} bytes of an unfinished line", {
+      session.log.debug("[{peer}] holding {end} bytes of an unfinished line", {
         end,
       });
     }
@@ -397,7 +416,7 @@ export async function frameLines(
   }
   if (end > 0) { // bytes after the last "\n" at EOF are echoed too
     const tail = rb.bytes.subarray(0, end);
-    if (debug) logLine(log, tail);
+    if (debug) logLine(session.log, tail);
     await send(tail);
   }
 }
@@ -407,8 +426,8 @@ export async function frameLines(
  * client's EOF, close.
  */
 export async function echoDiscard(session: Session): Promise<void> {
-  const { conn, log } = session;
-  const debug = log.isEnabledFor("debug");
+  const { conn } = session;
+  const debug = session.debugging;
   const rb = new ReadBuffer();
   for (
     let n = await conn.read(rb.bytes);
@@ -416,7 +435,7 @@ export async function echoDiscard(session: Session): Promise<void> {
     n = await conn.read(rb.bytes)
   ) {
     session.received(n);
-    if (debug) log.debug("[{peer}] discarded {n} bytes", { n });
+    if (debug) session.log.debug("[{peer}] discarded {n} bytes", { n });
     rb.adapt(n);
   }
   await conn.closeWrite();

@@ -509,7 +509,7 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "tcpecho_access_" });
     const path = `${dir}/echo.sock`;
     using watcher = Deno.watchFs(dir);
-    // -q hides "listening on": the socket file appearing says it is ready.
+    // The socket file appearing says it is ready (stderr is read at the end).
     const child = cli([
       "server",
       "-q",
@@ -559,9 +559,11 @@ Deno.test({
       const [stdout, stderr] = await output;
       assert.equal(stdout, "");
       const all = stderr.trim().split("\n");
-      // (One more warning: the readiness probe sent no header.)
+      // (One more warning: the readiness probe sent no header; and
+      // "listening on", which -q does not hide.)
       const lines = all.filter((line) => line.includes(" refused: "));
-      assert.ok(all.length <= lines.length + 1, all.join("\n"));
+      assert.match(all[0], / INF listening on unix:/);
+      assert.ok(all.length <= lines.length + 2, all.join("\n"));
       assert.ok(lines.length <= 30, lines.join("\n"));
       assert.match(lines[0], /WRN \[10\.1\.2\.3:4242\] refused: not allowed$/);
       assert.equal(
@@ -783,6 +785,101 @@ Deno.test("tcpecho bench --tls --send-proxy v2 against server --tls-cert --proxy
     "0.3",
   ]);
   await server.waitFor(/\] online \(via /);
+});
+
+Deno.test({
+  name:
+    "tcpecho server --workers 2 --proxy-protocol v1 --tls-cert: each worker relays to its own TLS listener",
+  ignore: Deno.build.os !== "linux", // --workers above 1
+  async fn() {
+    await using server = await ServerProcess.start([
+      "--port",
+      "0",
+      "--workers",
+      "2",
+      "--proxy-protocol",
+      "v1",
+      ...TLS_ARGS,
+    ]);
+    // One by one from new ports: SO_REUSEPORT hashes each to a worker, so
+    // both serve some (all 20 on one: a chance in 500,000).
+    const n = 20;
+    for (let i = 1; i <= n; i++) {
+      const tcpConn = await Deno.connect({ port: server.port });
+      const via = peerOf(tcpConn);
+      await writeAll(tcpConn, v1(`203.0.113.${i}`));
+      using conn = await Deno.startTls(tcpConn, {
+        hostname: "localhost",
+        caCerts: [CA],
+      });
+      const data = bytes(`hello ${i}`);
+      assert.deepEqual(await echoAll(conn, data), data);
+      await server.waitFor(
+        new RegExp(
+          `INF \\[203\\.0\\.113\\.${i}:4242\\] online \\(via ${
+            via.replaceAll(".", "\\.")
+          }\\)$`,
+        ),
+      );
+    }
+    assert.equal(await server.stop(), 0);
+    assert.match(server.lines.at(-1)!, / stopped: 20 connections served, /);
+  },
+});
+
+Deno.test({
+  name:
+    "tcpecho server --workers 2: --deny and --max-conns-per-ip (PROXY sources) hold over both workers",
+  ignore: Deno.build.os !== "linux", // --workers above 1
+  async fn() {
+    await using server = await ServerProcess.start([
+      "--port",
+      "0",
+      "--workers",
+      "2",
+      "--proxy-protocol",
+      "v1",
+      "--deny",
+      "198.51.100.0/24",
+      "--max-conns-per-ip",
+      "2",
+    ]);
+    const proxied = async (source: string) => {
+      const conn = await Deno.connect({ port: server.port });
+      await writeAll(conn, v1(source));
+      return conn;
+    };
+    // One by one from new ports, so both workers get some.
+    for (let i = 0; i < 10; i++) {
+      using conn = await proxied("198.51.100.7");
+      assert.equal(await served(conn), false, `denied connection ${i}`);
+    }
+    const held: Deno.Conn[] = [];
+    try {
+      const outcomes: boolean[] = [];
+      for (let i = 0; i < 8; i++) {
+        held.push(await proxied("203.0.113.5"));
+        outcomes.push(await served(held[i]));
+      }
+      assert.deepEqual(outcomes, [
+        true,
+        true,
+        false,
+        false,
+        false,
+        false,
+        false,
+        false,
+      ]);
+      // Another address has its own count.
+      using other = await proxied("203.0.113.6");
+      assert.equal(await served(other), true);
+    } finally {
+      for (const conn of held) conn.close();
+    }
+    assert.equal(await server.stop(), 0);
+    assert.match(server.lines.at(-1)!, / stopped: 3 connections served, /);
+  },
 });
 
 Deno.test("serve() with proxyProtocol and faults: the bytes after the header are echoed in slices", async () => {

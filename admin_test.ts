@@ -355,6 +355,8 @@ Deno.test("serveAdmin() throws cannot listen on a port in use", () => {
 });
 
 Deno.test("tcpecho server --admin: /readyz is 503 while draining, /metrics totals", async () => {
+  // Two workers where there can be: one drains the connection, the other,
+  // with none, stops at once, and /metrics still counts what it served.
   await using server = await ServerProcess.start([
     "--port",
     "0",
@@ -362,6 +364,7 @@ Deno.test("tcpecho server --admin: /readyz is 503 while draining, /metrics total
     "127.0.0.1:0",
     "--shutdown-timeout",
     "30",
+    ...(Deno.build.os === "linux" ? ["--workers", "2"] : []),
   ]);
   const adminLine = await server.waitFor(/ INF admin on 127\.0\.0\.1:\d+$/);
   const adminPort = Number(/:(\d+)$/.exec(adminLine)![1]);
@@ -389,6 +392,72 @@ Deno.test("tcpecho server --admin: /readyz is 503 while draining, /metrics total
   assert.equal(await conn.read(new Uint8Array(1)), null);
   assert.equal(await server.exited(), 0);
   await assert.rejects(fetch(`http://127.0.0.1:${adminPort}/healthz`));
+});
+
+Deno.test({
+  name:
+    "tcpecho server --workers 2 --admin: /metrics totals the traffic of both workers",
+  ignore: Deno.build.os !== "linux", // --workers above 1, and 127.0.0.2
+  async fn() {
+    await using server = await ServerProcess.start([
+      "--port",
+      "0",
+      "--workers",
+      "2",
+      "--admin",
+      "127.0.0.1:0",
+      "--allow",
+      "127.0.0.1",
+    ]);
+    const adminLine = await server.waitFor(/ INF admin on 127\.0\.0\.1:\d+$/);
+    const adminPort = Number(/:(\d+)$/.exec(adminLine)![1]);
+    // One by one, from new ports: SO_REUSEPORT hashes each to a worker, so
+    // both serve some (all 20 on one worker: a chance in 500,000).
+    const n = 20;
+    let sent = 0;
+    const ports: number[] = [];
+    for (let i = 1; i <= n; i++) {
+      using conn = await Deno.connect({ port: server.port });
+      const data = bytes("x".repeat(i));
+      assert.deepEqual(await echoAll(conn, data), data);
+      ports.push((conn.localAddr as Deno.NetAddr).port);
+      sent += i;
+    }
+    await refusedFrom127002(server.port);
+    await server.waitFor(/\] refused: not allowed$/);
+    // A worker logs "offline" just before it counts the connection closed,
+    // and its log lines reach us after that.
+    for (const port of ports) {
+      await server.waitFor(
+        new RegExp(`\\[127\\.0\\.0\\.1:${port}\\] offline `),
+      );
+    }
+    const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`))
+      .text();
+    const m = parseMetrics(text);
+    const value = (name: string, labels: Record<string, string> = {}) =>
+      Number(
+        m.get(name)?.metrics.find((s) =>
+          JSON.stringify(s.labels ?? {}) === JSON.stringify(labels)
+        )?.value,
+      );
+    assert.equal(value("tcpecho_connections_active"), 0, text);
+    assert.equal(value("tcpecho_connections_total"), n + 1, text);
+    const refused = (reason: string) =>
+      value("tcpecho_connections_refused_total", { reason });
+    assert.equal(refused("not-allowed"), 1, text);
+    assert.equal(refused("max-conns"), 0, text);
+    assert.equal(value("tcpecho_bytes_received_total"), sent, text);
+    assert.equal(value("tcpecho_bytes_sent_total"), sent, text);
+    const [h] = m.get("tcpecho_connection_duration_seconds")!.metrics;
+    assert.equal(Number(h.count), n, text);
+    assert.equal(await server.stop(), 0);
+    // The stopped: line totals the same traffic.
+    assert.match(
+      server.lines.at(-1)!,
+      new RegExp(`stopped: ${n} connections served, ${sent} bytes echoed$`),
+    );
+  },
 });
 
 Deno.test("tcpecho server --admin on a port in use exits 1 before listening", async () => {

@@ -531,7 +531,108 @@ Deno.test("serve() logs one faults: line before listening on, none without fault
   assert.match(messages[messages.indexOf(faults[0]) + 1], /^listening on /);
 });
 
+Deno.test("FaultPlan.from() stream 0 draws as serve() does; other streams draw their own", () => {
+  const options = { closeAfterBytes: 1, faulty: 0.5, seed: 77 };
+  const draws = (plan: FaultPlan) =>
+    Array.from({ length: 64 }, () => plan.next() !== undefined);
+  const library = draws(FaultPlan.from(options)!);
+  assert.deepEqual(draws(FaultPlan.from(options, 0)!), library);
+  const one = draws(FaultPlan.from(options, 1)!);
+  assert.notDeepEqual(one, library);
+  assert.deepEqual(draws(FaultPlan.from(options, 1)!), one); // replayed
+  assert.notDeepEqual(draws(FaultPlan.from(options, 2)!), one);
+});
+
 // ---- the CLI -----------------------------------------------------------------
+
+/**
+ * Which of `n` connections, one after another, `server` treated as faulty
+ * (with `--close-after 1`, a faulty one gets 1 of its 2 bytes back).
+ */
+async function faultyPattern(port: number, n: number): Promise<boolean[]> {
+  const faulty: boolean[] = [];
+  for (let i = 0; i < n; i++) {
+    using conn = await Deno.connect({ port });
+    faulty.push((await exchange(conn, bytes("ab"))).back.length === 1);
+  }
+  return faulty;
+}
+
+Deno.test("tcpecho server (one worker) applies faults to the connections serve() would with the seed it logs", async () => {
+  // No --seed: the main isolate draws one, says it, and the worker uses it.
+  await using server = await ServerProcess.start([
+    "--port",
+    "0",
+    "--close-after",
+    "1",
+    "--faulty",
+    "0.5",
+  ]);
+  const line = server.lines.find((l) => l.includes("faults:"))!;
+  const seed = Number(/ seed (\d+)$/.exec(line)![1]);
+  const plan = FaultPlan.from({ closeAfterBytes: 1, faulty: 0.5, seed })!;
+  const predicted = Array.from({ length: 16 }, () => plan.next() !== undefined);
+  assert.deepEqual(await faultyPattern(server.port, 16), predicted);
+});
+
+Deno.test({
+  name:
+    "tcpecho server --workers 2: one faults: line with one seed; each worker draws its own",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    {
+      // No --seed: drawn once, by the main isolate, and said once.
+      await using server = await ServerProcess.start([
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--delay",
+        "1",
+      ]);
+      const faults = server.lines.filter((l) => l.includes("faults:"));
+      assert.equal(faults.length, 1, server.lines.join("\n"));
+      assert.match(faults[0], / INF faults: delay 1 ms, seed \d+$/);
+    }
+    // A seed whose sequence 0 (worker 1's) makes none of the first 40
+    // connections faulty, while sequence 1 (worker 2's) makes its first one
+    // faulty: a faulty connection means worker 2 drew from its own sequence.
+    const n = 40;
+    const options = (seed: number) => ({
+      closeAfterBytes: 1,
+      faulty: 0.05,
+      seed,
+    });
+    let seed = 0;
+    for (;; seed++) {
+      const zero = FaultPlan.from(options(seed), 0)!;
+      const one = FaultPlan.from(options(seed), 1)!;
+      const none = Array.from({ length: n }, () => zero.next())
+        .every((f) => f === undefined);
+      if (none && one.next() !== undefined) break;
+    }
+    await using server = await ServerProcess.start([
+      "--port",
+      "0",
+      "--workers",
+      "2",
+      "--close-after",
+      "1",
+      "--faulty",
+      "0.05",
+      "--seed",
+      `${seed}`,
+    ]);
+    assert.deepEqual(
+      server.lines.filter((l) => l.includes("faults:")).map((l) => l.slice(24)),
+      [`INF faults: close-after 1 bytes, faulty 0.05, seed ${seed}`],
+    );
+    // One by one from new ports: both workers get some (all 40 on one: a
+    // chance in 500 billion).
+    const faulty = await faultyPattern(server.port, n);
+    assert.ok(faulty.includes(true), "worker 2 drew worker 1's sequence");
+  },
+});
 
 Deno.test("tcpecho server --delay holds the echo back and says so with the seed", async () => {
   await using server = await ServerProcess.start([

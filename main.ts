@@ -76,25 +76,36 @@ function describe(err: unknown): string {
   return escapeControls(parts.join(": "));
 }
 
-/**
- * Calls `onSignal` on the first SIGINT/SIGTERM and exits 130 on the second.
- * Dispose to remove the listeners.
- */
-function onStopSignals(onSignal: () => void): Disposable {
-  const signals: Deno.Signal[] = Deno.build.os === "windows"
-    ? ["SIGINT", "SIGBREAK"]
-    : ["SIGINT", "SIGTERM"];
-  let seen = 0;
-  const handler = () => {
-    if (++seen > 1) Deno.exit(130);
-    onSignal();
-  };
+/** The signals that stop a command: SIGHUP too, so a closed terminal cleans up. */
+const STOP_SIGNALS: Deno.Signal[] = Deno.build.os === "windows"
+  ? ["SIGINT", "SIGBREAK"]
+  : ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/** Listens to `signals` with `handler` until disposed. */
+function listen(signals: Deno.Signal[], handler: () => void): Disposable {
   for (const s of signals) Deno.addSignalListener(s, handler);
   return {
     [Symbol.dispose]() {
       for (const s of signals) Deno.removeSignalListener(s, handler);
     },
   };
+}
+
+/**
+ * Calls `onSignal` on the first SIGINT/SIGTERM/SIGHUP and exits 130 on the
+ * second. Dispose to remove the listeners.
+ */
+function onStopSignals(onSignal: () => void): Disposable {
+  let seen = 0;
+  return listen(STOP_SIGNALS, () => {
+    if (++seen > 1) Deno.exit(130);
+    onSignal();
+  });
+}
+
+/** Calls `onSignal` on each SIGUSR1 (never on Windows, which has none). */
+function onStatsSignal(onSignal: () => void): Disposable {
+  return listen(Deno.build.os === "windows" ? [] : ["SIGUSR1"], onSignal);
 }
 
 /**
@@ -109,6 +120,7 @@ export async function main(args: string[]): Promise<number> {
   let showStacks = false; // with debug logging, failures print their stack
   const ctx: CommandContext = {
     onStopSignals,
+    onStatsSignal,
     describe,
     async configureLogging(level, format) {
       showStacks = level === "debug";

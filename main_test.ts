@@ -251,6 +251,10 @@ Deno.test("tcpecho server -v logs each line escaped; --log-format json parses", 
   const offline = records.find((r) => /\] offline \(/.test(r.message));
   assert.equal(offline.level, "INFO");
   assert.equal(offline.properties.bytesIn, forged.length);
+  // Typed: seconds as a number; the message keeps its two decimals.
+  assert.equal(typeof offline.properties.duration_s, "number");
+  assert.ok(offline.properties.duration_s >= 0);
+  assert.match(offline.message, /offline \(\d+\.\d\d s, /);
 });
 
 // ---- transports -----------------------------------------------------------

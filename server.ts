@@ -18,7 +18,12 @@ import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
 import { listen, removeSocketFile } from "./_listen.ts";
 import { echoWithFaults, FaultPlan, readChunks } from "./_faults.ts";
 import type { ProxyAccept } from "./_proxy_protocol.ts";
-import { Admission, NO_PERMIT } from "./_admission.ts";
+import {
+  Admission,
+  NO_PERMIT,
+  RefusalLog,
+  type RefusalReporter,
+} from "./_admission.ts";
 import {
   type Echo,
   echoDiscard,
@@ -36,6 +41,7 @@ import {
   tlsReleaseUnavailable,
 } from "./_tls_release.ts";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
+import { Seconds } from "./log.ts";
 
 export { removeStaleSocket } from "./_listen.ts";
 export {
@@ -51,6 +57,10 @@ export {
 
 /** Accept-error backoff (EMFILE and the like): first and longest wait. */
 const ACCEPT_BACKOFF_MS = [5, 1000] as const;
+
+/** TLS without a releaser: logged once per server (once per pool). */
+export const TLS_LINGER_WARNING =
+  "TLS: descriptors of connections the server closes may linger until the peer acts (Deno 2.9.6): {why}";
 
 /**
  * Starts an echo server. Binding happens now: a port in use or a bad address
@@ -71,6 +81,34 @@ export function serve(
 export function serve(options?: ServeOptions): Server<Deno.NetAddr>;
 export function serve(options: ServeOptions = {}): Server {
   return new EchoServer(options);
+}
+
+/**
+ * What a server started by {@linkcode serveInPool} shares with the other
+ * servers of the CLI's worker pool. Not library API: `_server_worker.ts`
+ * alone uses it.
+ */
+export interface PoolMember {
+  /** The pool's `maxConns` count, over all its servers (taken at accept). */
+  limits: ConnLimits;
+  /** The pool's `maxConnsPerIp` count, when on (taken once the address is known). */
+  ipLimits?: ConnLimits;
+  /** Takes the refusals: the pool summarises them once for all its servers. */
+  refusals: RefusalReporter;
+  /** The faults' random sequence of `seed` this server draws from (its index). */
+  faultStream: number;
+  /** Told how many connections its drain waits for (`0` too), for one line. */
+  onDraining(connections: number): void;
+}
+
+/**
+ * {@linkcode serve} for one server of the CLI's worker pool: it counts
+ * against the pool's limits and draws its own fault sequence; it logs
+ * neither `listening on`, `faults:`, the TLS warning, `stopping:` nor
+ * `stopped:` (the pool logs each once, with totals).
+ */
+export function serveInPool(options: ServeOptions, member: PoolMember): Server {
+  return new EchoServer(options, member);
 }
 
 /**
@@ -111,10 +149,11 @@ class EchoServer implements Server {
   readonly #stopping = new AbortController();
   readonly #accepting: Promise<void>;
   readonly #markFinished: () => void;
+  readonly #member: PoolMember | undefined;
   #closing: Promise<void> | undefined;
   #unixCount = 0;
 
-  constructor(options: ServeOptions) {
+  constructor(options: ServeOptions, member?: PoolMember) {
     const {
       hostname = SERVE_DEFAULTS.hostname,
       port = SERVE_DEFAULTS.port,
@@ -129,12 +168,13 @@ class EchoServer implements Server {
       shutdownTimeoutMs = SERVE_DEFAULTS.shutdownTimeoutMs,
       handshakeTimeoutMs = SERVE_DEFAULTS.handshakeTimeoutMs,
       tcpBacklog,
+      reusePort,
       allow = SERVE_DEFAULTS.allow,
       deny = SERVE_DEFAULTS.deny,
       proxyProtocol = SERVE_DEFAULTS.proxyProtocol,
       onConnState,
     } = options;
-    const plan = FaultPlan.from(options); // throws on a bad value
+    const plan = FaultPlan.from(options, member?.faultStream); // throws on a bad value
     const faults = mode === "discard" ? undefined : plan; // nothing to delay
     // Check the rules before listening: a bad one throws with nothing open.
     const access = new AccessList(allow, deny);
@@ -144,9 +184,10 @@ class EchoServer implements Server {
     // a PROXY header before TLS, the port is plain TCP (see _tls_relay.ts).
     const relay = tls && this.#proxy !== undefined;
     this.#listener = relay
-      ? listen({ hostname, port, tcpBacklog })
-      : listen({ hostname, port, path, cert, key, tcpBacklog });
+      ? listen({ hostname, port, tcpBacklog, reusePort })
+      : listen({ hostname, port, path, cert, key, tcpBacklog, reusePort });
     this.addr = this.#listener.addr as Deno.NetAddr | Deno.UnixAddr;
+    this.#member = member;
 
     this.#path = path;
     this.#echo = mode === "line"
@@ -182,22 +223,23 @@ class EchoServer implements Server {
       this.#listener.close();
       throw new Error(`cannot listen on ${formatAddr(this.addr)}`, { cause });
     }
-    const where = formatAddr(this.addr);
-    if (tls && this.#release === undefined) {
-      this.#log.warn(
-        "TLS: descriptors of connections the server closes may linger until the peer acts (Deno 2.9.6): {why}",
-        { why: tlsReleaseUnavailable() },
-      );
+    if (member === undefined) { // a pool says these once, for all
+      if (tls && this.#release === undefined) {
+        this.#log.warn(TLS_LINGER_WARNING, { why: tlsReleaseUnavailable() });
+      }
+      if (faults !== undefined) {
+        this.#log.info("faults: {faults}", { faults: faults.describe() });
+      }
+      this.#log.info("listening on {where}", { where: formatAddr(this.addr) });
     }
-    if (faults !== undefined) {
-      this.#log.info("faults: {faults}", { faults: faults.describe() });
-    }
-    this.#log.info("listening on {where}", { where });
     this.#shutdownTimeoutMs = shutdownTimeoutMs;
     this.#onConnState = onConnState;
     // Two limits: all connections at accept, one address's once it is known.
-    const limits: ConnLimits = new LocalConnLimits(maxConns, 0);
-    const ipLimits = maxConnsPerIp > 0
+    const limits: ConnLimits = member?.limits ??
+      new LocalConnLimits(maxConns, 0);
+    const ipLimits = member !== undefined
+      ? member.ipLimits
+      : maxConnsPerIp > 0
       ? new LocalConnLimits(Infinity, maxConnsPerIp)
       : undefined;
     this.#admission = new Admission(
@@ -207,7 +249,7 @@ class EchoServer implements Server {
         access: access.empty ? undefined : access,
         release: relay ? undefined : this.#release, // relayed: plain TCP
       },
-      this.#log,
+      member?.refusals ?? new RefusalLog(this.#log),
       (refusal) => {
         this.stats.refused++;
         this.#emit({ state: "refused", ...refusal });
@@ -415,11 +457,17 @@ class EchoServer implements Server {
     this.#stopping.abort();
     this.#listener.close();
     await this.#accepting;
+    if (this.#member !== undefined) this.#member.onDraining(tasks.size);
+    else if (tasks.size > 0) {
+      log.info(
+        "stopping: waiting up to {timeout_s} s for {count} connections",
+        {
+          timeout_s: new Seconds(this.#shutdownTimeoutMs),
+          count: tasks.size,
+        },
+      );
+    }
     if (tasks.size > 0) {
-      log.info("stopping: waiting up to {timeout} for {count} connections", {
-        timeout: seconds(this.#shutdownTimeoutMs),
-        count: tasks.size,
-      });
       const deadline = Promise.withResolvers<void>();
       const timer = setTimeout(deadline.resolve, this.#shutdownTimeoutMs);
       try {
@@ -435,10 +483,16 @@ class EchoServer implements Server {
     await this.#relay?.close();
     await this.#release?.settled(); // no timer outlives the server
     if (this.#path !== undefined) removeSocketFile(this.#path);
-    log.info("stopped: {served} connections served, {bytesOut} bytes echoed", {
-      served: this.stats.served,
-      bytesOut: this.stats.bytesOut,
-    });
+    if (this.#member === undefined) {
+      const { served, bytesOut } = this.stats;
+      log.info(
+        "stopped: {served} connections served, {bytesOut} bytes echoed",
+        {
+          served,
+          bytesOut,
+        },
+      );
+    }
     this.#markFinished();
   }
 }

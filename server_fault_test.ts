@@ -43,17 +43,26 @@ function lowFdLimit(n: number): string[] | undefined {
   return undefined;
 }
 
+/** Registers a CLI test once per `--workers` value (above 1 needs Linux). */
+function forEachWorkers(test: (workers: number) => Deno.TestDefinition): void {
+  for (const workers of Deno.build.os === "linux" ? [1, 2] : [1]) {
+    Deno.test(test(workers));
+  }
+}
+
 const EMFILE_LIMIT = 64;
 const lowFdWrapper = lowFdLimit(EMFILE_LIMIT);
 
-Deno.test({
+// The server's workers share the process's descriptors: with two, both run
+// out, and both recover.
+forEachWorkers((workers) => ({
   name:
-    "tcpecho server out of descriptors (EMFILE) warns, keeps listening, recovers",
+    `tcpecho server --workers ${workers} out of descriptors (EMFILE) warns, keeps listening, recovers`,
   // Neither prlimit nor bash: nothing here can lower a child's descriptor limit.
   ignore: lowFdWrapper === undefined,
   async fn() {
     await using server = await ServerProcess.start(
-      ["--port", "0"],
+      ["--port", "0", "--workers", String(workers)],
       lowFdWrapper!,
     );
     const port = server.port;
@@ -92,7 +101,7 @@ Deno.test({
     assert.deepEqual(server.lines.filter((l) => / ERR /.test(l)), []);
     assert.match(server.lines.at(-1)!, /INF stopped: \d+ connections served/);
   },
-});
+}));
 
 const CONCURRENT = 5000;
 /** The test process holds both ends: 2 descriptors per connection. */
@@ -287,15 +296,17 @@ Deno.test("Server.close() does not wait past shutdownTimeoutMs for a blocked wri
   assert.deepEqual(closed.map((e) => e.reason), ["server shutting down"]);
 });
 
-Deno.test({
+forEachWorkers((workers) => ({
   name:
-    "tcpecho server on SIGTERM under load echoes what clients sent, exits 0 in time",
+    `tcpecho server --workers ${workers} on SIGTERM under load echoes what clients sent, exits 0 in time`,
   ignore: !posix,
   async fn() {
     const shutdownS = 3;
     await using server = await ServerProcess.start([
       "--port",
       "0",
+      "--workers",
+      String(workers),
       "--shutdown-timeout",
       String(shutdownS),
     ]);
@@ -428,4 +439,4 @@ Deno.test({
       new RegExp(`INF stopped: ${clients} connections served`),
     );
   },
-});
+}));

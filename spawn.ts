@@ -19,7 +19,12 @@ const LISTENING =
   /listening on \\?"?(unix:[^\s"\\]+|\[[^\]\s]+\]:\d+|[^\s"\\[\]]+:\d+)/;
 
 /** Permissions of the child under `deno run`, as the `server` task has them. */
-const SERVER_PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write"];
+const SERVER_PERMISSIONS = [
+  "--allow-net",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env=DENO_TOKIO_MAX_IO_EVENTS_PER_TICK",
+];
 
 /** Stderr lines before the ready line that a start error quotes. */
 const QUOTED_LINES = 20;
@@ -36,7 +41,7 @@ export interface ServerChildOptions {
   mainModule?: string | URL;
   /**
    * Under `deno run`, its flags before the module.
-   * @default {["--allow-net", "--allow-read", "--allow-write", "--no-prompt"]}
+   * @default {["--allow-net", "--allow-read", "--allow-write", "--allow-env=DENO_TOKIO_MAX_IO_EVENTS_PER_TICK", "--no-prompt"]}
    */
   runFlags?: string[];
   /** A command to run the child through, e.g. `["prlimit", "--nofile=64:64", "--"]`. */

@@ -646,16 +646,25 @@ Deno.test(
   { ignore: !linux },
   async (t) => {
     const flags = PERMISSIONS.filter((flag) => flag !== "--allow-ffi");
-    await t.step("TLS: one warning, before listening on", async () => {
-      await using server = new ServerChild(TLS_CLI, {
-        runFlags: [...flags, "--no-prompt"],
-        env: { NO_COLOR: "1" },
-      });
-      await server.ready;
-      const warnings = server.lines.filter((line) => line.includes(" WRN "));
-      assert.equal(warnings.length, 1, server.lines.join("\n"));
-      assert.ok(warnings[0].endsWith(` WRN ${WARNING}`), warnings[0]);
-    });
+    for (const workers of ["1", "3"]) {
+      await t.step(
+        `TLS, --workers ${workers}: one warning, before listening on`,
+        async () => {
+          await using server = new ServerChild(
+            [...TLS_CLI, "--workers", workers],
+            { runFlags: [...flags, "--no-prompt"], env: { NO_COLOR: "1" } },
+          );
+          await server.ready;
+          const warned = () => server.lines.filter((l) => l.includes(" WRN "));
+          const before = warned();
+          assert.equal(await server.stop(), 0);
+          const warnings = warned(); // none came later either
+          assert.deepEqual(warnings, before, server.lines.join("\n"));
+          assert.equal(warnings.length, 1, server.lines.join("\n"));
+          assert.ok(warnings[0].endsWith(` WRN ${WARNING}`), warnings[0]);
+        },
+      );
+    }
     await t.step("plain TCP: no warning", async () => {
       await using server = new ServerChild(["--port", "0"], {
         runFlags: [...flags, "--no-prompt"],

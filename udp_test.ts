@@ -623,6 +623,10 @@ Deno.test("tcpecho server/client/bench --udp usage errors exit 2", async (t) => 
       /--max-conns cannot go with --udp/,
     ],
     [["server", "--udp", "--slice", "5"], /--slice cannot go with --udp/],
+    [
+      ["server", "--udp", "--workers", "2"],
+      /^error: --workers above 1 cannot go with --udp: UDP is served from one socket$/,
+    ],
     [["server", "--udp", "--seed", "-1"], /argument is ambiguous|--seed takes/],
     [["client", "--timeout", "1"], /^error: --timeout needs --udp$/],
     [["client", "--udp", "--tls"], /--tls cannot go with --udp/],
@@ -685,4 +689,48 @@ Deno.test({
       /INF stopped: 3 datagrams from 2 peers, 13 bytes echoed$/,
     );
   },
+});
+
+Deno.test({
+  name:
+    "tcpecho server --udp --workers auto: one server; SIGUSR1 counts, SIGHUP stops",
+  ignore: !posix,
+  async fn() {
+    await using server = await ServerProcess.start([
+      "--udp",
+      "--port",
+      "0",
+      "--workers",
+      "auto",
+    ]);
+    using a = await connectUdp({ port: server.port });
+    using b = await connectUdp({ port: server.port });
+    await echo(a, bytes("hello"));
+    await echo(b, bytes("bye"));
+    server.child.kill("SIGUSR1");
+    assert.match(
+      await server.waitFor(/ stats: /),
+      /INF stats: 2 datagrams from 2 peers, 8 bytes echoed$/,
+    );
+    await echo(a, bytes("still"));
+    assert.equal(await server.stop("SIGHUP"), 0);
+    assert.match(
+      server.lines.at(-1)!,
+      /INF stopped: 3 datagrams from 2 peers, 13 bytes echoed$/,
+    );
+  },
+});
+
+Deno.test("tcpecho server --udp -q prints listening on udp: and nothing else", async () => {
+  await using server = await ServerProcess.start([
+    "--udp",
+    "--port",
+    "0",
+    "-q",
+  ]);
+  using conn = await connectUdp({ port: server.port });
+  await echo(conn, bytes("q"));
+  assert.equal(await server.stop(), 0);
+  assert.equal(server.lines.length, 1, server.lines.join("\n"));
+  assert.match(server.lines[0], / INF listening on udp:127\.0\.0\.1:\d+$/);
 });

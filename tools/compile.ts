@@ -90,7 +90,13 @@ export function outputPath(target?: Target, outDir: string = OUT_DIR): string {
 }
 
 /** Modules started with `new Worker()`: the binary must include them. */
-export const WORKER_MODULES: readonly string[] = ["_bench_worker.ts"];
+export const WORKER_MODULES: readonly string[] = [
+  "_bench_worker.ts",
+  "_server_worker.ts",
+];
+
+/** Unstable APIs the binary uses: `net` for `reusePort` (`server --workers`). */
+export const UNSTABLE_FLAGS: readonly string[] = ["--unstable-net"];
 
 /** The `deno compile` arguments that build `target` (this machine's when omitted). */
 export function compileArgs(
@@ -100,6 +106,7 @@ export function compileArgs(
   return [
     "compile",
     ...PERMISSIONS,
+    ...UNSTABLE_FLAGS,
     ...(target ? ["--target", target] : []),
     // deno compile adds `.exe` itself for Windows.
     // Worker modules are not found by deno compile's module graph.

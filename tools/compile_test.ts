@@ -52,10 +52,13 @@ Deno.test("compileArgs() builds main.ts with PERMISSIONS into dist/", () => {
   assert.deepEqual(compileArgs("aarch64-pc-windows-msvc"), [
     "compile",
     ...PERMISSIONS,
+    "--unstable-net", // server --workers: reusePort
     "--target",
     "aarch64-pc-windows-msvc",
     "--include",
     "_bench_worker.ts", // a worker: not in the module graph
+    "--include",
+    "_server_worker.ts",
     "-o",
     "dist/tcpecho-aarch64-pc-windows-msvc", // deno compile adds .exe
     "main.ts",
