@@ -24,6 +24,7 @@ const SERVER_PERMISSIONS = [
   "--allow-read",
   "--allow-write",
   "--allow-env=DENO_TOKIO_MAX_IO_EVENTS_PER_TICK",
+  "--allow-ffi",
 ];
 
 /** Stderr lines before the ready line that a start error quotes. */
@@ -41,7 +42,7 @@ export interface ServerChildOptions {
   mainModule?: string | URL;
   /**
    * Under `deno run`, its flags before the module.
-   * @default {["--allow-net", "--allow-read", "--allow-write", "--allow-env=DENO_TOKIO_MAX_IO_EVENTS_PER_TICK", "--no-prompt"]}
+   * @default {["--allow-net", "--allow-read", "--allow-write", "--allow-env=DENO_TOKIO_MAX_IO_EVENTS_PER_TICK", "--allow-ffi", "--no-prompt"]}
    */
   runFlags?: string[];
   /** A command to run the child through, e.g. `["prlimit", "--nofile=64:64", "--"]`. */

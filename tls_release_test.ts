@@ -600,6 +600,20 @@ Deno.test(
   },
 );
 
+Deno.test(
+  "ServerChild's default permissions include --allow-ffi: a TLS child does not warn",
+  { ignore: !linux },
+  async () => {
+    await using server = new ServerChild(TLS_CLI, { env: { NO_COLOR: "1" } });
+    await server.ready;
+    assert.equal(await server.stop(), 0);
+    assert.ok(
+      !server.lines.some((line) => line.includes(WARNING)),
+      server.lines.join("\n"),
+    );
+  },
+);
+
 /** `prlimit` to run a child with at most `n` descriptors, if installed. */
 function fdLimit(n: number): string[] | undefined {
   try {
