@@ -14,7 +14,7 @@
  * @module
  */
 import { createRandom, randomSeed, seededRandom } from "./_random.ts";
-import { ReadBuffer, type Send, type Session } from "./_session.ts";
+import type { Send, Session } from "./_session.ts";
 import { delay, isPeerError, writeAll } from "./io.ts";
 import type { ServeOptions } from "./_server_types.ts";
 
@@ -185,24 +185,6 @@ export class FaultPlan {
       burstBytes,
       closeAfterBytes: o.closeAfterBytes || Infinity,
     };
-  }
-}
-
-/**
- * A raw-mode reader for {@linkcode echoWithFaults}: every chunk read goes to
- * `send`, up to the client's EOF.
- */
-export async function readChunks(session: Session, send: Send): Promise<void> {
-  const { conn } = session;
-  const rb = new ReadBuffer();
-  for (
-    let n = await conn.read(rb.bytes);
-    n !== null;
-    n = await conn.read(rb.bytes)
-  ) {
-    session.received(n);
-    await send(rb.bytes.subarray(0, n));
-    rb.adapt(n);
   }
 }
 

@@ -426,8 +426,20 @@ export async function frameLines(
  * client's EOF, close.
  */
 export async function echoDiscard(session: Session): Promise<void> {
+  const { debugging, log } = session;
+  const msg = "[{peer}] discarded {n} bytes";
+  await readChunks(session, (chunk) => {
+    if (debugging) log.debug(msg, { n: chunk.length });
+  });
+  await session.conn.closeWrite();
+}
+
+/** Each chunk read, valid until `take` returns, goes to `take` up to EOF. */
+export async function readChunks(
+  session: Session,
+  take: (chunk: Uint8Array) => Promise<void> | void,
+): Promise<void> {
   const { conn } = session;
-  const debug = session.debugging;
   const rb = new ReadBuffer();
   for (
     let n = await conn.read(rb.bytes);
@@ -435,10 +447,9 @@ export async function echoDiscard(session: Session): Promise<void> {
     n = await conn.read(rb.bytes)
   ) {
     session.received(n);
-    if (debug) session.log.debug("[{peer}] discarded {n} bytes", { n });
+    await take(rb.bytes.subarray(0, n));
     rb.adapt(n);
   }
-  await conn.closeWrite();
 }
 
 function logLine(log: Logger, line: Uint8Array): void {

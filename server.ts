@@ -16,7 +16,7 @@ import {
 import { IdleSweep } from "./_idle.ts";
 import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
 import { listen, removeSocketFile } from "./_listen.ts";
-import { echoWithFaults, FaultPlan, readChunks } from "./_faults.ts";
+import { echoWithFaults, FaultPlan } from "./_faults.ts";
 import type { ProxyAccept } from "./_proxy_protocol.ts";
 import {
   Admission,
@@ -30,6 +30,7 @@ import {
   echoLines,
   echoRaw,
   frameLines,
+  readChunks,
   seconds,
   type Send,
   Session,

@@ -4,11 +4,11 @@
  * load. Real sockets on 127.0.0.1 only.
  */
 import assert from "node:assert/strict";
-import net from "node:net";
 import { serve } from "./server.ts";
 import { isDisconnect } from "./io.ts";
 import {
   closeQuietly,
+  connectFrom,
   ConnEvents,
   openFilesLimit,
   randomBytes,
@@ -144,32 +144,6 @@ Deno.test({
     assert.equal(server.stats.served, CONCURRENT);
   },
 });
-
-/**
- * A node:net socket from `localAddress` (one more client address on
- * loopback), and a promise of everything it receives until it is closed.
- */
-async function connectFrom(
-  localAddress: string,
-  port: number,
-): Promise<{ socket: net.Socket; closed: Promise<Uint8Array> }> {
-  const socket = net.connect({ host: "127.0.0.1", port, localAddress });
-  const chunks: Uint8Array[] = [];
-  const closed = new Promise<Uint8Array>((resolve) => {
-    socket.on("data", (c: Uint8Array) => chunks.push(new Uint8Array(c)));
-    socket.once("close", () => {
-      const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-      chunks.reduce((off, c) => (all.set(c, off), off + c.length), 0);
-      resolve(all);
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    socket.once("connect", resolve);
-    socket.once("error", reject);
-  });
-  socket.on("error", () => {}); // a reset is one more way to be closed
-  return { socket, closed };
-}
 
 Deno.test({
   name:
