@@ -66,11 +66,14 @@ export const HELP_OPTIONS = {
 /** What `main.ts` lends a command: the process-wide effects only it sets up. */
 export interface CommandContext {
   /**
-   * Calls `onStop` on the first SIGINT/SIGTERM/SIGHUP and exits 130 on the
-   * second. Dispose to remove the listeners.
+   * Calls `onStop` on the first SIGINT/SIGTERM/SIGHUP/SIGQUIT and exits 130
+   * on the second. Dispose to remove the listeners.
    */
   onStopSignals(onStop: () => void): Disposable;
-  /** Calls `onStats` on each SIGUSR1 (POSIX). Dispose to remove the listener. */
+  /**
+   * Calls `onStats` on each SIGUSR1 and ignores SIGUSR2 (POSIX). Dispose to
+   * remove the listeners.
+   */
   onStatsSignal(onStats: () => void): Disposable;
   /** Configures logging to stderr; at `debug`, failures also print a stack. */
   configureLogging(level: LogLevelName, format: LogFormat): Promise<void>;

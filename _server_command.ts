@@ -269,11 +269,12 @@ or with --udp each datagram to its sender.`,
     width: 26,
     notes:
       "Logs go to stderr; `listening on` and `admin on` are printed at any log level.\n" +
-      "SIGINT/SIGTERM/SIGHUP stop gracefully, a second one exits 130; SIGUSR1 logs\n" +
-      `the counters. Workers take at most ${IO_EVENTS_ENV} (${IO_EVENTS_PER_TICK}\n` +
-      "unless set) I/O events per tick: that keeps busy connections even. --udp\n" +
-      "serves from one socket in the main isolate (Deno cannot share a UDP port\n" +
-      "between workers): --workers N over 1 with --udp is refused, auto means 1.",
+      "SIGINT/SIGTERM/SIGHUP/SIGQUIT stop gracefully, a second one exits 130;\n" +
+      "SIGUSR1 logs the counters; SIGUSR2 is ignored. Workers take at most\n" +
+      `${IO_EVENTS_ENV} (${IO_EVENTS_PER_TICK} unless set) I/O events per tick:\n` +
+      "that keeps busy connections even. --udp serves from one socket in the\n" +
+      "main isolate (Deno cannot share a UDP port between workers): --workers N\n" +
+      "over 1 with --udp is refused, auto means 1.",
   }),
   options: OPTIONS,
   async run(values, _positionals, ctx) {

@@ -76,10 +76,14 @@ function describe(err: unknown): string {
   return escapeControls(parts.join(": "));
 }
 
-/** The signals that stop a command: SIGHUP too, so a closed terminal cleans up. */
+/**
+ * The signals that stop a command: SIGHUP too, so a closed terminal cleans
+ * up, and SIGQUIT (Ctrl+\ at a terminal), as nginx's graceful stop, so
+ * that it does not kill the server and leave its socket file behind.
+ */
 const STOP_SIGNALS: Deno.Signal[] = Deno.build.os === "windows"
   ? ["SIGINT", "SIGBREAK"]
-  : ["SIGINT", "SIGTERM", "SIGHUP"];
+  : ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"];
 
 /** Listens to `signals` with `handler` until disposed. */
 function listen(signals: Deno.Signal[], handler: () => void): Disposable {
@@ -92,8 +96,8 @@ function listen(signals: Deno.Signal[], handler: () => void): Disposable {
 }
 
 /**
- * Calls `onSignal` on the first SIGINT/SIGTERM/SIGHUP and exits 130 on the
- * second. Dispose to remove the listeners.
+ * Calls `onSignal` on the first SIGINT/SIGTERM/SIGHUP/SIGQUIT and exits 130
+ * on the second. Dispose to remove the listeners.
  */
 function onStopSignals(onSignal: () => void): Disposable {
   let seen = 0;
@@ -103,9 +107,20 @@ function onStopSignals(onSignal: () => void): Disposable {
   });
 }
 
-/** Calls `onSignal` on each SIGUSR1 (never on Windows, which has none). */
+/**
+ * Calls `onSignal` on each SIGUSR1 (never on Windows, which has none), and
+ * ignores SIGUSR2 meanwhile: a stray one must not kill the server.
+ */
 function onStatsSignal(onSignal: () => void): Disposable {
-  return listen(Deno.build.os === "windows" ? [] : ["SIGUSR1"], onSignal);
+  if (Deno.build.os === "windows") return listen([], onSignal);
+  const stats = listen(["SIGUSR1"], onSignal);
+  const ignored = listen(["SIGUSR2"], () => {});
+  return {
+    [Symbol.dispose]() {
+      stats[Symbol.dispose]();
+      ignored[Symbol.dispose]();
+    },
+  };
 }
 
 /**

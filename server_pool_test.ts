@@ -253,7 +253,7 @@ Deno.test({
   },
 });
 
-for (const signal of ["SIGTERM", "SIGHUP"] as const) {
+for (const signal of ["SIGTERM", "SIGHUP", "SIGQUIT"] as const) {
   Deno.test({
     name:
       `tcpecho server on ${signal} right at listening on stops, exits 0, removes its socket (20 runs)`,
@@ -276,6 +276,31 @@ for (const signal of ["SIGTERM", "SIGHUP"] as const) {
     },
   });
 }
+
+Deno.test({
+  name:
+    "tcpecho server ignores SIGUSR2: it keeps serving, keeps its socket file, stops at SIGTERM",
+  ignore: !posix,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      const path = `${dir}/s.sock`;
+      await using server = new Server(["--unix", path]);
+      await server.ready;
+      server.child.kill("SIGUSR2");
+      server.child.kill("SIGUSR1"); // had SIGUSR2 killed it, what follows fails
+      await server.waitFor(/ stats: /);
+      using conn = await Deno.connect({ transport: "unix", path });
+      assert.deepEqual(await roundTrip(conn, bytes("still")), bytes("still"));
+      conn.close();
+      assert.equal(await server.stop(), 0, server.lines.join("\n"));
+      assert.match(server.lines.at(-1)!, /INF stopped: 1 connections/);
+      await assert.rejects(Deno.lstat(path), Deno.errors.NotFound);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
 
 Deno.test({
   name:
