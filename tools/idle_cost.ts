@@ -96,9 +96,14 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 for (const tls of [false, true]) {
   const perConn: number[] = [];
   for (let r = 0; r < rounds; r++) perConn.push(await round(tls));
-  const [lo, hi] = [Math.min(...perConn), Math.max(...perConn)];
+  const [mid, lo, hi] = [
+    median(perConn),
+    Math.min(...perConn),
+    Math.max(...perConn),
+  ]
+    .map((kib) => kib.toFixed(1));
   console.log(
-    `${tls ? "TLS" : "TCP"}: ${median(perConn).toFixed(1)} KiB per idle ` +
-      `connection (${lo.toFixed(1)}–${hi.toFixed(1)}), N=${n}, ${rounds} rounds`,
+    `${tls ? "TLS" : "TCP"}: ${mid} KiB per idle connection (${lo}–${hi}), ` +
+      `N=${n}, ${rounds} rounds`,
   );
 }
