@@ -154,15 +154,20 @@ Deno.test("workflows are valid YAML with jobs that have runs-on and steps", asyn
   }
 });
 
-Deno.test("workflows pin actions to a major tag or a commit SHA", async () => {
+Deno.test("workflows pin every action to a commit SHA, its version in a comment", async () => {
   for (const name of await listWorkflows()) {
     for (const { where, step } of steps(await load(name))) {
       if (!step.uses) continue;
       assert.match(
         step.uses,
-        /^[\w.-]+\/[\w.\/-]+@(v\d+|[0-9a-f]{40})$/,
-        `${name}: ${where}: "${step.uses}" is not pinned`,
+        /^[\w.-]+\/[\w.\/-]+@[0-9a-f]{40}$/,
+        `${name}: ${where}: "${step.uses}" is not pinned to a commit`,
       );
+    }
+    // The version a SHA stands for, for people and for update bots.
+    const text = await Deno.readTextFile(new URL(name, WORKFLOWS));
+    for (const line of text.split("\n").filter((l) => /\buses:/.test(l))) {
+      assert.match(line, /@[0-9a-f]{40} # v\d+\.\d+\.\d+$/, `${name}: ${line}`);
     }
   }
 });
