@@ -98,6 +98,15 @@ export interface Command<O extends Options = Options> {
   /** Its own subcommands (`tcpecho bench merge`), chosen by the next word. */
   commands?: readonly Command[];
   /**
+   * Checks parsed values as `run()` does before it starts anything, with no
+   * effect (no file read, nothing bound, nothing printed), and returns what
+   * `run()` would start; for tools that check command lines where they will
+   * not run, such as the deployment manifests' tests.
+   *
+   * @throws {UsageError} for bad values, as `run()` would
+   */
+  check?(values: Values<O>, positionals: string[]): unknown;
+  /**
    * Runs it with parsed, not yet checked values.
    *
    * @returns the exit code

@@ -713,6 +713,27 @@ Deno.test("tcpecho server/client/bench --udp usage errors exit 2", async (t) => 
     ],
     [["server", "--udp", "--slice", "5"], /--slice cannot go with --udp/],
     [
+      ["server", "--udp", "--proxy-protocol", "v1"],
+      /--proxy-protocol cannot go with --udp/,
+    ],
+    [
+      ["server", "--udp", "--allow", "10.0.0.0/33"],
+      /^error: --allow takes an IP address or CIDR range, not "10\.0\.0\.0\/33"$/,
+    ],
+    [
+      ["server", "--udp", "--admin", "9090"],
+      /^error: --admin takes HOST:PORT, not "9090"$/,
+    ],
+    // The same bound as over TCP: a day.
+    [
+      ["server", "--udp", "--delay", "86400001"],
+      /^error: --delay takes a whole number from 0 to 86400000, not "86400001"$/,
+    ],
+    [
+      ["server", "--udp", "--jitter", "86400001"],
+      /^error: --jitter takes a whole number from 0 to 86400000, not "86400001"$/,
+    ],
+    [
       ["server", "--udp", "--workers", "2"],
       /^error: --workers above 1 cannot go with --udp: UDP is served from one socket$/,
     ],
@@ -806,6 +827,28 @@ Deno.test({
       /INF stopped: 3 datagrams from 2 peers, 13 bytes echoed$/,
     );
   },
+});
+
+Deno.test("tcpecho server --udp takes --delay and --jitter up to a day, as over TCP, and says so before listening on", async () => {
+  await using server = await ServerProcess.start([
+    "--udp",
+    "--port",
+    "0",
+    "--delay",
+    "86400000",
+    "--jitter",
+    "86400000",
+    "--seed",
+    "3",
+  ]);
+  assert.deepEqual(
+    server.lines.map((line) => line.replace(/^.* INF /, "")),
+    [
+      "faults: delay 86400000 ms, jitter 86400000 ms, seed 3",
+      `listening on udp:127.0.0.1:${server.port}`,
+    ],
+  );
+  assert.equal(await server.stop(), 0);
 });
 
 Deno.test("tcpecho server --udp -q prints listening on udp: and nothing else", async () => {
