@@ -2,7 +2,8 @@
  * The admin endpoint (`--admin HOST:PORT`): HTTP beside the echo port, with
  * `GET /metrics` (Prometheus text), `GET /healthz` and `GET /readyz`. It
  * knows nothing of the echo server: it asks `snapshot()` and `ready()`, so
- * one server in this isolate and a pool of worker isolates plug in alike.
+ * one server in this isolate, a pool of worker isolates and a UDP server
+ * plug in alike.
  *
  * @module
  */
@@ -11,6 +12,7 @@ import {
   type MetricsSnapshot,
   PROMETHEUS_CONTENT_TYPE,
   renderPrometheus,
+  type UdpMetricsSnapshot,
 } from "./_metrics.ts";
 import { formatAddr } from "./io.ts";
 
@@ -20,9 +22,9 @@ export interface AdminOptions {
   hostname: string;
   /** TCP port; `0` lets the OS choose. */
   port: number;
-  /** The metrics now: of one server, or summed over workers. */
-  snapshot: () => MetricsSnapshot | Promise<MetricsSnapshot>;
-  /** Whether the server accepts connections (`/readyz` is 503 when not). */
+  /** The metrics now: of one server, summed over workers, or of a UDP server. */
+  snapshot: () => Snapshot | Promise<Snapshot>;
+  /** Whether the server accepts clients (`/readyz` is 503 when not). */
   ready: () => boolean;
 }
 
@@ -33,6 +35,9 @@ export interface AdminServer extends AsyncDisposable {
   /** Stops it, after the requests under way. Idempotent. */
   close(): Promise<void>;
 }
+
+/** What `/metrics` renders: a TCP server's or a UDP server's metrics. */
+type Snapshot = MetricsSnapshot | UdpMetricsSnapshot;
 
 const TEXT = { "content-type": "text/plain; charset=utf-8" };
 

@@ -9,6 +9,7 @@
  */
 import {
   bytes,
+  checkConnect,
   type Command,
   CONNECT_OPTIONS,
   connectOptions,
@@ -19,6 +20,7 @@ import {
   type Options,
   secondsMs,
   UsageError,
+  type Values,
 } from "./_cli.ts";
 import { type BenchOutcome, drive } from "./_bench_driver.ts";
 import { ErrorGroups } from "./_bench_report.ts";
@@ -151,6 +153,13 @@ const MERGE_OPTIONS = {
 const MERGE_USAGE =
   "usage: tcpecho bench merge [--json] FILE.hlog…  (tcpecho bench merge --help)";
 
+/** What `bench merge` checks before it reads any file. @throws {UsageError} */
+function checkMerge(_values: unknown, positionals: string[]): void {
+  if (positionals.length === 0) {
+    throw new UsageError("bench merge needs one or more --hlog files");
+  }
+}
+
 /** `tcpecho bench merge`: one report from several `--hlog` files. */
 const mergeCommand: Command<typeof MERGE_OPTIONS> = {
   name: "merge",
@@ -167,10 +176,9 @@ rates over the time the logs span together.`,
   }),
   options: MERGE_OPTIONS,
   allowPositionals: true,
+  check: checkMerge,
   async run(values, positionals) {
-    if (positionals.length === 0) {
-      throw new UsageError("bench merge needs one or more --hlog files");
-    }
+    checkMerge(values, positionals);
     const logs = [];
     for (const name of positionals) {
       try {
@@ -191,6 +199,80 @@ rates over the time the logs span together.`,
     return 0;
   },
 };
+
+/**
+ * Every check `tcpecho bench` makes before it starts anything (no CA file
+ * read, no server spawned, nothing printed), and the settings they give.
+ *
+ * @throws {UsageError} naming what is wrong
+ */
+function checkBench(values: Values<typeof OPTIONS>, positionals: string[]) {
+  const { host, port, unix, udp, hlog, "spawn-server": spawn } = values;
+  if (
+    spawn && ((host ?? port ?? unix) !== undefined || positionals.length > 0)
+  ) {
+    throw new UsageError(
+      "--spawn-server measures its own server: no --host, --port, --unix or HOST PORT",
+    );
+  }
+  if (udp) {
+    for (const name of TCP_ONLY) {
+      if (values[name] !== undefined) {
+        throw new UsageError(`--${name} cannot go with --udp`);
+      }
+    }
+  }
+  if (spawn && values.tls) {
+    throw new UsageError(
+      "--spawn-server starts a plain server: for TLS, start tcpecho server with " +
+        "--tls-cert and --tls-key and bench it with --tls --ca",
+    );
+  }
+  const target = checkConnect(values, positionals);
+  const connections = integer(values, "connections", [1, 100_000]) ??
+    BENCH_DEFAULTS.connections;
+  const sizeBytes = bytes(values, "size", [
+    1,
+    udp ? MAX_UDP4_PAYLOAD : 16 << 20,
+  ]) ?? BENCH_DEFAULTS.sizeBytes;
+  const durationMs = secondsMs(values, "duration", { positive: true });
+  const pattern = oneOf(values, "pattern", OPTIONS.pattern.choices) ??
+    BENCH_DEFAULTS.pattern;
+  if (udp && pattern !== "pingpong") {
+    throw new UsageError(`--pattern ${pattern} cannot go with --udp`);
+  }
+  const rate = integer(values, "rate", [1, 100_000_000]);
+  if (rate !== undefined && pattern === "stream") {
+    throw new UsageError("--rate paces messages: not with --pattern stream");
+  }
+  if (hlog !== undefined && pattern === "stream") {
+    throw new UsageError("--hlog logs latency: not with --pattern stream");
+  }
+  const threads = integer(values, "threads", [1, MAX_THREADS]) ?? 1;
+  const intervalMs = secondsMs(values, "interval");
+  if (intervalMs !== undefined && intervalMs < 10) {
+    throw new UsageError("--interval must be at least 0.01 seconds");
+  }
+  const sendProxy = oneOf(
+    values,
+    "send-proxy",
+    OPTIONS["send-proxy"].choices,
+  );
+  if (udp && sendProxy !== undefined) {
+    throw new UsageError("--send-proxy cannot go with --udp");
+  }
+  return {
+    target,
+    connections,
+    sizeBytes,
+    durationMs,
+    pattern,
+    rate,
+    threads,
+    intervalMs,
+    sendProxy,
+  };
+}
 
 /** `tcpecho bench`: load-test an echo server, checking every echoed byte. */
 export const benchCommand: Command<typeof OPTIONS> = {
@@ -217,62 +299,21 @@ events per turn (128 unless set), so every connection gets its turn. With
   }),
   options: OPTIONS,
   allowPositionals: true,
+  check: checkBench,
   async run(values, positionals, ctx) {
-    const { host, port, unix, lines, udp, json, hlog, "spawn-server": spawn } =
-      values;
-    if (
-      spawn && ((host ?? port ?? unix) !== undefined || positionals.length > 0)
-    ) {
-      throw new UsageError(
-        "--spawn-server measures its own server: no --host, --port, --unix or HOST PORT",
-      );
-    }
-    if (udp) {
-      for (const name of TCP_ONLY) {
-        if (values[name] !== undefined) {
-          throw new UsageError(`--${name} cannot go with --udp`);
-        }
-      }
-    }
-    if (spawn && values.tls) {
-      throw new UsageError(
-        "--spawn-server starts a plain server: for TLS, start tcpecho server with " +
-          "--tls-cert and --tls-key and bench it with --tls --ca",
-      );
-    }
+    const { lines, udp, json, hlog, "spawn-server": spawn } = values;
+    const {
+      connections,
+      sizeBytes,
+      durationMs,
+      pattern,
+      rate,
+      threads,
+      intervalMs,
+      sendProxy,
+    } = checkBench(values, positionals);
+    // Checked again, the CA file read this time.
     const target = await connectOptions(values, positionals);
-    const connections = integer(values, "connections", [1, 100_000]) ??
-      BENCH_DEFAULTS.connections;
-    const sizeBytes = bytes(values, "size", [
-      1,
-      udp ? MAX_UDP4_PAYLOAD : 16 << 20,
-    ]) ?? BENCH_DEFAULTS.sizeBytes;
-    const durationMs = secondsMs(values, "duration", { positive: true });
-    const pattern = oneOf(values, "pattern", OPTIONS.pattern.choices) ??
-      BENCH_DEFAULTS.pattern;
-    if (udp && pattern !== "pingpong") {
-      throw new UsageError(`--pattern ${pattern} cannot go with --udp`);
-    }
-    const rate = integer(values, "rate", [1, 100_000_000]);
-    if (rate !== undefined && pattern === "stream") {
-      throw new UsageError("--rate paces messages: not with --pattern stream");
-    }
-    if (hlog !== undefined && pattern === "stream") {
-      throw new UsageError("--hlog logs latency: not with --pattern stream");
-    }
-    const threads = integer(values, "threads", [1, MAX_THREADS]) ?? 1;
-    const intervalMs = secondsMs(values, "interval");
-    if (intervalMs !== undefined && intervalMs < 10) {
-      throw new UsageError("--interval must be at least 0.01 seconds");
-    }
-    const sendProxy = oneOf(
-      values,
-      "send-proxy",
-      OPTIONS["send-proxy"].choices,
-    );
-    if (udp && sendProxy !== undefined) {
-      throw new UsageError("--send-proxy cannot go with --udp");
-    }
     target.sendProxy = sendProxy;
     const stop = new AbortController();
     using _signals = ctx.onStopSignals(() => stop.abort());

@@ -98,6 +98,15 @@ export interface Command<O extends Options = Options> {
   /** Its own subcommands (`tcpecho bench merge`), chosen by the next word. */
   commands?: readonly Command[];
   /**
+   * Checks parsed values as `run()` does before it starts anything, with no
+   * effect (no file read, nothing bound, nothing printed), and returns what
+   * `run()` would start; for tools that check command lines where they will
+   * not run, such as the deployment manifests' tests.
+   *
+   * @throws {UsageError} for bad values, as `run()` would
+   */
+  check?(values: Values<O>, positionals: string[]): unknown;
+  /**
    * Runs it with parsed, not yet checked values.
    *
    * @returns the exit code
@@ -390,16 +399,15 @@ export const CONNECT_OPTIONS = {
 
 /**
  * The {@linkcode ConnectOptions} that {@linkcode CONNECT_OPTIONS} and the
- * positional `HOST PORT` (see {@linkcode targetFromPositionals}) ask for, the
- * CA file read. `--insecure` is said on stderr.
+ * positional `HOST PORT` (see {@linkcode targetFromPositionals}) ask for,
+ * checked, without reading the CA file: its name is `ca`.
  *
  * @throws {UsageError} for bad or conflicting values
- * @throws {Error} when the CA file cannot be read
  */
-export async function connectOptions(
+export function checkConnect(
   values: Values<typeof CONNECT_OPTIONS>,
   positionals: readonly string[] = [],
-): Promise<ConnectOptions> {
+): ConnectOptions & { ca?: string } {
   const target = targetFromPositionals(values, positionals);
   const { host, unix, tls, ca, insecure } = target;
   checkTarget(target);
@@ -408,18 +416,33 @@ export async function connectOptions(
   if (insecure && ca !== undefined) {
     throw new UsageError("--insecure trusts any certificate: no --ca with it");
   }
-  const options: ConnectOptions = {
+  return {
     hostname: host === undefined ? undefined : splitHostPort(host).host,
     port: integer(target, "port", [1, 65535]),
     path: unix,
     tls,
     insecure,
-    caCerts: ca === undefined
-      ? undefined
-      : [await readPem(ca, "CA certificate", "CERTIFICATE")],
+    ca,
     connectTimeoutMs: secondsMs(target, "connect-timeout", { positive: true }),
   };
-  if (insecure) {
+}
+
+/**
+ * {@linkcode checkConnect}'s options with the CA file read. `--insecure` is
+ * said on stderr.
+ *
+ * @throws {UsageError} for bad or conflicting values
+ * @throws {Error} when the CA file cannot be read
+ */
+export async function connectOptions(
+  values: Values<typeof CONNECT_OPTIONS>,
+  positionals: readonly string[] = [],
+): Promise<ConnectOptions> {
+  const { ca, ...options } = checkConnect(values, positionals);
+  if (ca !== undefined) {
+    options.caCerts = [await readPem(ca, "CA certificate", "CERTIFICATE")];
+  }
+  if (options.insecure) {
     console.error(
       "warning: --insecure: the server's certificate is not verified",
     );

@@ -5,11 +5,14 @@
  * {@linkcode MetricsSnapshot}; snapshots of several servers (worker
  * isolates) add up with {@linkcode sumSnapshots}; {@linkcode renderPrometheus}
  * writes one as Prometheus text exposition format 0.0.4 for `/metrics`.
+ * A UDP server has no connections: {@linkcode udpSnapshot} takes its
+ * datagram counters from its `stats` alone.
  *
  * @module
  */
 import { REFUSAL_CODES, type RefusalCode } from "./_admission.ts";
 import type { ConnEvent, ServerStats } from "./server.ts";
+import type { UdpServerStats } from "./udp.ts";
 
 /**
  * Upper bounds of the connection duration histogram, in seconds: from a
@@ -156,6 +159,71 @@ export function sumSnapshots(
   return total;
 }
 
+/**
+ * Why a datagram got no echo, as the `reason` label of
+ * `tcpecho_datagrams_dropped_total` names it: `not-allowed` by
+ * `--allow`/`--deny` (the TCP refusal's code), `oversized`, `drop` (the
+ * `--drop` fault), `overflow` (too many delayed echoes held), `send-error`
+ * (the OS refused the echo).
+ */
+export type DatagramDropReason =
+  | "not-allowed"
+  | "oversized"
+  | "drop"
+  | "overflow"
+  | "send-error";
+
+/** Every {@linkcode DatagramDropReason}, in the order `/metrics` lists them. */
+export const DATAGRAM_DROP_REASONS: readonly DatagramDropReason[] = [
+  "not-allowed",
+  "oversized",
+  "drop",
+  "overflow",
+  "send-error",
+];
+
+/** What `/metrics` shows for a UDP server, as plain data. */
+export interface UdpMetricsSnapshot {
+  /** Tells it from a TCP server's {@linkcode MetricsSnapshot}. */
+  transport: "udp";
+  /** Datagrams received, whatever became of them. */
+  received: number;
+  /** Datagrams echoed. */
+  sent: number;
+  /** Datagrams not echoed, by {@linkcode DatagramDropReason}. */
+  dropped: Record<DatagramDropReason, number>;
+  /** Bytes received (of every datagram received). */
+  bytesIn: number;
+  /** Bytes echoed. */
+  bytesOut: number;
+  /** Distinct senders (address and port) since the start. */
+  peers: number;
+  /** Whether `peers` stopped counting (`maxPeers`): it is a lower bound. */
+  peersCapped: boolean;
+}
+
+/** The metrics of a UDP server now, from its live `stats`. */
+export function udpSnapshot(
+  stats: Readonly<UdpServerStats>,
+): UdpMetricsSnapshot {
+  return {
+    transport: "udp",
+    received: stats.datagrams,
+    sent: stats.echoed,
+    dropped: {
+      "not-allowed": stats.refused,
+      oversized: stats.oversized,
+      drop: stats.dropped,
+      overflow: stats.overflow,
+      "send-error": stats.failed,
+    },
+    bytesIn: stats.bytesIn,
+    bytesOut: stats.bytesOut,
+    peers: stats.peers,
+    peersCapped: stats.peersCapped,
+  };
+}
+
 /** The `Content-Type` of {@linkcode renderPrometheus}'s text. */
 export const PROMETHEUS_CONTENT_TYPE =
   "text/plain; version=0.0.4; charset=utf-8";
@@ -165,12 +233,37 @@ function value(n: number): string {
   return n === Infinity ? "+Inf" : n === -Infinity ? "-Inf" : String(n);
 }
 
-/** `snapshot` in the Prometheus text exposition format 0.0.4. */
-export function renderPrometheus(snapshot: MetricsSnapshot): string {
+/** Writes one metric family's `# HELP` and `# TYPE` lines to `lines`. */
+function header(lines: string[]) {
+  return (name: string, type: string, help: string) =>
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+}
+
+/** The byte counters, named alike over TCP and UDP. */
+function byteCounters(lines: string[], bytesIn: number, bytesOut: number) {
+  const metric = header(lines);
+  metric(
+    "tcpecho_bytes_received_total",
+    "counter",
+    "Bytes received from clients.",
+  );
+  lines.push(`tcpecho_bytes_received_total ${value(bytesIn)}`);
+  metric("tcpecho_bytes_sent_total", "counter", "Bytes echoed to clients.");
+  lines.push(`tcpecho_bytes_sent_total ${value(bytesOut)}`);
+}
+
+/**
+ * `snapshot` in the Prometheus text exposition format 0.0.4: a TCP server's
+ * connection metrics, or a UDP server's datagram metrics. Both name their
+ * byte counters alike.
+ */
+export function renderPrometheus(
+  snapshot: MetricsSnapshot | UdpMetricsSnapshot,
+): string {
+  if ("transport" in snapshot) return renderUdp(snapshot);
   const { active, accepted, refused, bytesIn, bytesOut, duration } = snapshot;
   const lines: string[] = [];
-  const metric = (name: string, type: string, help: string) =>
-    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+  const metric = header(lines);
   metric("tcpecho_connections_active", "gauge", "Connections open now.");
   lines.push(`tcpecho_connections_active ${value(active)}`);
   metric(
@@ -191,14 +284,7 @@ export function renderPrometheus(snapshot: MetricsSnapshot): string {
       }`,
     );
   }
-  metric(
-    "tcpecho_bytes_received_total",
-    "counter",
-    "Bytes received from clients.",
-  );
-  lines.push(`tcpecho_bytes_received_total ${value(bytesIn)}`);
-  metric("tcpecho_bytes_sent_total", "counter", "Bytes echoed to clients.");
-  lines.push(`tcpecho_bytes_sent_total ${value(bytesOut)}`);
+  byteCounters(lines, bytesIn, bytesOut);
   const h = "tcpecho_connection_duration_seconds";
   metric(h, "histogram", "How long connections were open, accept to close.");
   let cumulative = 0;
@@ -208,5 +294,46 @@ export function renderPrometheus(snapshot: MetricsSnapshot): string {
     lines.push(`${h}_bucket{le="${le}"} ${cumulative}`);
   });
   lines.push(`${h}_sum ${value(duration.sum)}`, `${h}_count ${duration.count}`);
+  return lines.join("\n") + "\n";
+}
+
+function renderUdp(snapshot: UdpMetricsSnapshot): string {
+  const { received, sent, dropped, bytesIn, bytesOut, peers, peersCapped } =
+    snapshot;
+  const lines: string[] = [];
+  const metric = header(lines);
+  metric(
+    "tcpecho_datagrams_received_total",
+    "counter",
+    "Datagrams received, whatever became of them.",
+  );
+  lines.push(`tcpecho_datagrams_received_total ${value(received)}`);
+  metric("tcpecho_datagrams_sent_total", "counter", "Datagrams echoed.");
+  lines.push(`tcpecho_datagrams_sent_total ${value(sent)}`);
+  metric(
+    "tcpecho_datagrams_dropped_total",
+    "counter",
+    "Datagrams received and not echoed, by why.",
+  );
+  for (const reason of DATAGRAM_DROP_REASONS) {
+    lines.push(
+      `tcpecho_datagrams_dropped_total{reason="${reason}"} ${
+        value(dropped[reason])
+      }`,
+    );
+  }
+  byteCounters(lines, bytesIn, bytesOut);
+  metric(
+    "tcpecho_datagram_peers",
+    "gauge",
+    "Distinct senders (address and port) since the start; a lower bound when tcpecho_datagram_peers_capped is 1.",
+  );
+  lines.push(`tcpecho_datagram_peers ${value(peers)}`);
+  metric(
+    "tcpecho_datagram_peers_capped",
+    "gauge",
+    "1 once more senders came than are counted exactly, else 0.",
+  );
+  lines.push(`tcpecho_datagram_peers_capped ${peersCapped ? 1 : 0}`);
   return lines.join("\n") + "\n";
 }

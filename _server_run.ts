@@ -11,7 +11,7 @@ import { RefusalLog } from "./_admission.ts";
 import { serveAdmin } from "./_admin.ts";
 import type { CommandContext } from "./_cli.ts";
 import { FaultPlan } from "./_faults.ts";
-import { emptySnapshot, sumSnapshots } from "./_metrics.ts";
+import { emptySnapshot, sumSnapshots, udpSnapshot } from "./_metrics.ts";
 import { ServerPool } from "./_server_pool.ts";
 import { boundIoTick, IO_EVENTS_ENV } from "./_tick.ts";
 import { formatAddr } from "./io.ts";
@@ -143,18 +143,24 @@ export async function runPool(
  * Runs a UDP echo server in this isolate until a stop signal. One socket
  * cannot be shared by workers, and one receive loop has no other socket to
  * be unfair to: a worker would only add a hop for logs and counters. SIGUSR1
- * logs `stats: N datagrams from M peers, B bytes echoed`.
+ * logs `stats: N datagrams from M peers, B bytes echoed`. With `admin`, the
+ * admin endpoint binds first and `/metrics` shows the datagram counters;
+ * `/readyz` is 503 from the first stop signal.
  *
  * @returns the exit code
  */
 export async function runUdp(
   ctx: CommandContext,
   options: UdpServeOptions,
+  admin?: { hostname: string; port: number },
 ): Promise<number> {
   const log = getLogger(["tcpecho", "server"]);
-  const running: { server?: UdpServer } = {};
+  const running: { server?: UdpServer; draining?: boolean } = {};
   // Signals are heard before `listening on` (serveUdp logs it).
-  using _stop = ctx.onStopSignals(() => void running.server?.close());
+  using _stop = ctx.onStopSignals(() => {
+    running.draining = true;
+    void running.server?.close();
+  });
   using _stats = ctx.onStatsSignal(() => {
     if (running.server === undefined) return;
     const { datagrams, peers, peersCapped, bytesOut } = running.server.stats;
@@ -165,7 +171,16 @@ export async function runUdp(
       { datagrams, peers, peersCapped, bytesOut },
     );
   });
+  // The admin endpoint binds first: if it cannot, nothing was answered.
+  // No request is handled before serveUdp() below has returned (both bind
+  // synchronously), so `running.server` is there for every request.
+  await using _admin = admin && serveAdmin({
+    ...admin,
+    snapshot: () => udpSnapshot(running.server!.stats),
+    ready: () => running.server !== undefined && !running.draining,
+  });
   const server = running.server = serveUdp(options);
+  if (running.draining) void server.close();
   await server.finished;
   return 0;
 }

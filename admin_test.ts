@@ -14,9 +14,11 @@ import {
   type MetricsSnapshot,
   renderPrometheus,
   sumSnapshots,
+  udpSnapshot,
 } from "./_metrics.ts";
 import { type RefusalCode, serve } from "./server.ts";
 import { ConnEvents, echoAll, writeAll } from "./testing.ts";
+import { connectUdp, UdpConn, type UdpServerStats } from "./udp.ts";
 import { runCli, ServerProcess } from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
@@ -258,6 +260,73 @@ Deno.test("renderPrometheus() writes each field under its name, buckets cumulati
   assert.equal(Number(h.sum), 4000.162);
 });
 
+/** The samples of `text` as `name{label="value"}` → value, as a parser reads them. */
+function samples(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const family of parseMetrics(text).values()) {
+    for (const sample of family.metrics) {
+      const labels = Object.entries(sample.labels ?? {})
+        .map(([k, v]) => `${k}="${v}"`).join(",");
+      out.set(
+        labels ? `${family.name}{${labels}}` : family.name,
+        Number(sample.value),
+      );
+    }
+  }
+  return out;
+}
+
+/** Every UDP metric family, its type, and the one sample of each. */
+const UDP_FAMILIES = {
+  tcpecho_datagrams_received_total: "COUNTER",
+  tcpecho_datagrams_sent_total: "COUNTER",
+  tcpecho_datagrams_dropped_total: "COUNTER",
+  tcpecho_bytes_received_total: "COUNTER",
+  tcpecho_bytes_sent_total: "COUNTER",
+  tcpecho_datagram_peers: "GAUGE",
+  tcpecho_datagram_peers_capped: "GAUGE",
+};
+
+Deno.test("renderPrometheus() writes a UDP server's datagram counters under their names", async () => {
+  const stats: UdpServerStats = {
+    datagrams: 100,
+    peers: 7,
+    peersCapped: true,
+    echoed: 80,
+    refused: 5,
+    dropped: 4,
+    overflow: 3,
+    oversized: 2,
+    failed: 1,
+    bytesIn: 1e12,
+    bytesOut: 999,
+  };
+  const text = renderPrometheus(udpSnapshot(stats));
+  const families = parseMetrics(text);
+  assert.deepEqual(
+    Object.fromEntries([...families].map(([name, f]) => [name, f.type])),
+    UDP_FAMILIES,
+  );
+  for (const f of families.values()) assert.ok(f.help.length > 0, f.name);
+  assert.deepEqual(
+    Object.fromEntries(samples(text)),
+    {
+      tcpecho_datagrams_received_total: 100,
+      tcpecho_datagrams_sent_total: 80,
+      'tcpecho_datagrams_dropped_total{reason="not-allowed"}': 5,
+      'tcpecho_datagrams_dropped_total{reason="oversized"}': 2,
+      'tcpecho_datagrams_dropped_total{reason="drop"}': 4,
+      'tcpecho_datagrams_dropped_total{reason="overflow"}': 3,
+      'tcpecho_datagrams_dropped_total{reason="send-error"}': 1,
+      tcpecho_bytes_received_total: 1e12,
+      tcpecho_bytes_sent_total: 999,
+      tcpecho_datagram_peers: 7,
+      tcpecho_datagram_peers_capped: 1,
+    },
+  );
+  if (promtool) assert.equal(await promtoolCheck(text), "");
+});
+
 Deno.test("sumSnapshots() adds servers' snapshots; its histograms must match", () => {
   const a = new MetricsRecorder();
   const b = new MetricsRecorder();
@@ -491,4 +560,125 @@ Deno.test("tcpecho server --admin on a port in use exits 1 before listening", as
     bad.stderr,
     /^error: cannot listen on no\.such\.host\.invalid:9: /,
   );
+});
+
+/** The admin port a server child logged (`admin on 127.0.0.1:PORT`). */
+async function adminPort(server: ServerProcess): Promise<number> {
+  const line = await server.waitFor(/ INF admin on 127\.0\.0\.1:\d+$/);
+  return Number(/:(\d+)$/.exec(line)![1]);
+}
+
+Deno.test({
+  name:
+    "tcpecho server --udp --admin --deny: /metrics counts datagrams by fate; a real parser reads it",
+  ignore: Deno.build.os !== "linux", // 127.0.0.2
+  async fn() {
+    await using server = await ServerProcess.start([
+      "--udp",
+      "--port",
+      "0",
+      "--admin",
+      "127.0.0.1:0",
+      "--deny",
+      "127.0.0.2",
+    ]);
+    const port = await adminPort(server);
+    // Its own line, before the echo port's, as over TCP.
+    assert.ok(
+      server.lines.findIndex((l) => l.includes("admin on")) <
+        server.lines.findIndex((l) => l.includes("listening on")),
+    );
+    // Two datagrams from a denied sender, then three echoed from another.
+    using denied = new UdpConn(
+      Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.2", port: 0 }),
+      { transport: "udp", hostname: "127.0.0.1", port: server.port },
+    );
+    await denied.send(bytes("no"));
+    await denied.send(bytes("nope"));
+    await server.waitFor(
+      new RegExp(
+        `WRN \\[127\\.0\\.0\\.2:${denied.localAddr.port}\\] refused: not allowed$`,
+      ),
+    );
+    using conn = await connectUdp({ port: server.port });
+    for (const word of ["a", "bb", "ccc"]) {
+      await conn.send(bytes(word));
+      assert.deepEqual((await conn.receive(5_000))?.slice(), bytes(word));
+    }
+    const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+    assert.equal(
+      response.headers.get("content-type"),
+      "text/plain; version=0.0.4; charset=utf-8",
+    );
+    const text = await response.text();
+    const types = Object.fromEntries(
+      [...parseMetrics(text)].map(([name, f]) => [name, f.type]),
+    );
+    assert.deepEqual(types, UDP_FAMILIES, text);
+    const m = samples(text);
+    assert.equal(m.get("tcpecho_datagrams_received_total"), 5, text);
+    assert.equal(m.get("tcpecho_datagrams_sent_total"), 3, text);
+    const dropped = (reason: string) =>
+      m.get(`tcpecho_datagrams_dropped_total{reason="${reason}"}`);
+    assert.equal(dropped("not-allowed"), 2, text);
+    for (const reason of ["oversized", "drop", "overflow", "send-error"]) {
+      assert.equal(dropped(reason), 0, `${reason}: ${text}`);
+    }
+    assert.equal(m.get("tcpecho_bytes_received_total"), 12, text);
+    assert.equal(m.get("tcpecho_bytes_sent_total"), 6, text);
+    assert.equal(m.get("tcpecho_datagram_peers"), 2, text);
+    assert.equal(m.get("tcpecho_datagram_peers_capped"), 0, text);
+    if (promtool) assert.equal(await promtoolCheck(text), "");
+    assert.equal(await server.stop(), 0);
+    // The second refusal is summarised (by the end at the latest), and
+    // stopped: agrees.
+    assert.ok(
+      server.lines.some((l) =>
+        / WRN refused: not allowed; 1 more in the last second$/.test(l)
+      ),
+      server.lines.join("\n"),
+    );
+    assert.match(
+      server.lines.at(-1)!,
+      / INF stopped: 5 datagrams from 2 peers, 6 bytes echoed$/,
+    );
+  },
+});
+
+Deno.test("tcpecho server --udp --admin: /healthz, and /readyz is 503 from the first stop signal", async () => {
+  await using server = await ServerProcess.start([
+    "--udp",
+    "--port",
+    "0",
+    "--admin",
+    "127.0.0.1:0",
+    "--delay",
+    "60000",
+    "--shutdown-timeout",
+    "30",
+    "-v", // a debug line says the datagram is in
+  ]);
+  const port = await adminPort(server);
+  const get = async (path: string) => {
+    const response = await fetch(`http://127.0.0.1:${port}${path}`);
+    return [response.status, await response.text()] as const;
+  };
+  assert.deepEqual(await get("/readyz"), [200, "ready\n"]);
+  assert.deepEqual(await get("/healthz"), [200, "ok\n"]);
+  assert.deepEqual(await get("/nope"), [404, "not found\n"]);
+  // One echo held for a minute keeps the server draining after SIGTERM.
+  using conn = await connectUdp({ port: server.port });
+  await conn.send(bytes("later"));
+  await server.waitFor(/\] delayed 5 bytes: /);
+  server.child.kill("SIGTERM");
+  await server.waitFor(/stopping: waiting up to 30\.00 s for 1 delayed echoes/);
+  assert.deepEqual(await get("/readyz"), [503, "draining\n"]);
+  assert.deepEqual(await get("/healthz"), [200, "ok\n"]);
+  const m = samples((await get("/metrics"))[1]);
+  assert.equal(m.get("tcpecho_datagrams_received_total"), 1);
+  assert.equal(m.get("tcpecho_datagrams_sent_total"), 0);
+  // A second signal ends it at once.
+  server.child.kill("SIGTERM");
+  assert.equal(await server.exited(), 130);
+  await assert.rejects(fetch(`http://127.0.0.1:${port}/healthz`));
 });

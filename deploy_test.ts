@@ -6,7 +6,8 @@
  * (`kubernetes-models`) and type-checked against its TypeScript interfaces
  * (which, unlike the schema, refuse unknown fields, as `kubectl apply` does),
  * and both are checked against each other and against tcpecho itself: every
- * command line in them is parsed by tcpecho's own option tables, and ports,
+ * command line in them is parsed by tcpecho's own option tables and checked
+ * by the command's own `check()` (what `run()` checks first), and ports,
  * probes and timeouts are compared with the defaults in server.ts, bench.ts
  * and client.ts.
  *
@@ -71,16 +72,24 @@ interface CommandLine {
   positionals: string[];
 }
 
-/** Parses `args` (what follows the binary) as tcpecho does, or throws why not. */
+/**
+ * Parses `args` (what follows the binary) as tcpecho does, then checks them
+ * as its `run()` would before starting anything (`check()`: options that
+ * cannot go together, values out of range, TCP-only options with `--udp`),
+ * or throws why not.
+ */
 function parseTcpecho(args: readonly string[], where: string): CommandLine {
   const found = findCommand(COMMANDS, args);
   assert.ok(found, `${where}: "${args.join(" ")}" names no tcpecho command`);
   const words = args.slice(0, args.length - found.args.length);
+  const { command } = found;
+  assert.ok(
+    command.check,
+    `${where}: tcpecho ${words.join(" ")} has no check()`,
+  );
   try {
-    const { values, positionals } = parseCommandLine(
-      found.command,
-      found.args,
-    );
+    const { values, positionals } = parseCommandLine(command, found.args);
+    command.check(values, positionals);
     return { command: words.join(" "), values, positionals };
   } catch (err) {
     throw new assert.AssertionError({
@@ -798,6 +807,31 @@ Deno.test("every pod meets Pod Security 'restricted' and has resource requests",
       );
     }
   }
+});
+
+Deno.test("every tcpecho command line in the image and the manifests passes its command's own check()", async () => {
+  const { cmd } = await imageCommand();
+  const lines: [string, string[]][] = [["Dockerfile CMD", cmd]];
+  for (const { where, template } of await podTemplates()) {
+    for (const c of template.spec.containers) {
+      lines.push([`${where}: container ${c.name}`, c.args]);
+    }
+  }
+  assert.equal(lines.length, 5, "the CMD, two servers, bench and merge");
+  for (const [where, args] of lines) parseTcpecho(args, where);
+  // What run() would refuse, check() refuses: the checks are really run.
+  assert.throws(
+    () => parseTcpecho(["server", "--udp", "--unix", "/s"], "bad"),
+    /^AssertionError.*bad: tcpecho server --udp --unix \/s: --unix cannot go with --udp$/,
+  );
+  assert.throws(
+    () => parseTcpecho(["bench", "--udp", "--rate", "5"], "bad"),
+    /--rate cannot go with --udp$/,
+  );
+  assert.throws(
+    () => parseTcpecho(["bench", "merge"], "bad"),
+    /bench merge needs one or more --hlog files$/,
+  );
 });
 
 /** The bench Job and what its pods run. */

@@ -11,6 +11,8 @@
  * @module
  */
 import { getLogger, type Logger } from "@logtape/logtape";
+import { RefusalLog } from "./_admission.ts";
+import { AccessList } from "./_cidr.ts";
 import { delay, escapePreview, formatAddr, isDisconnect } from "./io.ts";
 import { SERVE_DEFAULTS } from "./server.ts";
 import { randomSeed, seededRandom } from "./_random.ts";
@@ -60,6 +62,14 @@ export interface UdpServeOptions {
   /** Distinct peers counted exactly; past it the count is a lower bound. @default {10000} */
   maxPeers?: number;
   /**
+   * Answer only senders in these ranges (IPv4 or IPv6 CIDR; an address is one
+   * host); a datagram from anyone else is dropped unanswered, counted and
+   * warned about (`[peer] refused: not allowed`, summarised). @default {[]} (everyone)
+   */
+  allow?: readonly string[];
+  /** Refuse senders in these ranges, even if allowed. @default {[]} */
+  deny?: readonly string[];
+  /**
    * Called once per datagram with what became of it (after its echo is
    * sent). The hook for tests and, later, metrics. Must not throw.
    */
@@ -86,10 +96,11 @@ export interface DatagramEvent {
   /** Its size (for `oversized`: more than `maxDatagramBytes`, maybe cut). */
   bytes: number;
   /**
-   * `echoed`; `dropped` by `drop`; `overflow`: too many delayed echoes held;
-   * `oversized`: over `maxDatagramBytes`; `failed`: the echo could not be sent.
+   * `echoed`; `refused` by `allow`/`deny`; `dropped` by `drop`; `overflow`:
+   * too many delayed echoes held; `oversized`: over `maxDatagramBytes`;
+   * `failed`: the echo could not be sent.
    */
-  fate: "echoed" | "dropped" | "overflow" | "oversized" | "failed";
+  fate: "echoed" | "refused" | "dropped" | "overflow" | "oversized" | "failed";
 }
 
 /** Live counters of a running {@linkcode UdpServer}. */
@@ -102,6 +113,8 @@ export interface UdpServerStats {
   peersCapped: boolean;
   /** Datagrams echoed. */
   echoed: number;
+  /** Datagrams from senders `allow`/`deny` refuse, not answered. */
+  refused: number;
   /** Datagrams dropped by `drop`. */
   dropped: number;
   /** Datagrams dropped because `maxPendingBytes` of delayed echoes were held. */
@@ -171,6 +184,8 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
     maxDatagramBytes = UDP_SERVE_DEFAULTS.maxDatagramBytes,
     maxPendingBytes = UDP_SERVE_DEFAULTS.maxPendingBytes,
     maxPeers = UDP_SERVE_DEFAULTS.maxPeers,
+    allow = [],
+    deny = [],
     onDatagram,
   } = options;
   if (!(drop >= 0 && drop <= 1)) {
@@ -181,24 +196,31 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
       throw new RangeError(`invalid ${name} ${ms}: expected 0 or more`);
     }
   }
+  const access = allow.length + deny.length > 0
+    ? new AccessList(allow, deny) // throws RangeError before binding
+    : undefined;
   const log = getLogger(["tcpecho", "server"]);
   const socket = listenUdp(hostname, port);
   const addr = socket.addr as Deno.NetAddr;
-  log.info("listening on {where}", { where: `udp:${formatAddr(addr)}` });
+  // As over TCP: bound, then `faults:`, then `listening on` last.
   const faults = describeFaults(drop, delayMs, jitterMs);
   if (faults !== undefined) {
     log.info("faults: {faults}, seed {seed}", { faults, seed });
   }
+  log.info("listening on {where}", { where: `udp:${formatAddr(addr)}` });
   const dropRandom = seededRandom(seed, 0);
   const jitterRandom = seededRandom(seed, 1);
   const debug = log.isEnabledFor("debug");
   const warnings = new Warnings(log);
+  // The TCP server's summariser: one line a second per reason, with a count.
+  const refusals = new RefusalLog(log);
 
   const stats: UdpServerStats = {
     datagrams: 0,
     peers: 0,
     peersCapped: false,
     echoed: 0,
+    refused: 0,
     dropped: 0,
     overflow: 0,
     oversized: 0,
@@ -287,8 +309,12 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
     stats.datagrams++;
     stats.bytesIn += n;
     countPeer(from);
-    // TODO(#11): --allow/--deny go here: a datagram from a host not allowed
-    // is counted, warned about (throttled) and not answered.
+    if (access !== undefined && !access.allows(from.hostname)) {
+      stats.refused++;
+      refusals.refused(formatAddr(from), "not-allowed", "not allowed");
+      report(from, n, "refused");
+      return;
+    }
     if (n > maxDatagramBytes) {
       stats.oversized++;
       warnings.warn(
@@ -372,6 +398,7 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
     closed.abort();
     socket.close(); // the pending receive rejects with Interrupted
     await receiving;
+    refusals[Symbol.dispose](); // the counts still open come before the end
     // Past maxPeers the count is a lower bound, and says so.
     log.info(
       `stopped: {datagrams} datagrams from ${

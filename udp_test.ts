@@ -8,7 +8,7 @@ import {
   type DatagramEvent,
   runUdpBench,
   serveUdp,
-  type UdpConn,
+  UdpConn,
   type UdpServeOptions,
 } from "./udp.ts";
 import { captureLogs, randomBytes, render } from "./testing.ts";
@@ -105,6 +105,7 @@ Deno.test("serveUdp() echoes NUL and invalid UTF-8 unchanged and counts them", a
       peers: 2,
       peersCapped: false,
       echoed: 3,
+      refused: 0,
       dropped: 0,
       overflow: 0,
       oversized: 0,
@@ -279,6 +280,94 @@ Deno.test("serveUdp() throws a named error when the port is taken", () => {
     (err: Error) =>
       err.message === `cannot listen on udp:127.0.0.1:${port}` &&
       err.cause instanceof Deno.errors.AddrInUse,
+  );
+});
+
+/** A socket bound to `hostname` (127.0.0.2 is loopback on Linux) talking to 127.0.0.1:`port`. */
+function connectFrom(hostname: string, port: number): UdpConn {
+  const socket = Deno.listenDatagram({ transport: "udp", hostname, port: 0 });
+  return new UdpConn(socket, { transport: "udp", hostname: "127.0.0.1", port });
+}
+
+Deno.test({
+  name: "serveUdp() answers only the senders allow/deny let through; deny wins",
+  ignore: !posix, // 127.0.0.2 is a loopback address on Linux
+  async fn(t) {
+    const cases: [UdpServeOptions, boolean, boolean][] = [
+      // rules, 127.0.0.1 answered, 127.0.0.2 answered
+      [{ allow: ["127.0.0.1"] }, true, false],
+      [{ deny: ["127.0.0.2"] }, true, false],
+      [{ allow: ["127.0.0.0/8"], deny: ["127.0.0.2/32"] }, true, false],
+      [{ allow: ["127.0.0.2"], deny: ["127.0.0.0/30"] }, false, false],
+      [{ allow: ["::ffff:127.0.0.0/104"] }, true, true],
+    ];
+    for (const [rules, one, two] of cases) {
+      await t.step(JSON.stringify(rules), async () => {
+        await using logs = await captureLogs();
+        const { server, next } = eventServer({ port: 0, ...rules });
+        await using _server = server;
+        for (
+          const [from, answered] of [["127.0.0.1", one], [
+            "127.0.0.2",
+            two,
+          ]] as const
+        ) {
+          using conn = connectFrom(from, server.addr.port);
+          if (answered) {
+            assert.deepEqual(await echo(conn, bytes("hi")), bytes("hi"));
+          } else await conn.send(bytes("hi"));
+          const event = await next();
+          assert.equal(event.peer.hostname, from);
+          assert.equal(event.fate, answered ? "echoed" : "refused", from);
+        }
+        const refused = [one, two].filter((answered) => !answered).length;
+        assert.equal(server.stats.refused, refused);
+        assert.equal(server.stats.echoed, 2 - refused);
+        assert.equal(server.stats.datagrams, 2);
+        assert.equal(
+          logs.lines("warning").filter((l) =>
+            /\] refused: not allowed$/.test(l)
+          )
+            .length,
+          refused === 0 ? 0 : 1, // the second within the second is counted
+        );
+      });
+    }
+  },
+});
+
+Deno.test({
+  name: "serveUdp() summarises refused datagrams like TCP's refusals",
+  ignore: !posix,
+  async fn() {
+    await using logs = await captureLogs();
+    const { server, next } = eventServer({ port: 0, deny: ["127.0.0.2"] });
+    using from2 = connectFrom("127.0.0.2", server.addr.port);
+    for (let i = 0; i < 5; i++) await from2.send(bytes(`no ${i}`));
+    for (let i = 0; i < 5; i++) assert.equal((await next()).fate, "refused");
+    using conn = await connectUdp({ port: server.addr.port });
+    assert.deepEqual(await echo(conn, bytes("yes")), bytes("yes"));
+    await server.close();
+    const peer = `127.0.0.2:${from2.localAddr.port}`;
+    assert.deepEqual(logs.lines("warning"), [
+      `[${peer}] refused: not allowed`,
+      "refused: not allowed; 4 more in the last second",
+    ]);
+    // Received and from a peer, still: the stop line counts them.
+    assert.equal(
+      logs.lines().at(-1),
+      "stopped: 6 datagrams from 2 peers, 3 bytes echoed",
+    );
+    assert.equal(server.stats.refused, 5);
+  },
+});
+
+Deno.test("serveUdp() refuses a bad allow or deny rule before binding", () => {
+  assert.throws(
+    () => serveUdp({ port: 0, allow: ["10.0.0.0/33"] }),
+    (err: unknown) =>
+      err instanceof RangeError &&
+      err.message === '"10.0.0.0/33" is not an IP address or CIDR range',
   );
 });
 
@@ -624,6 +713,27 @@ Deno.test("tcpecho server/client/bench --udp usage errors exit 2", async (t) => 
     ],
     [["server", "--udp", "--slice", "5"], /--slice cannot go with --udp/],
     [
+      ["server", "--udp", "--proxy-protocol", "v1"],
+      /--proxy-protocol cannot go with --udp/,
+    ],
+    [
+      ["server", "--udp", "--allow", "10.0.0.0/33"],
+      /^error: --allow takes an IP address or CIDR range, not "10\.0\.0\.0\/33"$/,
+    ],
+    [
+      ["server", "--udp", "--admin", "9090"],
+      /^error: --admin takes HOST:PORT, not "9090"$/,
+    ],
+    // The same bound as over TCP: a day.
+    [
+      ["server", "--udp", "--delay", "86400001"],
+      /^error: --delay takes a whole number from 0 to 86400000, not "86400001"$/,
+    ],
+    [
+      ["server", "--udp", "--jitter", "86400001"],
+      /^error: --jitter takes a whole number from 0 to 86400000, not "86400001"$/,
+    ],
+    [
       ["server", "--udp", "--workers", "2"],
       /^error: --workers above 1 cannot go with --udp: UDP is served from one socket$/,
     ],
@@ -673,11 +783,9 @@ Deno.test({
       "--seed",
       "7",
     ]);
-    assert.match(server.lines[0], /INF listening on udp:127\.0\.0\.1:\d+$/);
-    assert.match(
-      await server.waitFor(/faults:/),
-      /INF faults: jitter 1 ms, seed 7$/,
-    );
+    // As over TCP: `faults:` first, `listening on` last.
+    assert.match(server.lines[0], /INF faults: jitter 1 ms, seed 7$/);
+    assert.match(server.lines[1], /INF listening on udp:127\.0\.0\.1:\d+$/);
     using a = await connectUdp({ port: server.port });
     using b = await connectUdp({ port: server.port });
     await echo(a, bytes("hello"));
@@ -719,6 +827,28 @@ Deno.test({
       /INF stopped: 3 datagrams from 2 peers, 13 bytes echoed$/,
     );
   },
+});
+
+Deno.test("tcpecho server --udp takes --delay and --jitter up to a day, as over TCP, and says so before listening on", async () => {
+  await using server = await ServerProcess.start([
+    "--udp",
+    "--port",
+    "0",
+    "--delay",
+    "86400000",
+    "--jitter",
+    "86400000",
+    "--seed",
+    "3",
+  ]);
+  assert.deepEqual(
+    server.lines.map((line) => line.replace(/^.* INF /, "")),
+    [
+      "faults: delay 86400000 ms, jitter 86400000 ms, seed 3",
+      `listening on udp:127.0.0.1:${server.port}`,
+    ],
+  );
+  assert.equal(await server.stop(), 0);
 });
 
 Deno.test("tcpecho server --udp -q prints listening on udp: and nothing else", async () => {
