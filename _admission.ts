@@ -1,22 +1,17 @@
 /**
  * Admission of the echo server's clients: `maxConns` at accept, then
  * `allow`/`deny` and `maxConnsPerIp` once the client's address is known
- * (after a PROXY header, when there is one); refusal warnings summarised the
- * way accept errors are, at most one line a second for each reason. Private
- * to `server.ts`.
+ * (after a PROXY header, when there is one); refusal warnings summarised
+ * (see `_summary.ts`). Private to `server.ts`.
  *
  * @module
  */
-import type { Logger } from "@logtape/logtape";
 import type { AccessList } from "./_cidr.ts";
 import type { ConnLimits } from "./_limits.ts";
 import type { ReleaseTls } from "./_tls_release.ts";
+import type { RefusalCode, WarningReporter } from "./_summary.ts";
 
-/**
- * Why a connection was refused, as `refused` connection events and the
- * `reason` label of `tcpecho_connections_refused_total` name it.
- */
-export type RefusalCode = "max-conns" | "max-conns-per-ip" | "not-allowed";
+export type { RefusalCode } from "./_summary.ts";
 
 /** Every {@linkcode RefusalCode}, in the order `/metrics` lists them. */
 export const REFUSAL_CODES: readonly RefusalCode[] = [
@@ -24,95 +19,6 @@ export const REFUSAL_CODES: readonly RefusalCode[] = [
   "max-conns-per-ip",
   "not-allowed",
 ];
-
-/** How long after a refusal line more of the same reason are only counted. */
-const SUMMARY_MS = 1000;
-
-interface Window {
-  /** Refusals counted since the last line. */
-  count: number;
-  /** The latest reason text (it may name a limit). */
-  reason: string;
-  timer: ReturnType<typeof setTimeout>;
-}
-
-/**
- * Takes each refusal {@linkcode Admission} makes: a {@linkcode RefusalLog},
- * or in a worker of the CLI's pool, a messenger to the pool's one log.
- * Disposed with the {@linkcode Admission}.
- */
-export interface RefusalReporter extends Disposable {
-  /** One refusal of `peer`, for `code` (`reason` says it for people). */
-  refused(peer: string, code: RefusalCode, reason: string): void;
-}
-
-/**
- * Logs refusals: the first of a reason as `[peer] refused: <reason>`, then,
- * while more of that reason keep coming, one line a second with their count,
- * `refused: <reason>; 4999 more in the last second`. A flood of refused
- * clients cannot flood the log. Dispose to log what is still counted.
- */
-export class RefusalLog implements RefusalReporter {
-  readonly #log: Logger;
-  readonly #windows = new Map<RefusalCode, Window>();
-
-  /** Logs to `log` at warning level. */
-  constructor(log: Logger) {
-    this.#log = log;
-  }
-
-  /** Logs (or counts) one refusal. */
-  refused(peer: string, code: RefusalCode, reason: string): void {
-    this.add(peer, code, reason, 1);
-  }
-
-  /**
-   * Logs (or counts) `count` refusals of `code`, `peer` the first of them:
-   * the pool adds up its workers' this way.
-   */
-  add(peer: string, code: RefusalCode, reason: string, count: number): void {
-    const window = this.#windows.get(code);
-    if (window !== undefined) {
-      window.count += count;
-      window.reason = reason;
-      return;
-    }
-    this.#log.warn("[{peer}] refused: {reason}", { peer, reason, code });
-    this.#open(code, reason);
-    this.#windows.get(code)!.count += count - 1;
-  }
-
-  #open(code: RefusalCode, reason: string): void {
-    const timer = setTimeout(() => this.#close(code), SUMMARY_MS);
-    this.#windows.set(code, { count: 0, reason, timer });
-  }
-
-  /** Ends a second: logs its count, if any, and watches one more second. */
-  #close(code: RefusalCode): void {
-    const window = this.#windows.get(code)!;
-    this.#windows.delete(code);
-    if (window.count === 0) return;
-    this.#summary(code, window);
-    this.#open(code, window.reason);
-  }
-
-  #summary(code: RefusalCode, { count, reason }: Window): void {
-    this.#log.warn("refused: {reason}; {count} more in the last second", {
-      reason,
-      count,
-      code,
-    });
-  }
-
-  /** Logs the counts not yet logged and stops the timers. */
-  [Symbol.dispose](): void {
-    for (const [code, window] of this.#windows) {
-      clearTimeout(window.timer);
-      if (window.count > 0) this.#summary(code, window);
-    }
-    this.#windows.clear();
-  }
-}
 
 /** A refused connection, as {@linkcode Admission} reports it. */
 export interface Refusal {
@@ -138,7 +44,7 @@ export class Admission implements Disposable {
   readonly #limits: ConnLimits;
   readonly #ipLimits: ConnLimits | undefined;
   readonly #access: AccessList | undefined;
-  readonly #log: RefusalReporter;
+  readonly #log: WarningReporter;
   readonly #onRefused: (refusal: Refusal) => void;
   readonly #release: ReleaseTls | undefined;
 
@@ -146,8 +52,7 @@ export class Admission implements Disposable {
    * @param rules `limits` counts every connection (`maxConns`); `ipLimits`
    *   counts by address (`maxConnsPerIp`); `access` is `allow`/`deny`;
    *   `release`, on a TLS listener, releases a refused connection's socket
-   * @param refusals takes each refusal: a {@linkcode RefusalLog} logs them
-   *   summarised
+   * @param refusals takes each refusal: a `WarningLog` logs them summarised
    * @param onRefused told of each refusal (to count it)
    */
   constructor(
@@ -157,7 +62,7 @@ export class Admission implements Disposable {
       access?: AccessList;
       release?: ReleaseTls;
     },
-    refusals: RefusalReporter,
+    refusals: WarningReporter,
     onRefused: (refusal: Refusal) => void,
   ) {
     this.#limits = rules.limits;
@@ -213,7 +118,7 @@ export class Admission implements Disposable {
     this.#release?.(conn); // its handshake would hold the socket
     conn[Symbol.dispose]();
     if (refusal.via === undefined) delete refusal.via;
-    this.#log.refused(refusal.peer, refusal.code, refusal.reason);
+    this.#log.warn(refusal.peer, refusal.code, refusal.reason);
     this.#onRefused(refusal);
   }
 

@@ -245,6 +245,7 @@ export function formatHelp(
   const units = [
     args.has("SECONDS") ? `SECONDS may have a unit: ${DURATION_EXAMPLES}.` : "",
     args.has("BYTES") ? `BYTES may have a unit: ${SIZE_EXAMPLES}.` : "",
+    args.has("MS") ? `MS may have a unit: ${MS_EXAMPLES}.` : "",
   ].filter(Boolean).join("\n");
   const end = [units, notes].filter(Boolean).map((p) => `\n${p}\n`).join("");
   return `${usage}\n\n${description}\n\n${
@@ -293,8 +294,27 @@ export function fraction<K extends string>(
 }
 
 const DURATION_EXAMPLES = "500ms, 10s, 1.5m, 1h (a bare number is seconds)";
+const MS_EXAMPLES = "250ms, 2s, 1.5m (a bare number is milliseconds)";
 const DURATION = /^(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)?$/;
 const DURATION_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** `value` (a number, `bare` when it has no unit) in milliseconds, or NaN. */
+function parseDurationMs(value: string, bare: "ms" | "s"): number {
+  const [, number, unit = bare] = DURATION.exec(value) ?? [];
+  return Number(number) * DURATION_MS[unit as keyof typeof DURATION_MS];
+}
+
+/**
+ * A duration in whole milliseconds: a bare number is milliseconds, else a
+ * number with a unit (`250ms`, `2s`, `1.5m`, `1h`), in `[min, max]`. Else a
+ * usage error naming the option.
+ */
+export const milliseconds: NumberOption = numberOption((value) => {
+  const ms = parseDurationMs(value, "ms");
+  // 1.1s is 1100.0000000000002 ms in floating point
+  const whole = Math.round(ms);
+  return Math.abs(ms - whole) < 1e-6 ? whole : NaN;
+}, (range) => `whole milliseconds ${range}, such as 250, 250ms or 2s`);
 
 /**
  * A duration as milliseconds: seconds (fractions allowed) or a number with a
@@ -308,8 +328,7 @@ export function secondsMs<K extends string>(
 ): number | undefined {
   const value = values[name];
   if (value === undefined) return undefined;
-  const [, number, unit = "s"] = DURATION.exec(value) ?? [];
-  const ms = Number(number) * DURATION_MS[unit as keyof typeof DURATION_MS];
+  const ms = parseDurationMs(value, "s");
   if (!(ms >= 0 && ms <= 1e9) || (positive && ms === 0)) {
     throw new UsageError(
       `--${name} takes a duration ${positive ? "> 0" : "≥ 0"}, such as 30, ` +

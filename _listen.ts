@@ -1,12 +1,16 @@
 /**
- * Listening for the echo server: TCP, TLS or a Unix socket, and the socket
- * file's care (a stale one replaced on request, a non-socket never deleted,
+ * Listening for the echo server: TCP, TLS or a Unix socket, the accept loop
+ * with its backoff, and the socket file's care (a stale one replaced on request, a non-socket never deleted,
  * ours removed on stop). Private to `server.ts`, which re-exports
  * {@linkcode removeStaleSocket}.
  *
  * @module
  */
-import { formatAddr } from "./io.ts";
+import type { Logger } from "@logtape/logtape";
+import { delay, formatAddr, isDisconnect } from "./io.ts";
+
+/** Accept-error backoff (EMFILE and the like): first and longest wait. */
+const ACCEPT_BACKOFF_MS = [5, 1000] as const;
 
 /** Where and how to listen: the matching fields of `ServeOptions`. */
 export interface ListenOptions {
@@ -100,5 +104,53 @@ export function removeSocketFile(path: string): void {
     if (Deno.lstatSync(path).isSocket) Deno.removeSync(path);
   } catch {
     // already gone: nothing to clean up
+  }
+}
+
+/**
+ * Accepts on `listener` until `signal` aborts (or the listener is closed),
+ * handing each connection to `admit`. A client that gave up before its
+ * accept is skipped; any other failure (EMFILE, ENFILE, ENOBUFS…) is retried
+ * after a doubling pause, and warned about at most once a second.
+ */
+export async function acceptLoop(
+  listener: Deno.Listener,
+  signal: AbortSignal,
+  log: Logger,
+  admit: (conn: Deno.Conn) => void,
+): Promise<void> {
+  let backoffMs = 0;
+  let failures = 0; // since the last warning
+  let warnedAt = -Infinity;
+  while (!signal.aborted) {
+    let conn: Deno.Conn;
+    try {
+      conn = await listener.accept();
+    } catch (err) {
+      // Closed: by close(), or (never expected) by someone else.
+      if (signal.aborted || err instanceof Deno.errors.BadResource) break;
+      if (isDisconnect(err)) {
+        // The client gave up before we accepted it: nothing to serve.
+        log.debug("accept: {err}", { err: String(err) });
+        continue;
+      }
+      backoffMs = Math.min(
+        ACCEPT_BACKOFF_MS[1],
+        Math.max(ACCEPT_BACKOFF_MS[0], backoffMs * 2),
+      );
+      failures++;
+      if (performance.now() - warnedAt >= 1000) {
+        warnedAt = performance.now();
+        log.warn(
+          "cannot accept a connection: {err}; retrying ({failures} failed since the last warning)",
+          { err: String(err), failures },
+        );
+        failures = 0;
+      }
+      await delay(backoffMs, signal);
+      continue;
+    }
+    backoffMs = 0;
+    admit(conn);
   }
 }

@@ -10,7 +10,7 @@
  * @module
  */
 import { Worker } from "node:worker_threads";
-import type { RefusalCode } from "./_admission.ts";
+import type { WarningCode } from "./_summary.ts";
 import { SharedConnLimits, type SharedLimitsData } from "./_limits.ts";
 import type { MetricsSnapshot } from "./_metrics.ts";
 import { formatAddr } from "./io.ts";
@@ -66,13 +66,14 @@ export type FromWorker =
   /** Its metrics now. */
   | { type: "metrics"; snapshot: MetricsSnapshot }
   /**
-   * `count` refusals for `code` since its last such message, `peer` the
-   * first of them (the pool logs them, summarised for all workers).
+   * `count` warnings of kind `code` (refusals, failed handshakes…) since its
+   * last such message, `peer` the first of them (the pool logs them,
+   * summarised for all workers).
    */
   | {
-    type: "refused";
+    type: "warning";
     peer: string;
-    code: RefusalCode;
+    code: WarningCode;
     reason: string;
     count: number;
   }
@@ -107,10 +108,10 @@ export interface PoolOptions {
   format: LogFormat;
   /** Takes the workers' log lines, in batches of whole lines. */
   onLog(text: string): void;
-  /** Takes the workers' refusals: `count` of `code`, `peer` the first. */
-  onRefused?(
+  /** Takes the workers' summarised warnings: `count` of `code`, `peer` the first. */
+  onWarning?(
     peer: string,
-    code: RefusalCode,
+    code: WarningCode,
     reason: string,
     count: number,
   ): void;
@@ -404,8 +405,8 @@ function spawn(index: number, options: PoolOptions): Member {
         return m.statsReplies.shift()?.(data.stats);
       case "metrics":
         return m.metricsReplies.shift()?.(data.snapshot);
-      case "refused":
-        return options.onRefused?.(
+      case "warning":
+        return options.onWarning?.(
           data.peer,
           data.code,
           data.reason,

@@ -7,7 +7,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { RefusalLog } from "./_admission.ts";
+import { WarningLog } from "./_summary.ts";
 import { serveAdmin } from "./_admin.ts";
 import type { CommandContext } from "./_cli.ts";
 import { FaultPlan } from "./_faults.ts";
@@ -91,8 +91,8 @@ export async function runPool(
   });
   const discard = (serve.mode ?? SERVE_DEFAULTS.mode) === "discard";
   const faults = discard ? undefined : FaultPlan.from(serve);
-  // One summary a second per reason, for all workers (the SPEC's bound).
-  using refusals = new RefusalLog(log);
+  // One summary a second per kind, for all workers (the SPEC's bound).
+  using warnings = new WarningLog(log);
   // The admin endpoint binds first: if it cannot, no client was accepted.
   await using _admin = admin && serveAdmin({
     ...admin,
@@ -109,8 +109,8 @@ export async function runPool(
     format,
     metrics: admin !== undefined,
     onLog: writeStderr,
-    onRefused: (peer, code, reason, count) =>
-      refusals.add(peer, code, reason, count),
+    onWarning: (peer, code, reason, count) =>
+      warnings.add(peer, code, reason, count),
     onDraining(count) {
       if (count === 0) return;
       const timeoutMs = serve.shutdownTimeoutMs ??
@@ -131,7 +131,7 @@ export async function runPool(
   if (running.draining) void pool.close();
   else log.info("listening on {where}", { where: formatAddr(pool.addr) });
   const { served, bytesOut } = await pool.finished;
-  refusals[Symbol.dispose](); // the counts still open come before the end
+  warnings[Symbol.dispose](); // the counts still open come before the end
   log.info("stopped: {served} connections served, {bytesOut} bytes echoed", {
     served,
     bytesOut,

@@ -11,7 +11,7 @@
  */
 import { parentPort } from "node:worker_threads";
 import { configureSync, getLogger } from "@logtape/logtape";
-import type { RefusalCode, RefusalReporter } from "./_admission.ts";
+import type { WarningCode, WarningReporter } from "./_summary.ts";
 import { SharedConnLimits } from "./_limits.ts";
 import { MetricsRecorder } from "./_metrics.ts";
 import type { FromWorker, ToWorker } from "./_server_pool.ts";
@@ -33,8 +33,8 @@ import {
  */
 const CRASH_VAR = "TCPECHO_TEST_CRASH";
 
-/** How often a worker sends the count of its refusals, during a flood. */
-const REFUSALS_MS = 100;
+/** How often a worker sends the count of its summarised warnings, during a flood. */
+const WARNINGS_MS = 100;
 
 function post(message: FromWorker): void {
   parentPort!.postMessage(message);
@@ -80,7 +80,7 @@ function start(message: Extract<ToWorker, { type: "start" }>): void {
     server = serveInPool(serving, {
       limits: new SharedConnLimits(limits),
       ipLimits: ipLimits && new SharedConnLimits(ipLimits),
-      refusals: new RefusalForward(),
+      warnings: new WarningForward(),
       faultStream: index,
       onDraining(connections) {
         sink?.flush();
@@ -98,20 +98,21 @@ function start(message: Extract<ToWorker, { type: "start" }>): void {
 }
 
 /**
- * Sends this worker's refusals to the pool, which logs them summarised for
- * all workers: the first of a reason at once, then the count of the others
- * every {@linkcode REFUSALS_MS} while they come (a flood is a message per
- * reason every 100 ms, not one per refusal). The worker's log lines logged
+ * Sends this worker's summarised warnings (refusals, failed handshakes, bad
+ * PROXY headers) to the pool, which logs them summarised for all workers: the
+ * first of a kind at once, then the count of the others every
+ * {@linkcode WARNINGS_MS} while they come (a flood is a message per kind
+ * every 100 ms, not one per connection). The worker's log lines logged
  * before go first.
  */
-class RefusalForward implements RefusalReporter {
+class WarningForward implements WarningReporter {
   readonly #pending = new Map<
-    RefusalCode,
+    WarningCode,
     { peer: string; reason: string; count: number }
   >();
   #timer: ReturnType<typeof setTimeout> | undefined;
 
-  refused(peer: string, code: RefusalCode, reason: string): void {
+  warn(peer: string, code: WarningCode, reason: string): void {
     const pending = this.#pending.get(code);
     if (pending !== undefined) {
       pending.count++;
@@ -121,7 +122,7 @@ class RefusalForward implements RefusalReporter {
     if (this.#timer === undefined) {
       // The first of a while: said now, so that its line comes in order.
       this.#send([[code, { peer, reason, count: 1 }]]);
-      this.#timer = setTimeout(() => this.#flush(), REFUSALS_MS);
+      this.#timer = setTimeout(() => this.#flush(), WARNINGS_MS);
     } else {
       this.#pending.set(code, { peer, reason, count: 1 });
     }
@@ -134,15 +135,15 @@ class RefusalForward implements RefusalReporter {
     const pending = [...this.#pending];
     this.#pending.clear();
     this.#send(pending);
-    this.#timer = setTimeout(() => this.#flush(), REFUSALS_MS);
+    this.#timer = setTimeout(() => this.#flush(), WARNINGS_MS);
   }
 
   #send(
-    refusals: [RefusalCode, { peer: string; reason: string; count: number }][],
+    warnings: [WarningCode, { peer: string; reason: string; count: number }][],
   ): void {
     sink?.flush();
-    for (const [code, { peer, reason, count }] of refusals) {
-      post({ type: "refused", peer, code, reason, count });
+    for (const [code, { peer, reason, count }] of warnings) {
+      post({ type: "warning", peer, code, reason, count });
     }
   }
 

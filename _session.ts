@@ -1,7 +1,7 @@
 /**
  * One connection of the echo server: {@linkcode Session} (the conn, its peer
  * tag, its byte counts, why the server closed it), the TLS handshake, and the
- * raw, line and discard loops over an adaptive {@linkcode ReadBuffer}.
+ * raw, line and discard loops over an adaptive `ReadBuffer`.
  * Private to `server.ts` (and `_faults.ts`, which wraps the echo's writes).
  *
  * @module
@@ -14,15 +14,12 @@ import {
   ProxyHeaderError,
   readProxyHeader,
 } from "./_proxy_protocol.ts";
+import { ReadBuffer } from "./_read_buffer.ts";
+import type { ClosingCode, WarningReporter } from "./_summary.ts";
 import type { ReleaseTls } from "./_tls_release.ts";
 import { escapePreview, isPeerError, writeAll } from "./io.ts";
 import { Seconds, Template } from "./log.ts";
 
-/** Read buffer bounds: see {@linkcode ReadBuffer}. */
-const MIN_READ_BYTES = 1024;
-const MAX_READ_BYTES = 256 * 1024;
-/** Small reads in a row (under a quarter of the buffer) before it halves. */
-const SHRINK_AFTER_READS = 4;
 /** How much of a message a log line shows. */
 const PREVIEW_CHARS = 80;
 /** The two lines every connection logs: templates parsed once. */
@@ -38,6 +35,19 @@ export interface ByteTotals {
   bytesIn: number;
   /** Bytes echoed back. */
   bytesOut: number;
+}
+
+/** What a session shares with its server. */
+export interface SessionHost {
+  /** The server's byte counters, updated on every read and write. */
+  totals: ByteTotals;
+  /** The server's logger; the session attaches its `peer`. */
+  log: Logger;
+  /**
+   * Takes the warnings a peer can cause at will (a failed handshake, a bad
+   * PROXY header), which are summarised, not logged one by one.
+   */
+  warnings: WarningReporter;
 }
 
 /**
@@ -92,6 +102,7 @@ export class Session {
   readonly #totals: ByteTotals;
   /** The server's logger, for {@linkcode Template.log}. */
   readonly #serverLog: Logger;
+  readonly #warnings: WarningReporter;
   #log?: Logger;
   #interrupted?: AbortController;
   readonly #startedAt = performance.now();
@@ -100,21 +111,21 @@ export class Session {
   /**
    * A session for an accepted `conn`; {@linkcode Session.run} serves it.
    *
-   * @param totals the server's counters, updated on every read and write
-   * @param log the server's logger; the session attaches its `peer`
+   * @param host the server's counters, logger and warning summary
    */
-  constructor(
-    conn: Deno.Conn,
-    peer: string,
-    ip: string,
-    totals: ByteTotals,
-    log: Logger,
-  ) {
+  constructor(conn: Deno.Conn, peer: string, ip: string, host: SessionHost) {
     this.conn = conn;
     this.peer = peer;
     this.ip = ip;
-    this.#totals = totals;
-    this.#serverLog = log;
+    this.#totals = host.totals;
+    this.#serverLog = host.log;
+    this.#warnings = host.warnings;
+  }
+
+  /** Closes with `reason`, a warning summarised with others of `code`. */
+  #closeWith(code: ClosingCode, reason: string): void {
+    this.closeReason = reason;
+    this.#warnings.warn(this.peer, code, reason);
   }
 
   /**
@@ -188,8 +199,8 @@ export class Session {
    * Reads the PROXY header within `timeoutMs` (closing the connection if it
    * does not come) and takes its source as this session's peer; bytes that
    * came with it are read first by the echo. Failures are logged here (a
-   * warning for a bad, missing or late header) and set
-   * {@linkcode Session.closeReason}.
+   * bad, missing or late header is a warning, summarised with the others of
+   * its kind) and set {@linkcode Session.closeReason}.
    *
    * @returns whether a header was read; if not, the connection is closed
    */
@@ -218,10 +229,9 @@ export class Session {
       this.conn[Symbol.dispose]();
       const { log } = this;
       if (err instanceof ProxyHeaderError && this.closeReason === undefined) {
-        this.closeReason = `bad PROXY header: ${err.message}`;
-        log.warn("[{peer}] closing: {reason}", { reason: this.closeReason });
+        this.#closeWith("proxy-header", `bad PROXY header: ${err.message}`);
       } else if (late) {
-        log.warn("[{peer}] closing: {reason}", { reason: this.closeReason });
+        this.#closeWith("proxy-timeout", this.closeReason!);
       } else if (this.closeReason !== undefined) {
         log.info("[{peer}] closing: {reason}", { reason: this.closeReason });
       } else if (isPeerError(err)) {
@@ -266,7 +276,9 @@ export class Session {
         this.log.info("[{peer}] closing: {reason}", {
           reason: this.closeReason,
         });
-      } else if (err instanceof LimitError || err instanceof HandshakeError) {
+      } else if (err instanceof HandshakeError) {
+        this.#closeWith("tls-handshake", err.message);
+      } else if (err instanceof LimitError) {
         this.closeReason = err.message;
         this.log.warn("[{peer}] closing: {reason}", { reason: err.message });
       } else if (isPeerError(err)) {
@@ -455,41 +467,6 @@ export async function readChunks(
 function logLine(log: Logger, line: Uint8Array): void {
   const text = escapePreview(line, PREVIEW_CHARS);
   log.debug("[{peer}] req: {text}, resp: {text}", { text });
-}
-
-/**
- * The adaptive read buffer. An idle connection's pending read holds the whole
- * buffer, so it starts at {@linkcode MIN_READ_BYTES} (an idle connection costs
- * ~7.5 KiB of server memory in all); a read that fills it doubles it, up to
- * {@linkcode MAX_READ_BYTES} (big reads are what make streaming fast);
- * {@linkcode SHRINK_AFTER_READS} small reads in a row halve it again.
- */
-export class ReadBuffer {
-  bytes: Uint8Array = new Uint8Array(MIN_READ_BYTES);
-  #smallReads = 0;
-
-  /** Resizes after a read of `n` bytes whose data has been used up. */
-  adapt(n: number): void {
-    const size = this.bytes.length;
-    if (n === size) {
-      this.#smallReads = 0;
-      if (size < MAX_READ_BYTES) this.bytes = new Uint8Array(size * 2);
-    } else if (n < size >> 2 && size > MIN_READ_BYTES) {
-      if (++this.#smallReads >= SHRINK_AFTER_READS) {
-        this.#smallReads = 0;
-        this.bytes = new Uint8Array(size >> 1);
-      }
-    } else {
-      this.#smallReads = 0;
-    }
-  }
-
-  /** Doubles the buffer, keeping its first `used` bytes (a partial line). */
-  grow(used: number): void {
-    const bigger = new Uint8Array(this.bytes.length * 2);
-    bigger.set(this.bytes.subarray(0, used));
-    this.bytes = bigger;
-  }
 }
 
 /** `1.23 s`, as the offline line shows durations. */

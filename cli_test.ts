@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   bytes,
+  milliseconds,
   secondsMs,
   splitHostPort,
   suggest,
@@ -119,6 +120,29 @@ Deno.test("secondsMs() takes seconds or a number with a unit", () => {
   );
 });
 
+Deno.test("milliseconds() takes milliseconds or a number with a unit", () => {
+  const ms = (value: string) =>
+    milliseconds({ t: value }, "t", [0, 86_400_000]);
+  assert.equal(ms("0"), 0);
+  assert.equal(ms("250"), 250);
+  assert.equal(ms("250ms"), 250);
+  assert.equal(ms("2s"), 2000);
+  assert.equal(ms("1.1s"), 1100);
+  assert.equal(ms(".5s"), 500);
+  assert.equal(ms("1.5m"), 90_000);
+  assert.equal(ms("24h"), 86_400_000);
+  assert.equal(milliseconds({}, "t"), undefined);
+  for (
+    const bad of ["", "-1", "1.5", "0.5ms", "1x", "1 s", "s", "1e3", "25h"]
+  ) {
+    assert.throws(() => ms(bad), UsageError, bad);
+  }
+  assert.throws(() => ms("x"), {
+    message:
+      '--t takes whole milliseconds from 0 to 86400000, such as 250, 250ms or 2s, not "x"',
+  });
+});
+
 Deno.test("bytes() takes bytes or a number with a 1024-based unit", () => {
   const size = (value: string) => bytes({ s: value }, "s", [1, 2 ** 30]);
   assert.equal(size("1"), 1);
@@ -149,6 +173,10 @@ Deno.test("tcpecho --help says which units SECONDS and BYTES take", async () => 
   }
   const { stdout } = await runCli(["server", "--help"]);
   assert.match(stdout, /\nBYTES may have a unit: 64k, 1M, 1G \(powers of 1024/);
+  assert.match(
+    stdout,
+    /\nMS may have a unit: 250ms, 2s, 1\.5m \(a bare number is milliseconds\)/,
+  );
 });
 
 Deno.test("tcpecho server --max-line takes a size with a unit, in line mode only", async () => {

@@ -145,6 +145,12 @@ export interface Input extends Reader {
   close(): void;
 }
 
+/**
+ * When the server closes while {@linkcode pipe} still reads its input: how
+ * long the read in flight may take to bring bytes that were there already.
+ */
+const INPUT_GRACE_MS = 250;
+
 /** Options for {@linkcode pipe} and {@linkcode interactive}. */
 export interface ExchangeOptions {
   /**
@@ -158,8 +164,9 @@ export interface ExchangeOptions {
 /**
  * Copies `input` to the socket and the socket to `output`, byte for byte, like
  * `nc -N`: at input EOF the sending side is shut down (half-close), then the
- * echo is read until the server closes. If the server closes first, `input`
- * is closed to end the read still pending on it.
+ * echo is read until the server closes. If the server closes first, the read
+ * still pending on `input` gets 250 ms to bring bytes
+ * already waiting (they count as sent), then `input` is closed to end it.
  *
  * Nothing is lost silently: the echo of an echo server is as long as what was
  * sent, so the server closing with fewer bytes back than were taken from
@@ -223,7 +230,11 @@ export async function pipe(
       await writeAll(output, buf.subarray(0, n));
     }
   } finally {
-    if (sending) input.close(); // the server is done: stop waiting for input
+    // The server is done. Input may hold bytes already, which were to be
+    // sent: the read in flight gets a moment to bring them (losing them is
+    // an error below), then we stop waiting for input.
+    if (sending) await settled(upload, INPUT_GRACE_MS);
+    if (sending) input.close();
   }
   const inputError = await upload;
   if (silence.expired) {
@@ -243,6 +254,19 @@ export async function pipe(
   }
   // Reading input failed on its own, or was interrupted by our close.
   if (inputError !== undefined && !isDisconnect(inputError)) throw inputError;
+}
+
+/** Waits for `promise` to settle (it must not reject), at most `ms`. */
+async function settled(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<void>((resolve) =>
+    timer = setTimeout(resolve, ms)
+  );
+  try {
+    await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /**

@@ -20,6 +20,7 @@ import {
   hasScript,
   runCli,
   runClient,
+  ServerProcess,
   underPty,
 } from "./testing_cli.ts";
 
@@ -93,6 +94,58 @@ Deno.test("tcpecho client exits 1 when the server closes over --max-line", async
     out.stderr,
     /^error: (the server closed the connection after echoing 6 of 107 bytes|connection lost after 6 of 107 bytes came back: .*)\n$/,
   );
+});
+
+/**
+ * Runs `tcpecho client ARGS` 20 times with stdin "hello\n", and 20 with an
+ * empty stdin, against a server that closes the connection at once (which
+ * races the client's first read of its stdin): the first must exit 1 saying
+ * nothing came back, the others 0 in silence.
+ */
+async function assertNothingLostSilently(args: string[]): Promise<void> {
+  const lost =
+    /^error: (the server closed the connection after echoing 0 of 6 bytes|connection lost after 0 of 6 bytes came back: .+)\n$/;
+  const outcomes: string[] = [];
+  for (let i = 0; i < 20; i++) {
+    const out = await runClient(args, bytes("hello\n"), 20_000);
+    outcomes.push(`${out.code} ${out.stderr.trim()}`);
+    assert.equal(out.stdout.length, 0);
+    if (out.code !== 1 || !lost.test(out.stderr)) {
+      assert.fail(`run ${i + 1}:\n${outcomes.join("\n")}`);
+    }
+  }
+  for (let i = 0; i < 20; i++) {
+    const out = await runClient(args, new Uint8Array(), 20_000);
+    assert.equal(out.stdout.length, 0);
+    assert.deepEqual([out.code, out.stderr], [0, ""], `run ${i + 1}`);
+  }
+}
+
+Deno.test("tcpecho client exits 1 when it had stdin to send and the server closed at once, 0 when stdin was empty (20 runs each)", async (t) => {
+  await t.step("refused over --max-conns", async () => {
+    await using server = await ServerProcess.start([
+      "--port",
+      "0",
+      "--max-conns",
+      "1",
+      "-q",
+    ]);
+    using held = await Deno.connect({ port: server.port });
+    assert.deepEqual(await roundTrip(held, bytes("a")), bytes("a")); // the one
+    await assertNothingLostSilently(["-p", `${server.port}`]);
+  });
+  await t.step("a server that closes each connection unread", async () => {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const closing = (async () => {
+      for await (const conn of listener) conn.close();
+    })().catch(() => {}); // ends when the listener is closed
+    try {
+      await assertNothingLostSilently(["-p", `${listener.addr.port}`]);
+    } finally {
+      listener.close();
+      await closing;
+    }
+  });
 });
 
 /**

@@ -671,6 +671,74 @@ Deno.test("tcpecho server --close-after --seed logs the close and exact counts",
   await server.waitFor(/offline \(\d+\.\d\d s, 12 bytes in, 5 bytes out\)$/);
 });
 
+Deno.test("tcpecho server fault options take units: 64k, 1M, 250ms, 2s", async (t) => {
+  await t.step("TCP", async () => {
+    await using server = await ServerProcess.start([
+      "--port",
+      "0",
+      "--delay",
+      "0.25s",
+      "--jitter",
+      "2ms",
+      "--slice",
+      "1k",
+      "--slice-delay",
+      "0.01s",
+      "--close-after",
+      "2k",
+      "--seed",
+      "7",
+    ]);
+    assert.match(
+      await server.waitFor(/faults:/),
+      new RegExp(
+        " INF faults: delay 250 ms, jitter 2 ms, slice 1024 bytes, " +
+          "slice-delay 10 ms, close-after 2048 bytes, seed 7$",
+      ),
+    );
+    using conn = await Deno.connect({ port: server.port });
+    const sent = randomBytes(5000, 3);
+    const { back, firstByteMs } = await exchange(conn, sent);
+    assertBytes(back, sent.subarray(0, 2048));
+    assert.ok(firstByteMs >= 230, `first byte after ${firstByteMs} ms`);
+  });
+  await t.step("TCP, the largest units", async () => {
+    await using server = await ServerProcess.start([
+      "--port",
+      "0",
+      "--slice",
+      "1M",
+      "--close-after",
+      "1G",
+      "--slice-delay",
+      "1.5m",
+      "--delay",
+      "1h",
+    ]);
+    assert.match(
+      await server.waitFor(/faults:/),
+      / INF faults: delay 3600000 ms, slice 1048576 bytes, slice-delay 90000 ms, close-after 1073741824 bytes, seed \d+$/,
+    );
+  });
+  await t.step("UDP", async () => {
+    await using server = await ServerProcess.start([
+      "--port",
+      "0",
+      "--udp",
+      "--delay",
+      "1s",
+      "--jitter",
+      "500ms",
+      "--seed",
+      "7",
+    ]);
+    assert.match(
+      await server.waitFor(/faults:/),
+      / INF faults: delay 1000 ms, jitter 500 ms, seed 7$/,
+    );
+  });
+});
+
 Deno.test("tcpecho server --mode discard logs bytes in, none out", async () => {
   await using server = await ServerProcess.start([
     "--port",
@@ -706,11 +774,22 @@ Deno.test("tcpecho server fault usage errors exit 2", async (t) => {
     [["--delay", "-5"], /delay/],
     [
       ["--delay", "1.5"],
-      /--delay takes a whole number from 0 to 86400000, not "1.5"/,
+      /--delay takes whole milliseconds from 0 to 86400000, such as 250, 250ms or 2s, not "1.5"/,
     ],
-    [["--jitter", "abc"], /--jitter takes a whole number/],
+    [["--jitter", "abc"], /--jitter takes whole milliseconds/],
+    [["--slice-delay", "0.5ms"], /--slice-delay takes whole milliseconds/],
+    [["--delay", "25h"], /--delay takes whole milliseconds from 0 to 86400000/],
+    [["--slice", "1.3"], /--slice takes a size from 0 to 1073741824 bytes/],
+    [["--slice", "2G"], /--slice takes a size from 0 to 1073741824 bytes/],
     [["--bandwidth", "-1"], /bandwidth/],
-    [["--close-after", "x"], /--close-after takes a whole number/],
+    [
+      ["--close-after", "x"],
+      /--close-after takes a size ≥ 0 bytes, such as 4096, 64k or 1M, not "x"/,
+    ],
+    [
+      ["--udp", "--delay", "2h"],
+      /--delay takes whole milliseconds from 0 to 3600000/,
+    ],
     [
       ["--seed", "4294967296"],
       /--seed takes a whole number from 0 to 4294967295/,

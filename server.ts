@@ -15,15 +15,11 @@ import {
 } from "./_server_types.ts";
 import { IdleSweep } from "./_idle.ts";
 import { type ConnLimits, LocalConnLimits } from "./_limits.ts";
-import { listen, removeSocketFile } from "./_listen.ts";
+import { acceptLoop, listen, removeSocketFile } from "./_listen.ts";
 import { echoWithFaults, FaultPlan } from "./_faults.ts";
 import type { ProxyAccept } from "./_proxy_protocol.ts";
-import {
-  Admission,
-  NO_PERMIT,
-  RefusalLog,
-  type RefusalReporter,
-} from "./_admission.ts";
+import { Admission, NO_PERMIT } from "./_admission.ts";
+import { WarningLog, type WarningReporter } from "./_summary.ts";
 import {
   type Echo,
   echoDiscard,
@@ -34,6 +30,7 @@ import {
   seconds,
   type Send,
   Session,
+  type SessionHost,
 } from "./_session.ts";
 import { TlsRelay } from "./_tls_relay.ts";
 import {
@@ -41,7 +38,7 @@ import {
   tlsReleaser,
   tlsReleaseUnavailable,
 } from "./_tls_release.ts";
-import { delay, formatAddr, isDisconnect } from "./io.ts";
+import { formatAddr } from "./io.ts";
 import { Seconds } from "./log.ts";
 
 export { removeStaleSocket } from "./_listen.ts";
@@ -55,9 +52,6 @@ export {
   type Server,
   type ServerStats,
 } from "./_server_types.ts";
-
-/** Accept-error backoff (EMFILE and the like): first and longest wait. */
-const ACCEPT_BACKOFF_MS = [5, 1000] as const;
 
 /** TLS without a releaser: logged once per server (once per pool). */
 export const TLS_LINGER_WARNING =
@@ -94,8 +88,11 @@ export interface PoolMember {
   limits: ConnLimits;
   /** The pool's `maxConnsPerIp` count, when on (taken once the address is known). */
   ipLimits?: ConnLimits;
-  /** Takes the refusals: the pool summarises them once for all its servers. */
-  refusals: RefusalReporter;
+  /**
+   * Takes the refusals and the other warnings a peer can repeat at will:
+   * the pool summarises them once for all its servers.
+   */
+  warnings: WarningReporter;
   /** The faults' random sequence of `seed` this server draws from (its index). */
   faultStream: number;
   /** Told how many connections its drain waits for (`0` too), for one line. */
@@ -143,6 +140,7 @@ class EchoServer implements Server {
   readonly #release: ReleaseTls | undefined;
   readonly #shutdownTimeoutMs: number;
   readonly #admission: Admission;
+  readonly #host: SessionHost;
   readonly #idle: IdleSweep<Session>;
   readonly #onConnState: ((event: ConnEvent) => void) | undefined;
   readonly #sessions = new Set<Session>();
@@ -243,6 +241,8 @@ class EchoServer implements Server {
       : maxConnsPerIp > 0
       ? new LocalConnLimits(Infinity, maxConnsPerIp)
       : undefined;
+    const warnings = member?.warnings ?? new WarningLog(this.#log);
+    this.#host = { totals: this.stats, log: this.#log, warnings };
     this.#admission = new Admission(
       {
         limits,
@@ -250,7 +250,7 @@ class EchoServer implements Server {
         access: access.empty ? undefined : access,
         release: relay ? undefined : this.#release, // relayed: plain TCP
       },
-      member?.refusals ?? new RefusalLog(this.#log),
+      warnings,
       (refusal) => {
         this.stats.refused++;
         this.#emit({ state: "refused", ...refusal });
@@ -268,7 +268,12 @@ class EchoServer implements Server {
     const { promise, resolve } = Promise.withResolvers<void>();
     this.finished = promise;
     this.#markFinished = resolve;
-    this.#accepting = this.#acceptLoop();
+    this.#accepting = acceptLoop(
+      this.#listener,
+      this.#stopping.signal,
+      this.#log,
+      (conn) => this.#admit(conn),
+    );
   }
 
   close(): Promise<void> {
@@ -278,50 +283,6 @@ class EchoServer implements Server {
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
-  }
-
-  /**
-   * Accepts until {@linkcode EchoServer.close}. A client that gave up before
-   * its accept is skipped; any other failure (EMFILE, ENFILE, ENOBUFS…) is
-   * retried after a doubling pause, and warned about at most once a second.
-   */
-  async #acceptLoop(): Promise<void> {
-    const log = this.#log;
-    const { signal } = this.#stopping;
-    let backoffMs = 0;
-    let failures = 0; // since the last warning
-    let warnedAt = -Infinity;
-    while (!signal.aborted) {
-      let conn: Deno.Conn;
-      try {
-        conn = await this.#listener.accept();
-      } catch (err) {
-        // Closed: by close(), or (never expected) by someone else.
-        if (signal.aborted || err instanceof Deno.errors.BadResource) break;
-        if (isDisconnect(err)) {
-          // The client gave up before we accepted it: nothing to serve.
-          log.debug("accept: {err}", { err: String(err) });
-          continue;
-        }
-        backoffMs = Math.min(
-          ACCEPT_BACKOFF_MS[1],
-          Math.max(ACCEPT_BACKOFF_MS[0], backoffMs * 2),
-        );
-        failures++;
-        if (performance.now() - warnedAt >= 1000) {
-          warnedAt = performance.now();
-          log.warn(
-            "cannot accept a connection: {err}; retrying ({failures} failed since the last warning)",
-            { err: String(err), failures },
-          );
-          failures = 0;
-        }
-        await delay(backoffMs, signal);
-        continue;
-      }
-      backoffMs = 0;
-      this.#admit(conn);
-    }
   }
 
   /**
@@ -340,7 +301,7 @@ class EchoServer implements Server {
     // Faulty or not is decided at accept, in accept order, so a seed replays.
     if (this.#proxy !== undefined) {
       const echo = this.#pickEcho?.() ?? this.#echo;
-      const session = new Session(conn, peer, ip, this.stats, this.#log);
+      const session = new Session(conn, peer, ip, this.#host);
       const proxied = this.#handleProxied(session, slot, this.#proxy, echo);
       this.#track(session, proxied);
       return;
@@ -352,7 +313,7 @@ class EchoServer implements Server {
     }
     this.stats.served++;
     const echo = this.#pickEcho?.() ?? this.#echo;
-    const session = new Session(conn, peer, ip, this.stats, this.#log);
+    const session = new Session(conn, peer, ip, this.#host);
     this.#track(session, this.#handle(session, slot, permit, echo));
   }
 

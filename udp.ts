@@ -11,7 +11,7 @@
  * @module
  */
 import { getLogger, type Logger } from "@logtape/logtape";
-import { RefusalLog } from "./_admission.ts";
+import { WarningLog } from "./_summary.ts";
 import { AccessList } from "./_cidr.ts";
 import { delay, escapePreview, formatAddr, isDisconnect } from "./io.ts";
 import { SERVE_DEFAULTS } from "./server.ts";
@@ -213,7 +213,7 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
   const debug = log.isEnabledFor("debug");
   const warnings = new Warnings(log);
   // The TCP server's summariser: one line a second per reason, with a count.
-  const refusals = new RefusalLog(log);
+  const refusals = new WarningLog(log);
 
   const stats: UdpServerStats = {
     datagrams: 0,
@@ -311,7 +311,7 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
     countPeer(from);
     if (access !== undefined && !access.allows(from.hostname)) {
       stats.refused++;
-      refusals.refused(formatAddr(from), "not-allowed", "not allowed");
+      refusals.warn(formatAddr(from), "not-allowed", "not allowed");
       report(from, n, "refused");
       return;
     }
