@@ -727,11 +727,11 @@ Deno.test("tcpecho server/client/bench --udp usage errors exit 2", async (t) => 
     // The same bound as over TCP: a day.
     [
       ["server", "--udp", "--delay", "86400001"],
-      /^error: --delay takes a whole number from 0 to 86400000, not "86400001"$/,
+      /^error: --delay takes whole milliseconds from 0 to 86400000, such as 250, 250ms or 2s, not "86400001"$/,
     ],
     [
       ["server", "--udp", "--jitter", "86400001"],
-      /^error: --jitter takes a whole number from 0 to 86400000, not "86400001"$/,
+      /^error: --jitter takes whole milliseconds from 0 to 86400000, such as 250, 250ms or 2s, not "86400001"$/,
     ],
     [
       ["server", "--udp", "--workers", "2"],
