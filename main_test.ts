@@ -13,10 +13,12 @@ import {
   cli,
   echoServer,
   flipBitAt,
+  hasScript,
   LATENCY_KEYS,
   RESULT_KEYS,
   runCli,
   ServerProcess,
+  underPty,
 } from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
@@ -672,4 +674,21 @@ Deno.test("tcpecho bench -s 16M completes 16 MiB messages with no error", async 
   ]);
   assert.equal(result.size, 16 << 20);
   assert.equal(result.bytes, result.messages * (16 << 20));
+});
+
+Deno.test({
+  name: "tcpecho bench on a terminal shows a warming up progress line",
+  ignore: !hasScript,
+  async fn() {
+    await using server = serve({ port: 0 });
+    const pty = underPty(
+      ["-p", `${server.addr.port}`, "-c", "1", "-d", "0.1"],
+      20_000,
+      "bench",
+    );
+    await pty.see("warming up ");
+    await pty.see("errors     0"); // the report, once the run is over
+    assert.equal(await pty.exit(), 0, pty.screen);
+    assert.match(pty.screen, /\rwarming up \d\.\d\/1\.0 s {2}errors 0\x1b\[K/);
+  },
 });
