@@ -689,6 +689,10 @@ Deno.test({
     await pty.see("warming up ");
     await pty.see("errors     0"); // the report, once the run is over
     assert.equal(await pty.exit(), 0, pty.screen);
-    assert.match(pty.screen, /\rwarming up \d\.\d\/1\.0 s {2}errors 0\x1b\[K/);
+    // Rewritten in place: \r, the line, then erase to the end of the line.
+    assert.match(
+      pty.screen,
+      new RegExp("\rwarming up \\d\\.\\d/1\\.0 s {2}errors 0\x1b\\[K"),
+    );
   },
 });
