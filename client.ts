@@ -170,12 +170,15 @@ export interface ExchangeOptions {
  *
  * Nothing is lost silently: the echo of an echo server is as long as what was
  * sent, so the server closing with fewer bytes back than were taken from
- * `input` is an error, and so is a reset or a failed write.
+ * `input` is an error, and so is a reset or a failed write. A server that
+ * closes before anything was sent or received, `input` not at its end, has
+ * refused the connection: an error too, whatever `input` still held.
  *
  * @throws {Error} `the server closed the connection after echoing R of S
- *   bytes`, `connection lost after R of S bytes came back` (the cause being
- *   the reset or the failed write), `no data from the server for N s`, or
- *   the error of `input` or `output`
+ *   bytes`, `the server closed the connection before anything was sent`,
+ *   `connection lost after R of S bytes came back` (the cause being the
+ *   reset or the failed write), `no data from the server for N s`, or the
+ *   error of `input` or `output`
  */
 export async function pipe(
   conn: Deno.Conn,
@@ -223,6 +226,9 @@ export async function pipe(
       return null;
     }
   };
+  // The server closed before we sent or heard anything, `input` still open:
+  // it refused us (a limit, allow/deny), and what input held never got there.
+  let closedFirst = false;
   try {
     for (let n = await readOrLose(); n !== null; n = await readOrLose()) {
       received += n;
@@ -234,6 +240,7 @@ export async function pipe(
     // sent: the read in flight gets a moment to bring them (losing them is
     // an error below), then we stop waiting for input.
     if (sending) await settled(upload, INPUT_GRACE_MS);
+    closedFirst = sending && sent === 0 && received === 0;
     if (sending) input.close();
   }
   const inputError = await upload;
@@ -250,6 +257,11 @@ export async function pipe(
   if (received < sent) {
     throw new Error(
       `the server closed the connection after echoing ${received} of ${sent} bytes`,
+    );
+  }
+  if (closedFirst && sent === 0) {
+    throw new Error(
+      "the server closed the connection before anything was sent",
     );
   }
   // Reading input failed on its own, or was interrupted by our close.

@@ -11,6 +11,7 @@ import {
   roundTrip,
   testdata,
   TLS,
+  watchdog,
   writeAll,
 } from "./testing.ts";
 import {
@@ -167,8 +168,8 @@ function inputOf(data: Uint8Array): Input {
 }
 
 Deno.test("pipe() rejects when the server refuses the connection over maxConns", async () => {
-  // In the CLI a refusal can beat the first read of stdin: then nothing
-  // was sent and nothing is lost (exit 0). Here the bytes are taken first.
+  // In the CLI a refusal can beat the first read of stdin (the test of
+  // tcpecho client --max-conns covers that). Here the bytes are taken first.
   using events = new ConnEvents();
   await using server = events.serve({ maxConns: 1 });
   using first = await Deno.connect({ port: server.addr.port });
@@ -185,6 +186,46 @@ Deno.test("pipe() rejects when the server refuses the connection over maxConns",
   );
   await events.find("refused");
   assert.deepEqual(output, []);
+});
+
+Deno.test("tcpecho client exits 1 when the server refuses it over --max-conns", async () => {
+  await using server = await ServerProcess.start([
+    "--port",
+    "0",
+    "--max-conns",
+    "1",
+  ]);
+  const port = `${server.port}`;
+  using first = await Deno.connect({ port: server.port });
+  assert.deepEqual(await roundTrip(first, bytes("a")), bytes("a")); // the slot
+  // The refusal beats stdin: nothing has been read from it when the server
+  // closes. Its input never reached the server: not a clean exit.
+  const child = cli(["client", "-p", port], "piped").spawn();
+  using _dog = watchdog(20_000, () => child.kill("SIGKILL"));
+  await server.waitFor(/ refused: too many connections \(max-conns 1\)$/);
+  const [status, stdout, stderr] = await Promise.all([
+    child.status, // it ends by itself, stdin still open
+    new Response(child.stdout).text(),
+    new Response(child.stderr).text(),
+  ]);
+  await child.stdin.close().catch(() => {}); // the child has gone
+  assert.equal(stdout, "");
+  assert.equal(
+    stderr,
+    "error: the server closed the connection before anything was sent\n",
+  );
+  assert.equal(status.code, 1);
+  // Stdin ready at once: whichever comes first, the refusal or the read,
+  // the line is not echoed and the client says so.
+  for (let i = 0; i < 3; i++) {
+    const out = await runClient(["-p", port], bytes("ping\n"));
+    assert.equal(out.stdout.length, 0);
+    assert.match(
+      out.stderr,
+      /^error: the server closed the connection (before anything was sent|after echoing 0 of 5 bytes)\n$|^error: connection lost after 0 of 5 bytes came back: .*\n$/,
+    );
+    assert.equal(out.code, 1);
+  }
 });
 
 Deno.test("tcpecho client exits 0 when a server that is not an echo answers more than was sent", async () => {

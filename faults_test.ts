@@ -17,6 +17,7 @@ import {
   ConnEvents,
   randomBytes,
   readAll,
+  readExactly,
   roundTrip,
   streamUntilStalled,
   TLS,
@@ -827,4 +828,92 @@ Deno.test("tcpecho server --help lists the fault options with their defaults", a
       /--seed N +.*\(default: random; logged at start\)/,
     ]
   ) assert.match(stdout, row);
+});
+
+/**
+ * One byte at a time over `conn`, each sent once the last came back: the
+ * milliseconds of each round trip.
+ */
+async function roundTripTimes(conn: Deno.Conn, n: number): Promise<number[]> {
+  const times = [];
+  for (let i = 0; i < n; i++) {
+    const start = performance.now();
+    assert.deepEqual(await roundTrip(conn, bytes("j")), bytes("j"));
+    times.push(performance.now() - start);
+  }
+  return times;
+}
+
+Deno.test("tcpecho server --jitter --seed delays each echo by the seed's draws, again with the same seed", async () => {
+  // Seed 147's first connection draws 235, 201, 218 and 241 ms (delay
+  // included): each echo takes at least its draw. Unseeded, each draw would
+  // be under 200 ms three times in four.
+  const args = ["--delay", "50", "--jitter", "200", "--seed", "147"];
+  const plan = FaultPlan.from({ delayMs: 50, jitterMs: 200, seed: 147 })!;
+  const faults = plan.next()!;
+  const draws = Array.from({ length: 4 }, () => faults.nextDelayMs());
+  assert.deepEqual(draws, [235, 201, 218, 241]);
+  const run = async () => {
+    await using server = await ServerProcess.start(["--port", "0", ...args]);
+    assert.match(
+      await server.waitFor(/faults:/),
+      / INF faults: delay 50 ms, jitter 200 ms, seed 147$/,
+    );
+    using conn = await Deno.connect({ port: server.port });
+    using _dog = watchdog(20_000, () => closeQuietly(conn));
+    return await roundTripTimes(conn, draws.length);
+  };
+  // Two servers with the same seed, side by side.
+  for (const times of await Promise.all([run(), run()])) {
+    times.forEach((ms, i) =>
+      assert.ok(ms >= draws[i] - 2, `echo ${i}: ${ms} ms, drawn ${draws[i]}`)
+    );
+  }
+});
+
+Deno.test("tcpecho server --max-conns and --max-conns-per-ip hold while --delay holds echoes", async (t) => {
+  for (
+    const [limit, reason] of [
+      ["--max-conns", "too many connections (max-conns 1)"],
+      ["--max-conns-per-ip", "too many connections (max-conns-per-ip 1)"],
+    ]
+  ) {
+    await t.step(limit, async () => {
+      await using server = await ServerProcess.start([
+        "--port",
+        "0",
+        limit,
+        "1",
+        "--delay",
+        "200",
+      ]);
+      using first = await Deno.connect({ port: server.port });
+      const start = performance.now();
+      await writeAll(first, bytes("held"));
+      // While its echo is held back, a second connection is refused: closed
+      // (or reset) with no echo, never served after the delay.
+      using second = await Deno.connect({ port: server.port });
+      using dog = watchdog(20_000, () => {
+        closeQuietly(first);
+        closeQuietly(second);
+      });
+      await writeAll(second, bytes("x")).catch(() => {}); // may be reset
+      const got = await second.read(new Uint8Array(16)).catch((err) => {
+        if (dog.fired) throw err;
+        return null; // reset: refused with our byte unread
+      });
+      assert.equal(got, null, "the second connection was served");
+      assert.match(
+        await server.waitFor(/ refused: /),
+        new RegExp(
+          ` WRN \\[127\\.0\\.0\\.1:\\d+\\] refused: ${
+            reason.replace(/[()]/g, "\\$&")
+          }$`,
+        ),
+      );
+      assert.deepEqual(await readExactly(first, 4), bytes("held"));
+      const ms = performance.now() - start;
+      assert.ok(ms >= 195, `echo after ${ms} ms`); // the delay was on
+    });
+  }
 });

@@ -13,10 +13,12 @@ import {
   cli,
   echoServer,
   flipBitAt,
+  hasScript,
   LATENCY_KEYS,
   RESULT_KEYS,
   runCli,
   ServerProcess,
+  underPty,
 } from "./testing_cli.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
@@ -527,4 +529,170 @@ Deno.test("tcpecho bench groups errors by cause and hints at --lines", async () 
     /^errors {5}2\n {7}2 × no echo\n {11}hint: is the server in line mode\? try --lines$/m,
   );
   assert.match(stderr, /^error: 2 errors during the run/m);
+});
+
+Deno.test("tcpecho bench --rate says when the server did not keep up", async () => {
+  // One connection, one message in flight, each echo held 100 ms: at most
+  // 10 msg/s of the 200 asked.
+  await using server = serve({ port: 0, delayMs: 100 });
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "-p",
+    `${server.addr.port}`,
+    "-c",
+    "1",
+    "-d",
+    "0.5",
+    "--rate",
+    "200",
+  ]);
+  assert.equal(code, 0, stderr);
+  const match =
+    /^rate {7}the server did not keep up: ([\d,.]+) msg\/s of the 200 asked \(latency counts the wait\)$/m
+      .exec(stdout);
+  assert.ok(match, stdout);
+  assert.ok(Number(match[1].replaceAll(",", "")) < 200 * 0.97, stdout);
+});
+
+Deno.test("tcpecho bench --spawn-server --lines -s 70000 gives the server a --max-line that fits", async () => {
+  // Over the server's default 65,536-byte line limit: without the matching
+  // --max-line every message would be cut, an error.
+  const { result } = await benchClean([
+    "--spawn-server",
+    "--lines",
+    "-s",
+    "70000",
+    "-c",
+    "1",
+    "-d",
+    "0.2",
+  ]);
+  assert.equal(result.size, 70_000);
+});
+
+Deno.test("tcpecho bench --pattern connect reports connections a second", async () => {
+  await using server = serve({ port: 0 });
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "-p",
+    `${server.addr.port}`,
+    "--pattern",
+    "connect",
+    "-c",
+    "2",
+    "-d",
+    "0.2",
+  ]);
+  assert.equal(code, 0, stderr);
+  assert.match(stdout, /^bench 127\.0\.0\.1:\d+: connect, 2 connections/m);
+  assert.match(stdout, /^connects {3}[1-9][\d,.]* conn\/s$/m);
+  assert.match(stdout, /^latency {4}connect to close$/m);
+  assert.match(stdout, /^errors {5}0$/m);
+  assert.ok(server.stats.served > 2);
+});
+
+Deno.test("tcpecho bench usage line names TLS, --spawn-server and the connect timeout", async () => {
+  const { code, stdout } = await runCli(["bench", "--help"]);
+  assert.equal(code, 0);
+  const usage = stdout.split("\n")[0];
+  for (
+    const part of [
+      "[--tls [--ca FILE | --insecure]]",
+      "[--connect-timeout SECONDS]",
+      "[--spawn-server]",
+      "[HOST [PORT] | HOST:PORT]",
+    ]
+  ) assert.ok(usage.includes(part), `bench usage: missing ${part}: ${usage}`);
+  // And a usage error prints that same line.
+  const error = await runCli(["bench", "-c", "0"]);
+  assert.equal(error.stderr.trimEnd().split("\n")[1], usage);
+});
+
+Deno.test("tcpecho bench HOST PORT and HOST:PORT measure where --host and --port would", async (t) => {
+  await using server = serve({ port: 0 });
+  const port = `${server.addr.port}`;
+  for (const target of [["127.0.0.1", port], [`127.0.0.1:${port}`]]) {
+    await t.step(target.join(" "), async () => {
+      const served = server.stats.served;
+      const { code, stdout, stderr } = await runCli([
+        "bench",
+        "-c",
+        "1",
+        "-d",
+        "0.1",
+        ...target,
+      ]);
+      assert.equal(code, 0, stderr);
+      assert.match(stdout, new RegExp(`^bench 127\\.0\\.0\\.1:${port}: `, "m"));
+      assert.equal(server.stats.served, served + 1);
+    });
+  }
+});
+
+Deno.test("tcpecho bench --tls without --ca hints at --ca for a self-signed server", async () => {
+  await using server = await ServerProcess.start([
+    "--port",
+    "0",
+    "--tls-cert",
+    testdata("server.pem"),
+    "--tls-key",
+    testdata("server-key.pem"),
+  ]);
+  const { code, stdout, stderr } = await runCli([
+    "bench",
+    "--tls",
+    "--host",
+    "localhost",
+    "-p",
+    `${server.port}`,
+    "-c",
+    "1",
+    "-d",
+    "0.1",
+  ]);
+  // The first connection fails: no run, one error line with the way out.
+  assert.equal(code, 1, stderr);
+  assert.equal(stdout, "");
+  assert.equal(
+    stderr,
+    `error: cannot connect to localhost:${server.port}: invalid peer certificate: UnknownIssuer` +
+      " (trust the server's CA with --ca FILE, or skip the check with --insecure)\n",
+  );
+});
+
+Deno.test("tcpecho bench -s 16M completes 16 MiB messages with no error", async () => {
+  await using server = serve({ port: 0 });
+  const { result } = await benchClean([
+    "-p",
+    `${server.addr.port}`,
+    "-s",
+    "16M",
+    "-c",
+    "1",
+    "-d",
+    "0.2",
+  ]);
+  assert.equal(result.size, 16 << 20);
+  assert.equal(result.bytes, result.messages * (16 << 20));
+});
+
+Deno.test({
+  name: "tcpecho bench on a terminal shows a warming up progress line",
+  ignore: !hasScript,
+  async fn() {
+    await using server = serve({ port: 0 });
+    const pty = underPty(
+      ["-p", `${server.addr.port}`, "-c", "1", "-d", "0.1"],
+      20_000,
+      "bench",
+    );
+    await pty.see("warming up ");
+    await pty.see("errors     0"); // the report, once the run is over
+    assert.equal(await pty.exit(), 0, pty.screen);
+    // Rewritten in place: \r, the line, then erase to the end of the line.
+    assert.match(
+      pty.screen,
+      new RegExp("\rwarming up \\d\\.\\d/1\\.0 s {2}errors 0\x1b\\[K"),
+    );
+  },
 });

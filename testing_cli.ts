@@ -408,13 +408,24 @@ export const hasScript = (() => {
 })();
 
 /**
- * `tcpecho client ARGS` under a real pseudo-terminal, via script(1): keys
- * typed, what the screen shows, the exit code. Each wait to see a text
- * fails after `seeMs`; the child is killed after {@linkcode CHILD_MS}.
+ * `tcpecho client ARGS` (or `tcpecho COMMAND ARGS`) under a real
+ * pseudo-terminal, via script(1): keys typed, what the screen shows, the
+ * exit code. Each wait to see a text fails after `seeMs`; the child is
+ * killed after {@linkcode CHILD_MS}.
  */
-export function underPty(args: string[], seeMs = 20_000) {
-  const command = [Deno.execPath(), "run", "-A", "--quiet", MAIN, "client"]
-    .concat(args).join(" ");
+export function underPty(
+  args: string[],
+  seeMs = 20_000,
+  tcpechoCommand = "client",
+) {
+  const command = [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--quiet",
+    MAIN,
+    tcpechoCommand,
+  ].concat(args).join(" ");
   const child = new Deno.Command("script", {
     args: ["-qefc", command, "/dev/null"],
     stdin: "piped",

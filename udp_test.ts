@@ -11,7 +11,7 @@ import {
   UdpConn,
   type UdpServeOptions,
 } from "./udp.ts";
-import { captureLogs, randomBytes, render } from "./testing.ts";
+import { captureLogs, hasIpv6, randomBytes, render } from "./testing.ts";
 import {
   assertUsageError,
   benchJson,
@@ -446,6 +446,39 @@ Deno.test("tcpecho client --udp skips a late reply to a lost line", async () => 
   assert.match(stderr, /^lost: no reply to line 1 \(5 bytes\)/);
 });
 
+Deno.test("tcpecho client --udp exits 1 on a line over 65,507 bytes, after the lines before it", async () => {
+  await using server = serveUdp({ port: 0 });
+  const most = "x".repeat(65_506) + "\n"; // 65,507 bytes: one datagram's most
+  const { code, stdout, stderr } = await udpClient(
+    ["-p", `${server.addr.port}`],
+    bytes(`ok\n${most}y${most}`),
+  );
+  assert.equal(code, 1);
+  assert.equal(text(stdout), `ok\n${most}`);
+  assert.equal(
+    stderr,
+    "error: line 3 is longer than 65507 bytes, the most one UDP datagram holds\n",
+  );
+  assert.equal(server.stats.datagrams, 2); // the long line was never sent
+});
+
+Deno.test({
+  name: "tcpecho client --udp --host ::1 pipes over IPv6",
+  ignore: !hasIpv6, // no IPv6 loopback here
+  async fn() {
+    await using server = serveUdp({ hostname: "::1", port: 0 });
+    const input = bytes("over IPv6\nagain\n");
+    const { code, stdout, stderr } = await udpClient(
+      ["--host", "::1", "-p", `${server.addr.port}`],
+      input,
+    );
+    assert.equal(stderr, "");
+    assert.equal(code, 0);
+    assert.deepEqual(stdout, input);
+    assert.equal(server.stats.datagrams, 2);
+  },
+});
+
 Deno.test({
   name:
     "tcpecho client --udp on a terminal shows server say# and ends on Ctrl+D",
@@ -863,4 +896,32 @@ Deno.test("tcpecho server --udp -q prints listening on udp: and nothing else", a
   assert.equal(await server.stop(), 0);
   assert.equal(server.lines.length, 1, server.lines.join("\n"));
   assert.match(server.lines[0], / INF listening on udp:127\.0\.0\.1:\d+$/);
+});
+
+Deno.test({
+  name:
+    "tcpecho server --udp logs no line per datagram or per peer at the default level",
+  ignore: !posix,
+  async fn() {
+    await using server = await ServerProcess.start(["--udp", "--port", "0"]);
+    const peers = await Promise.all(
+      [0, 1, 2].map(() => connectUdp({ port: server.port })),
+    );
+    try {
+      for (const peer of peers) {
+        await echo(peer, bytes("hello"));
+        await echo(peer, bytes("again"));
+      }
+    } finally {
+      for (const peer of peers) peer[Symbol.dispose]();
+    }
+    assert.equal(await server.stop("SIGTERM"), 0);
+    const lines = server.lines;
+    assert.equal(lines.length, 2, lines.join("\n"));
+    assert.match(lines[0], /INF listening on udp:127\.0\.0\.1:\d+$/);
+    assert.match(
+      lines[1],
+      /INF stopped: 6 datagrams from 3 peers, 30 bytes echoed$/,
+    );
+  },
 });
