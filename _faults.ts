@@ -14,7 +14,7 @@
  * @module
  */
 import { createRandom, randomSeed, seededRandom } from "./_random.ts";
-import type { Send, Session } from "./_session.ts";
+import { LINGER_MS, type Send, type Session } from "./_session.ts";
 import { delay, isPeerError, writeAll } from "./io.ts";
 import type { ServeOptions } from "./_server_types.ts";
 
@@ -26,12 +26,6 @@ import type { ServeOptions } from "./_server_types.ts";
 export const HOLD_BYTES = 256 * 1024;
 /** The bandwidth cap's burst: this many milliseconds' worth of bytes. */
 const BURST_MS = 50;
-/**
- * After `closeAfterBytes`, how long the server keeps reading (and dropping)
- * before it closes: closing with unread input would make the kernel reset
- * the connection and could lose the tail of the echo still in flight.
- */
-const LINGER_MS = 1000;
 /** The longest delay a fault may ask for (a day; timers cap at ~24 days). */
 export const MAX_FAULT_MS = 86_400_000;
 

@@ -1,8 +1,9 @@
 /**
  * One connection of the echo server: {@linkcode Session} (the conn, its peer
- * tag, its byte counts, why the server closed it), the TLS handshake, and the
- * raw, line and discard loops over an adaptive `ReadBuffer`.
- * Private to `server.ts` (and `_faults.ts`, which wraps the echo's writes).
+ * tag, its byte counts, why the server closed it, how it ends) and the TLS
+ * handshake; the echo loops that run on it are `_echo.ts`'s. Private to
+ * `server.ts` (and the modules that serve a session: `_echo.ts`,
+ * `_faults.ts`, `_tls_relay.ts`).
  *
  * @module
  */
@@ -14,14 +15,18 @@ import {
   ProxyHeaderError,
   readProxyHeader,
 } from "./_proxy_protocol.ts";
-import { ReadBuffer } from "./_read_buffer.ts";
 import type { ClosingCode, WarningReporter } from "./_summary.ts";
 import type { ReleaseTls } from "./_tls_release.ts";
-import { escapePreview, isPeerError, writeAll } from "./io.ts";
+import { isPeerError } from "./io.ts";
 import { Seconds, Template } from "./log.ts";
 
-/** How much of a message a log line shows. */
-const PREVIEW_CHARS = 80;
+/**
+ * How long the server keeps reading (and dropping) after it ends a
+ * connection's echo on purpose (`--max-line`, `--close-after`), before it
+ * closes: closing with unread input makes the kernel reset the connection,
+ * and a reset can destroy echoes the client has not read yet.
+ */
+export const LINGER_MS = 1000;
 /** The two lines every connection logs: templates parsed once. */
 const ONLINE = new Template("[{peer}] online");
 const ONLINE_VIA = new Template("[{peer}] online (via {via})");
@@ -189,6 +194,33 @@ export class Session {
     this.#abort();
   }
 
+  /**
+   * Half-closes, so the client gets the echoes written so far and then our
+   * FIN rather than a reset, and drops its input until its EOF, at most
+   * {@linkcode LINGER_MS}.
+   */
+  async #linger(): Promise<void> {
+    const { conn } = this;
+    const timer = setTimeout(() => {
+      try {
+        conn.close(); // the read below ends
+      } catch {
+        // closed already
+      }
+    }, LINGER_MS);
+    try {
+      await conn.closeWrite();
+      const buf = new Uint8Array(16 * 1024);
+      for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+        this.received(n); // read, counted, dropped
+      }
+    } catch {
+      // closed at the bound, by shutdown, or reset by the client: done
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   #abort(): void {
     this.#interrupted?.abort(
       new Deno.errors.Interrupted(`interrupted: ${this.closeReason}`),
@@ -281,6 +313,7 @@ export class Session {
       } else if (err instanceof LimitError) {
         this.closeReason = err.message;
         this.log.warn("[{peer}] closing: {reason}", { reason: err.message });
+        await this.#linger();
       } else if (isPeerError(err)) {
         this.log.debug("[{peer}] {err}", { err: String(err) });
       } else {
@@ -302,7 +335,7 @@ export class Session {
 }
 
 /** A per-connection limit was passed; the connection is closed with a warning. */
-class LimitError extends Error {
+export class LimitError extends Error {
   override name = "LimitError";
 }
 
@@ -340,133 +373,6 @@ async function handshake(session: Session, timeoutMs: number): Promise<void> {
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** Raw mode (RFC 862): every byte back as it arrives. */
-export async function echoRaw(session: Session): Promise<void> {
-  const { conn } = session;
-  const debug = session.debugging;
-  const rb = new ReadBuffer();
-  for (
-    let n = await conn.read(rb.bytes);
-    n !== null;
-    n = await conn.read(rb.bytes)
-  ) {
-    session.received(n);
-    const buf = rb.bytes;
-    const out = n === buf.length ? buf : buf.subarray(0, n);
-    // One write takes it all almost always; writeAll only for the rest.
-    const written = await conn.write(out);
-    if (written < n) await writeAll(conn, out.subarray(written));
-    session.sent(n);
-    if (debug) session.log.debug("[{peer}] echoed {n} bytes", { n });
-    rb.adapt(n);
-  }
-  await conn.closeWrite(); // the client sent EOF and has everything back
-}
-
-/**
- * Line mode: frame by `\n` from a buffer. Complete lines go back together in
- * one write (byte-identical to answering each); the partial tail waits for its
- * `\n` or EOF. A line over `maxLineBytes` is not echoed and ends the connection.
- */
-export async function echoLines(
-  session: Session,
-  maxLineBytes: number,
-): Promise<void> {
-  const { conn } = session;
-  await frameLines(session, maxLineBytes, async (bytes) => {
-    await writeAll(conn, bytes);
-    session.sent(bytes.length);
-  });
-  await conn.closeWrite();
-}
-
-/**
- * The line framing of {@linkcode echoLines}, up to the client's EOF: each
- * batch of whole lines (and the tail at EOF) goes to `send`.
- */
-export async function frameLines(
-  session: Session,
-  maxLineBytes: number,
-  send: Send,
-): Promise<void> {
-  const { conn } = session;
-  const debug = session.debugging;
-  const tooLong = () =>
-    new LimitError(`line longer than ${maxLineBytes} bytes (max-line)`);
-  const rb = new ReadBuffer();
-  let end = 0; // bytes held in rb.bytes; they hold no "\n"
-  for (;;) {
-    if (end === rb.bytes.length) rb.grow(end);
-    const n = await conn.read(end === 0 ? rb.bytes : rb.bytes.subarray(end));
-    if (n === null) break;
-    const buf = rb.bytes;
-    session.received(n);
-    // Lines end in the new bytes only; a "\n" in buf[0..end) was handled.
-    let lineStart = 0;
-    let nl = buf.indexOf(10, end);
-    const filled = end + n;
-    while (nl !== -1 && nl < filled) {
-      if (nl - lineStart > maxLineBytes) break;
-      if (debug) logLine(session.log, buf.subarray(lineStart, nl + 1));
-      lineStart = nl + 1;
-      nl = buf.indexOf(10, lineStart);
-    }
-    if (nl >= filled) nl = -1;
-    if (lineStart > 0) await send(buf.subarray(0, lineStart));
-    if (nl !== -1 || filled - lineStart > maxLineBytes) throw tooLong();
-    // Keep the unfinished line at the start of the buffer.
-    buf.copyWithin(0, lineStart, filled);
-    end = filled - lineStart;
-    if (debug && end > 0) {
-      session.log.debug("[{peer}] holding {end} bytes of an unfinished line", {
-        end,
-      });
-    }
-    if (end === 0) rb.adapt(n);
-  }
-  if (end > 0) { // bytes after the last "\n" at EOF are echoed too
-    const tail = rb.bytes.subarray(0, end);
-    if (debug) logLine(session.log, tail);
-    await send(tail);
-  }
-}
-
-/**
- * Discard mode (RFC 863): read and drop everything, answer nothing; at the
- * client's EOF, close.
- */
-export async function echoDiscard(session: Session): Promise<void> {
-  const { debugging, log } = session;
-  const msg = "[{peer}] discarded {n} bytes";
-  await readChunks(session, (chunk) => {
-    if (debugging) log.debug(msg, { n: chunk.length });
-  });
-  await session.conn.closeWrite();
-}
-
-/** Each chunk read, valid until `take` returns, goes to `take` up to EOF. */
-export async function readChunks(
-  session: Session,
-  take: (chunk: Uint8Array) => Promise<void> | void,
-): Promise<void> {
-  const { conn } = session;
-  const rb = new ReadBuffer();
-  for (
-    let n = await conn.read(rb.bytes);
-    n !== null;
-    n = await conn.read(rb.bytes)
-  ) {
-    session.received(n);
-    await take(rb.bytes.subarray(0, n));
-    rb.adapt(n);
-  }
-}
-
-function logLine(log: Logger, line: Uint8Array): void {
-  const text = escapePreview(line, PREVIEW_CHARS);
-  log.debug("[{peer}] req: {text}, resp: {text}", { text });
 }
 
 /** `1.23 s`, as the offline line shows durations. */

@@ -22,16 +22,18 @@ import { Admission, NO_PERMIT } from "./_admission.ts";
 import { WarningLog, type WarningReporter } from "./_summary.ts";
 import {
   type Echo,
-  echoDiscard,
-  echoLines,
-  echoRaw,
-  frameLines,
-  readChunks,
   seconds,
   type Send,
   Session,
   type SessionHost,
 } from "./_session.ts";
+import {
+  echoDiscard,
+  echoLines,
+  echoRaw,
+  frameLines,
+  readChunks,
+} from "./_echo.ts";
 import { TlsRelay } from "./_tls_relay.ts";
 import {
   type ReleaseTls,

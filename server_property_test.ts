@@ -299,7 +299,27 @@ Deno.test("serve() enforces maxLineBytes exactly: limit-1 and limit pass, limit+
         }
       },
     ),
-    { numRuns: 200, ...BOUNDS },
+    {
+      numRuns: 200,
+      ...BOUNDS,
+      examples: [
+        // Found by this property: 192 KiB of lines, then a line over the
+        // limit. The server closed with input unread, the kernel reset the
+        // connection, and echoes still in its send buffer were lost.
+        [
+          false,
+          1,
+          true,
+          [709926071, 921444736, 1167795678, 1851204169],
+          [544453881, 1888104387, 1456534615],
+          2086754697,
+          {
+            sizes: [50452, 5, 16, 19716, 9468, 462, 5, 4],
+            pauses: ["none"],
+          },
+        ],
+      ],
+    },
   );
   // Every connection is closed and told (close() awaits its task): the
   // server closed exactly the ones with a line too long, for that reason.
