@@ -194,14 +194,18 @@ export class ErrorGroups {
     if (cause.includes("UnknownIssuer")) {
       return "a self-signed server? trust its CA with --ca FILE";
     }
-    if (
-      cause === "no echo" ||
-      cause === "server closed the connection before echoing everything"
-    ) {
-      return this.#lines
-        ? `the server may cut long lines: start it with --max-line ${
+    const hungUp =
+      cause === "server closed the connection before echoing everything";
+    if (cause === "no echo" || hungUp) {
+      if (this.#lines) {
+        return `the server may cut long lines: start it with --max-line ${
           this.#sizeBytes - 1
-        } or more (--spawn-server does)`
+        } or more (--spawn-server does)`;
+      }
+      // A line server holds a message without "\n" (no echo); one that hangs
+      // up mid-message has a reason of its own, the line limit among them.
+      return hungUp
+        ? "the server hung up mid-message: on purpose (--close-after), over a limit, or in line mode (try --lines)"
         : "is the server in line mode? try --lines";
     }
     return undefined;

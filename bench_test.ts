@@ -744,6 +744,18 @@ Deno.test("ErrorGroups groups errors by cause, with hints", () => {
   assert.match(first.hint!, /ulimit -n/);
   assert.equal(second.cause, "no echo");
   assert.match(second.hint!, /is the server in line mode\? try --lines/);
+  const raw = new ErrorGroups({ lines: false, sizeBytes: 64 });
+  raw.add(
+    new EchoError(
+      "connection 1: server closed the connection after 1000 of 100000 bytes",
+      "server closed the connection before echoing everything",
+    ),
+    describe,
+  );
+  assert.match(
+    raw.groups[0].hint!,
+    /^the server hung up mid-message: on purpose \(--close-after\), over a limit, or in line mode \(try --lines\)$/,
+  );
   const lines = new ErrorGroups({ lines: true, sizeBytes: 100_000 });
   lines.add(
     new EchoError(
