@@ -16,6 +16,7 @@ import {
   ConnEvents,
   echoAll,
   peerOf,
+  posix,
   readAll,
   roundTrip,
   TLS,
@@ -33,7 +34,6 @@ import {
 
 const encoder = new TextEncoder();
 const bytes = (text: string) => encoder.encode(text);
-const posix = Deno.build.os !== "windows";
 const tcp = (hostname: string, port: number): Deno.NetAddr => ({
   transport: "tcp",
   hostname,

@@ -17,11 +17,9 @@ import {
   udpSnapshot,
 } from "./_metrics.ts";
 import { type RefusalCode, serve } from "./server.ts";
-import { ConnEvents, echoAll, writeAll } from "./testing.ts";
+import { bytes, ConnEvents, echoAll, writeAll } from "./testing.ts";
 import { connectUdp, UdpConn, type UdpServerStats } from "./udp.ts";
 import { runCli, ServerProcess } from "./testing_cli.ts";
-
-const bytes = (text: string) => new TextEncoder().encode(text);
 
 interface Family {
   name: string;

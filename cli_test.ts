@@ -9,15 +9,13 @@ import {
   UsageError,
 } from "./_cli.ts";
 import { serve } from "./server.ts";
-import { echoAll, testdata } from "./testing.ts";
+import { echoAll, posix, testdata } from "./testing.ts";
 import {
   assertUsageError,
   runCli,
   runClient,
   ServerProcess,
 } from "./testing_cli.ts";
-
-const posix = Deno.build.os !== "windows";
 
 /** These runs end at once, or the test fails (killed after this). */
 const RUN_MS = 20_000;

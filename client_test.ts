@@ -3,6 +3,7 @@ import { connect, forTerminal, type Input, pipe } from "./client.ts";
 import { serve } from "./server.ts";
 import { delay, LineSplitter, readLines } from "./io.ts";
 import {
+  bytes,
   CA_FILE,
   ConnEvents,
   hasIpv6,
@@ -24,8 +25,6 @@ import {
   ServerProcess,
   underPty,
 } from "./testing_cli.ts";
-
-const bytes = (text: string) => new TextEncoder().encode(text);
 
 Deno.test("tcpecho client pipes 1 MiB byte-exact and exits 0", async () => {
   await using server = serve({ port: 0 });

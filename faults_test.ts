@@ -11,10 +11,12 @@ import { createRandom, randomSeed } from "./_random.ts";
 import { isDisconnect } from "./io.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import {
+  bytes,
   CA,
   captureLogs,
   closeQuietly,
   ConnEvents,
+  posix,
   randomBytes,
   readAll,
   readExactly,
@@ -25,9 +27,6 @@ import {
   writeAll,
 } from "./testing.ts";
 import { cli, ServerProcess } from "./testing_cli.ts";
-
-const bytes = (text: string) => new TextEncoder().encode(text);
-const posix = Deno.build.os !== "windows";
 
 /** What a client saw of one exchange. */
 interface Exchange {

@@ -5,7 +5,7 @@ import { type Command, findCommand } from "./_cli.ts";
 import { benchCommand } from "./_bench_command.ts";
 import { clientCommand } from "./_client_command.ts";
 import { serverCommand } from "./_server_command.ts";
-import { captureLogs, echoAll } from "./testing.ts";
+import { bytes, captureLogs, echoAll, posix } from "./testing.ts";
 import {
   assertUsageError,
   benchClean,
@@ -20,9 +20,6 @@ import {
   ServerProcess,
   underPty,
 } from "./testing_cli.ts";
-
-const bytes = (text: string) => new TextEncoder().encode(text);
-const posix = Deno.build.os !== "windows";
 
 Deno.test("tcpecho --help and --version print to stdout and exit 0", async () => {
   const help = await runCli(["--help"]);

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { formatProxyHeader } from "./_proxy_protocol.ts";
 import { isDisconnect } from "./io.ts";
 import {
+  bytes,
   CA,
   captureLogs,
   ConnEvents,
@@ -18,7 +19,6 @@ import {
 } from "./testing.ts";
 import { ServerProcess, TLS_ARGS } from "./testing_cli.ts";
 
-const bytes = (text: string) => new TextEncoder().encode(text);
 const linux = Deno.build.os === "linux";
 
 /** Bad clients in a burst: how many, and how many at a time. */

@@ -11,7 +11,14 @@ import {
   UdpConn,
   type UdpServeOptions,
 } from "./udp.ts";
-import { captureLogs, hasIpv6, randomBytes, render } from "./testing.ts";
+import {
+  bytes,
+  captureLogs,
+  hasIpv6,
+  posix,
+  randomBytes,
+  render,
+} from "./testing.ts";
 import {
   assertUsageError,
   benchJson,
@@ -23,9 +30,7 @@ import {
   underPty,
 } from "./testing_cli.ts";
 
-const bytes = (text: string) => new TextEncoder().encode(text);
 const text = (data: Uint8Array) => new TextDecoder().decode(data);
-const posix = Deno.build.os !== "windows";
 
 /** A bare UDP socket on 127.0.0.1, closed by scope (for misbehaving servers). */
 function rawSocket(): Deno.DatagramConn & Disposable {
