@@ -17,7 +17,7 @@ import {
   watchdog,
   writeAll,
 } from "./testing.ts";
-import { ServerProcess, TLS_ARGS } from "./testing_cli.ts";
+import { argv, ServerProcess, TLS_ARGS } from "./testing_cli.ts";
 
 const linux = Deno.build.os === "linux";
 
@@ -230,10 +230,7 @@ Deno.test({
   ignore: !linux,
   async fn() {
     await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--workers",
-      "2",
+      ...argv("--port 0 --workers 2"),
       ...TLS_ARGS,
     ]);
     const { port } = server;
@@ -270,18 +267,11 @@ Deno.test({
     "tcpecho server --workers 2 summarises bad PROXY headers, denied and per-address refusals apart, each with its exact count",
   ignore: !linux,
   async fn() {
-    await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--workers",
-      "2",
-      "--proxy-protocol",
-      "v1",
-      "--deny",
-      "10.0.0.0/8",
-      "--max-conns-per-ip",
-      "1",
-    ]);
+    await using server = await ServerProcess.start(
+      argv(
+        "--port 0 --workers 2 --proxy-protocol v1 --deny 10.0.0.0/8 --max-conns-per-ip 1",
+      ),
+    );
     const { port } = server;
     using good = await Deno.connect({ port });
     await writeAll(good, from("192.0.2.1")); // 192.0.2.1's one connection
