@@ -52,6 +52,26 @@ async function burst(
 }
 
 /**
+ * A TLS client on `port` that completes its handshake, then a
+ * {@linkcode burst} of {@linkcode BURST} plaintext clients that each send
+ * `first` (not a TLS hello): the good client, when the burst began, and the
+ * burst.
+ */
+async function tlsThenPlaintext(port: number, first: string) {
+  const good = await Deno.connectTls({
+    hostname: "localhost",
+    port,
+    caCerts: [CA],
+  });
+  const started = performance.now();
+  const flood = burst(BURST, async () => ({
+    conn: await Deno.connect({ port }),
+    first: bytes(first),
+  }));
+  return { good, started, flood };
+}
+
+/**
  * While `during` runs, round trips on `conn`, one at least: how many were
  * answered (each must be). Both are awaited, whichever fails.
  */
@@ -106,16 +126,11 @@ Deno.test("serve() summarises a burst of failed TLS handshakes, and serves good 
   await using logs = await captureLogs();
   const server = events.serve({ ...TLS });
   const { port } = server.addr;
-  using good = await Deno.connectTls({
-    hostname: "localhost",
+  const { good: tls, started, flood } = await tlsThenPlaintext(
     port,
-    caCerts: [CA],
-  });
-  const started = performance.now();
-  const flood = burst(BURST, async () => ({
-    conn: await Deno.connect({ port }),
-    first: bytes("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), // plaintext
-  }));
+    "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+  );
+  using good = tls;
   assert.ok(await served(good, flood) >= 1);
   await events.count(
     "closed",
@@ -234,16 +249,11 @@ Deno.test({
       ...TLS_ARGS,
     ]);
     const { port } = server;
-    using good = await Deno.connectTls({
-      hostname: "localhost",
+    const { good: tls, started, flood } = await tlsThenPlaintext(
       port,
-      caCerts: [CA],
-    });
-    const started = performance.now();
-    const flood = burst(BURST, async () => ({
-      conn: await Deno.connect({ port }),
-      first: bytes("GET / HTTP/1.1\r\n\r\n"),
-    }));
+      "GET / HTTP/1.1\r\n\r\n",
+    );
+    using good = tls;
     assert.ok(await served(good, flood) >= 1);
     good.close();
     assert.equal(await server.stop(), 0);
