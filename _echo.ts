@@ -18,22 +18,14 @@ const PREVIEW_CHARS = 80;
 export async function echoRaw(session: Session): Promise<void> {
   const { conn } = session;
   const debug = session.debugging;
-  const rb = new ReadBuffer();
-  for (
-    let n = await conn.read(rb.bytes);
-    n !== null;
-    n = await conn.read(rb.bytes)
-  ) {
-    session.received(n);
-    const buf = rb.bytes;
-    const out = n === buf.length ? buf : buf.subarray(0, n);
+  await readChunks(session, async (out) => {
+    const n = out.length;
     // One write takes it all almost always; writeAll only for the rest.
     const written = await conn.write(out);
     if (written < n) await writeAll(conn, out.subarray(written));
     session.sent(n);
     if (debug) session.log.debug("[{peer}] echoed {n} bytes", { n });
-    rb.adapt(n);
-  }
+  });
   await conn.closeWrite(); // the client sent EOF and has everything back
 }
 
@@ -131,7 +123,8 @@ export async function readChunks(
     n = await conn.read(rb.bytes)
   ) {
     session.received(n);
-    await take(rb.bytes.subarray(0, n));
+    const buf = rb.bytes;
+    await take(n === buf.length ? buf : buf.subarray(0, n));
     rb.adapt(n);
   }
 }

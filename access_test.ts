@@ -16,6 +16,7 @@ import {
   ConnEvents,
   echoAll,
   peerOf,
+  posix,
   readAll,
   roundTrip,
   TLS,
@@ -23,6 +24,7 @@ import {
   writeAll,
 } from "./testing.ts";
 import {
+  argv,
   benchClean,
   benchJson,
   cli,
@@ -33,7 +35,6 @@ import {
 
 const encoder = new TextEncoder();
 const bytes = (text: string) => encoder.encode(text);
-const posix = Deno.build.os !== "windows";
 const tcp = (hostname: string, port: number): Deno.NetAddr => ({
   transport: "tcp",
   hostname,
@@ -634,14 +635,9 @@ Deno.test({
   name: "tcpecho server --allow/--deny refuses and logs by client address",
   ignore: !posix,
   async fn() {
-    await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--allow",
-      "127.0.0.0/8",
-      "--deny",
-      "127.0.0.2",
-    ]);
+    await using server = await ServerProcess.start(
+      argv("--port 0 --allow 127.0.0.0/8 --deny 127.0.0.2"),
+    );
     using a = await Deno.connect({ port: server.port });
     assert.equal(await served(a), true);
     const b = await connectFrom("127.0.0.2", server.port);
@@ -679,32 +675,18 @@ Deno.test("tcpecho bench --send-proxy v1|v2 load-tests a --proxy-protocol server
     });
   }
   await t.step("--spawn-server", async () => {
-    const { result } = await benchJson([
-      "--spawn-server",
-      "--send-proxy",
-      "v2",
-      "-c",
-      "2",
-      "-d",
-      "0.3",
-    ]);
+    const { result } = await benchJson(
+      argv("--spawn-server --send-proxy v2 -c 2 -d 0.3"),
+    );
     assert.equal(result.errors, 0);
   });
   await t.step(
     "a server without --proxy-protocol echoes the header: an error",
     async () => {
       await using server = await ServerProcess.start(["--port", "0"]);
-      const { code, stderr } = await runCli([
-        "bench",
-        "--port",
-        `${server.port}`,
-        "--send-proxy",
-        "v1",
-        "-c",
-        "1",
-        "-d",
-        "0.3",
-      ]);
+      const { code, stderr } = await runCli(
+        argv(`bench --port ${server.port} --send-proxy v1 -c 1 -d 0.3`),
+      );
       assert.equal(code, 1);
       assert.match(stderr, /echo mismatch|more bytes than sent/);
     },
@@ -799,12 +781,7 @@ Deno.test({
   ignore: Deno.build.os !== "linux", // --workers above 1
   async fn() {
     await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--workers",
-      "2",
-      "--proxy-protocol",
-      "v1",
+      ...argv("--port 0 --workers 2 --proxy-protocol v1"),
       ...TLS_ARGS,
     ]);
     // One by one from new ports: SO_REUSEPORT hashes each to a worker, so
@@ -838,18 +815,11 @@ Deno.test({
     "tcpecho server --workers 2: --deny and --max-conns-per-ip (PROXY sources) hold over both workers",
   ignore: Deno.build.os !== "linux", // --workers above 1
   async fn() {
-    await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--workers",
-      "2",
-      "--proxy-protocol",
-      "v1",
-      "--deny",
-      "198.51.100.0/24",
-      "--max-conns-per-ip",
-      "2",
-    ]);
+    await using server = await ServerProcess.start(
+      argv(
+        "--port 0 --workers 2 --proxy-protocol v1 --deny 198.51.100.0/24 --max-conns-per-ip 2",
+      ),
+    );
     const proxied = async (source: string) => {
       const conn = await Deno.connect({ port: server.port });
       await writeAll(conn, v1(source));

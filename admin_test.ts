@@ -17,11 +17,9 @@ import {
   udpSnapshot,
 } from "./_metrics.ts";
 import { type RefusalCode, serve } from "./server.ts";
-import { ConnEvents, echoAll, writeAll } from "./testing.ts";
+import { bytes, ConnEvents, echoAll, writeAll } from "./testing.ts";
 import { connectUdp, UdpConn, type UdpServerStats } from "./udp.ts";
-import { runCli, ServerProcess } from "./testing_cli.ts";
-
-const bytes = (text: string) => new TextEncoder().encode(text);
+import { argv, runCli, ServerProcess } from "./testing_cli.ts";
 
 interface Family {
   name: string;
@@ -468,16 +466,9 @@ Deno.test({
     "tcpecho server --workers 2 --admin: /metrics totals the traffic of both workers",
   ignore: Deno.build.os !== "linux", // --workers above 1, and 127.0.0.2
   async fn() {
-    await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--workers",
-      "2",
-      "--admin",
-      "127.0.0.1:0",
-      "--allow",
-      "127.0.0.1",
-    ]);
+    await using server = await ServerProcess.start(
+      argv("--port 0 --workers 2 --admin 127.0.0.1:0 --allow 127.0.0.1"),
+    );
     const adminLine = await server.waitFor(/ INF admin on 127\.0\.0\.1:\d+$/);
     const adminPort = Number(/:(\d+)$/.exec(adminLine)![1]);
     // One by one, from new ports: SO_REUSEPORT hashes each to a worker, so
@@ -532,13 +523,9 @@ Deno.test({
 Deno.test("tcpecho server --admin on a port in use exits 1 before listening", async () => {
   using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const { port } = taken.addr;
-  const { code, stdout, stderr } = await runCli([
-    "server",
-    "--port",
-    "0",
-    "--admin",
-    `127.0.0.1:${port}`,
-  ]);
+  const { code, stdout, stderr } = await runCli(
+    argv(`server --port 0 --admin 127.0.0.1:${port}`),
+  );
   assert.equal(code, 1);
   assert.equal(stdout, "");
   assert.match(
@@ -548,13 +535,9 @@ Deno.test("tcpecho server --admin on a port in use exits 1 before listening", as
     ),
   );
   assert.doesNotMatch(stderr, /listening on/);
-  const bad = await runCli([
-    "server",
-    "--port",
-    "0",
-    "--admin",
-    "no.such.host.invalid:9",
-  ]);
+  const bad = await runCli(
+    argv("server --port 0 --admin no.such.host.invalid:9"),
+  );
   assert.equal(bad.code, 1);
   assert.match(
     bad.stderr,
@@ -573,15 +556,9 @@ Deno.test({
     "tcpecho server --udp --admin --deny: /metrics counts datagrams by fate; a real parser reads it",
   ignore: Deno.build.os !== "linux", // 127.0.0.2
   async fn() {
-    await using server = await ServerProcess.start([
-      "--udp",
-      "--port",
-      "0",
-      "--admin",
-      "127.0.0.1:0",
-      "--deny",
-      "127.0.0.2",
-    ]);
+    await using server = await ServerProcess.start(
+      argv("--udp --port 0 --admin 127.0.0.1:0 --deny 127.0.0.2"),
+    );
     const port = await adminPort(server);
     // Its own line, before the echo port's, as over TCP.
     assert.ok(

@@ -9,15 +9,14 @@ import {
   UsageError,
 } from "./_cli.ts";
 import { serve } from "./server.ts";
-import { echoAll, testdata } from "./testing.ts";
+import { echoAll, posix, testdata } from "./testing.ts";
 import {
+  argv,
   assertUsageError,
   runCli,
   runClient,
   ServerProcess,
 } from "./testing_cli.ts";
-
-const posix = Deno.build.os !== "windows";
 
 /** These runs end at once, or the test fails (killed after this). */
 const RUN_MS = 20_000;
@@ -188,14 +187,9 @@ Deno.test("tcpecho server --max-line takes a size with a unit, in line mode only
     ["server", "--mode", "raw", "--max-line", "1k"],
     "--max-line applies to --mode line",
   );
-  await using server = await ServerProcess.start([
-    "--port",
-    "0",
-    "--mode",
-    "line",
-    "--max-line",
-    "1k",
-  ]);
+  await using server = await ServerProcess.start(
+    argv("--port 0 --mode line --max-line 1k"),
+  );
   const line = (n: number) => new TextEncoder().encode("x".repeat(n) + "\n");
   using conn = await Deno.connect({ port: server.port });
   assert.deepEqual(await echoAll(conn, line(1024)), line(1024));
@@ -366,13 +360,9 @@ Deno.test("tcpecho error lines escape what a user typed: one line, no ESC", asyn
 });
 
 Deno.test("tcpecho server -v escapes bidi and zero-width characters in its log previews", async () => {
-  await using server = await ServerProcess.start([
-    "--port",
-    "0",
-    "--mode",
-    "line",
-    "-v",
-  ]);
+  await using server = await ServerProcess.start(
+    argv("--port 0 --mode line -v"),
+  );
   using conn = await Deno.connect({ port: server.port });
   const line = new TextEncoder().encode(
     "evil\u202etxt.exe\u200b\u2066x\ufeff\n",

@@ -3,6 +3,7 @@ import { connect, forTerminal, type Input, pipe } from "./client.ts";
 import { serve } from "./server.ts";
 import { delay, LineSplitter, readLines } from "./io.ts";
 import {
+  bytes,
   CA_FILE,
   ConnEvents,
   hasIpv6,
@@ -15,6 +16,7 @@ import {
   writeAll,
 } from "./testing.ts";
 import {
+  argv,
   benchClean,
   cli,
   echoServer,
@@ -24,8 +26,6 @@ import {
   ServerProcess,
   underPty,
 } from "./testing_cli.ts";
-
-const bytes = (text: string) => new TextEncoder().encode(text);
 
 Deno.test("tcpecho client pipes 1 MiB byte-exact and exits 0", async () => {
   await using server = serve({ port: 0 });
@@ -124,13 +124,9 @@ async function assertNothingLostSilently(args: string[]): Promise<void> {
 
 Deno.test("tcpecho client exits 1 when it had stdin to send and the server closed at once, 0 when stdin was empty (20 runs each)", async (t) => {
   await t.step("refused over --max-conns", async () => {
-    await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--max-conns",
-      "1",
-      "-q",
-    ]);
+    await using server = await ServerProcess.start(
+      argv("--port 0 --max-conns 1 -q"),
+    );
     using held = await Deno.connect({ port: server.port });
     assert.deepEqual(await roundTrip(held, bytes("a")), bytes("a")); // the one
     await assertNothingLostSilently(["-p", `${server.port}`]);
@@ -189,12 +185,9 @@ Deno.test("pipe() rejects when the server refuses the connection over maxConns",
 });
 
 Deno.test("tcpecho client exits 1 when the server refuses it over --max-conns", async () => {
-  await using server = await ServerProcess.start([
-    "--port",
-    "0",
-    "--max-conns",
-    "1",
-  ]);
+  await using server = await ServerProcess.start(
+    argv("--port 0 --max-conns 1"),
+  );
   const port = `${server.port}`;
   using first = await Deno.connect({ port: server.port });
   assert.deepEqual(await roundTrip(first, bytes("a")), bytes("a")); // the slot
@@ -357,16 +350,9 @@ Deno.test("tcpecho client --tls --insecure pipes to a server it cannot verify, a
 
 Deno.test("tcpecho bench --tls --insecure measures a server it cannot verify", async () => {
   await using server = serve({ port: 0, ...TLS });
-  const { stderr } = await benchClean([
-    "--tls",
-    "--insecure",
-    "-p",
-    `${server.addr.port}`,
-    "-c",
-    "2",
-    "-d",
-    "0.2",
-  ]);
+  const { stderr } = await benchClean(
+    argv(`--tls --insecure -p ${server.addr.port} -c 2 -d 0.2`),
+  );
   assert.equal(
     stderr,
     "warning: --insecure: the server's certificate is not verified\n",

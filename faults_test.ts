@@ -11,10 +11,12 @@ import { createRandom, randomSeed } from "./_random.ts";
 import { isDisconnect } from "./io.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import {
+  bytes,
   CA,
   captureLogs,
   closeQuietly,
   ConnEvents,
+  posix,
   randomBytes,
   readAll,
   readExactly,
@@ -24,10 +26,7 @@ import {
   watchdog,
   writeAll,
 } from "./testing.ts";
-import { cli, ServerProcess } from "./testing_cli.ts";
-
-const bytes = (text: string) => new TextEncoder().encode(text);
-const posix = Deno.build.os !== "windows";
+import { argv, cli, ServerProcess } from "./testing_cli.ts";
 
 /** What a client saw of one exchange. */
 interface Exchange {
@@ -561,14 +560,9 @@ async function faultyPattern(port: number, n: number): Promise<boolean[]> {
 
 Deno.test("tcpecho server (one worker) applies faults to the connections serve() would with the seed it logs", async () => {
   // No --seed: the main isolate draws one, says it, and the worker uses it.
-  await using server = await ServerProcess.start([
-    "--port",
-    "0",
-    "--close-after",
-    "1",
-    "--faulty",
-    "0.5",
-  ]);
+  await using server = await ServerProcess.start(
+    argv("--port 0 --close-after 1 --faulty 0.5"),
+  );
   const line = server.lines.find((l) => l.includes("faults:"))!;
   const seed = Number(/ seed (\d+)$/.exec(line)![1]);
   const plan = FaultPlan.from({ closeAfterBytes: 1, faulty: 0.5, seed })!;
@@ -583,14 +577,9 @@ Deno.test({
   async fn() {
     {
       // No --seed: drawn once, by the main isolate, and said once.
-      await using server = await ServerProcess.start([
-        "--port",
-        "0",
-        "--workers",
-        "2",
-        "--delay",
-        "1",
-      ]);
+      await using server = await ServerProcess.start(
+        argv("--port 0 --workers 2 --delay 1"),
+      );
       const faults = server.lines.filter((l) => l.includes("faults:"));
       assert.equal(faults.length, 1, server.lines.join("\n"));
       assert.match(faults[0], / INF faults: delay 1 ms, seed \d+$/);
@@ -612,18 +601,9 @@ Deno.test({
         .every((f) => f === undefined);
       if (none && one.next() !== undefined) break;
     }
-    await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--workers",
-      "2",
-      "--close-after",
-      "1",
-      "--faulty",
-      "0.05",
-      "--seed",
-      `${seed}`,
-    ]);
+    await using server = await ServerProcess.start(
+      argv(`--port 0 --workers 2 --close-after 1 --faulty 0.05 --seed ${seed}`),
+    );
     assert.deepEqual(
       server.lines.filter((l) => l.includes("faults:")).map((l) => l.slice(24)),
       [`INF faults: close-after 1 bytes, faulty 0.05, seed ${seed}`],
@@ -636,12 +616,7 @@ Deno.test({
 });
 
 Deno.test("tcpecho server --delay holds the echo back and says so with the seed", async () => {
-  await using server = await ServerProcess.start([
-    "--port",
-    "0",
-    "--delay",
-    "300",
-  ]);
+  await using server = await ServerProcess.start(argv("--port 0 --delay 300"));
   const line = await server.waitFor(/faults:/);
   assert.match(line, / INF faults: delay 300 ms, seed \d+$/);
   using conn = await Deno.connect({ port: server.port });
@@ -651,16 +626,9 @@ Deno.test("tcpecho server --delay holds the echo back and says so with the seed"
 });
 
 Deno.test("tcpecho server --close-after --seed logs the close and exact counts", async () => {
-  await using server = await ServerProcess.start([
-    "--port",
-    "0",
-    "--close-after",
-    "5",
-    "--slice",
-    "2",
-    "--seed",
-    "42",
-  ]);
+  await using server = await ServerProcess.start(
+    argv("--port 0 --close-after 5 --slice 2 --seed 42"),
+  );
   assert.match(
     await server.waitFor(/faults:/),
     / INF faults: slice 2 bytes, close-after 5 bytes, seed 42$/,
@@ -674,22 +642,11 @@ Deno.test("tcpecho server --close-after --seed logs the close and exact counts",
 
 Deno.test("tcpecho server fault options take units: 64k, 1M, 250ms, 2s", async (t) => {
   await t.step("TCP", async () => {
-    await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--delay",
-      "0.25s",
-      "--jitter",
-      "2ms",
-      "--slice",
-      "1k",
-      "--slice-delay",
-      "0.01s",
-      "--close-after",
-      "2k",
-      "--seed",
-      "7",
-    ]);
+    await using server = await ServerProcess.start(
+      argv(
+        "--port 0 --delay 0.25s --jitter 2ms --slice 1k --slice-delay 0.01s --close-after 2k --seed 7",
+      ),
+    );
     assert.match(
       await server.waitFor(/faults:/),
       new RegExp(
@@ -704,35 +661,20 @@ Deno.test("tcpecho server fault options take units: 64k, 1M, 250ms, 2s", async (
     assert.ok(firstByteMs >= 230, `first byte after ${firstByteMs} ms`);
   });
   await t.step("TCP, the largest units", async () => {
-    await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--slice",
-      "1M",
-      "--close-after",
-      "1G",
-      "--slice-delay",
-      "1.5m",
-      "--delay",
-      "1h",
-    ]);
+    await using server = await ServerProcess.start(
+      argv(
+        "--port 0 --slice 1M --close-after 1G --slice-delay 1.5m --delay 1h",
+      ),
+    );
     assert.match(
       await server.waitFor(/faults:/),
       / INF faults: delay 3600000 ms, slice 1048576 bytes, slice-delay 90000 ms, close-after 1073741824 bytes, seed \d+$/,
     );
   });
   await t.step("UDP", async () => {
-    await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--udp",
-      "--delay",
-      "1s",
-      "--jitter",
-      "500ms",
-      "--seed",
-      "7",
-    ]);
+    await using server = await ServerProcess.start(
+      argv("--port 0 --udp --delay 1s --jitter 500ms --seed 7"),
+    );
     assert.match(
       await server.waitFor(/faults:/),
       / INF faults: delay 1000 ms, jitter 500 ms, seed 7$/,
@@ -741,12 +683,9 @@ Deno.test("tcpecho server fault options take units: 64k, 1M, 250ms, 2s", async (
 });
 
 Deno.test("tcpecho server --mode discard logs bytes in, none out", async () => {
-  await using server = await ServerProcess.start([
-    "--port",
-    "0",
-    "--mode",
-    "discard",
-  ]);
+  await using server = await ServerProcess.start(
+    argv("--port 0 --mode discard"),
+  );
   using conn = await Deno.connect({ port: server.port });
   const { back } = await exchange(conn, randomBytes(5000, 1));
   assert.equal(back.length, 0);

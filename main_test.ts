@@ -5,8 +5,9 @@ import { type Command, findCommand } from "./_cli.ts";
 import { benchCommand } from "./_bench_command.ts";
 import { clientCommand } from "./_client_command.ts";
 import { serverCommand } from "./_server_command.ts";
-import { captureLogs, echoAll } from "./testing.ts";
+import { bytes, CA, captureLogs, echoAll, posix, testdata } from "./testing.ts";
 import {
+  argv,
   assertUsageError,
   benchClean,
   benchJson,
@@ -18,11 +19,9 @@ import {
   RESULT_KEYS,
   runCli,
   ServerProcess,
+  TLS_ARGS,
   underPty,
 } from "./testing_cli.ts";
-
-const bytes = (text: string) => new TextEncoder().encode(text);
-const posix = Deno.build.os !== "windows";
 
 Deno.test("tcpecho --help and --version print to stdout and exit 0", async () => {
   const help = await runCli(["--help"]);
@@ -161,13 +160,9 @@ Deno.test("tcpecho server exits 1 with one error line when the port is in use", 
 });
 
 Deno.test("tcpecho server exits 1 naming an unreadable TLS file", async () => {
-  const { code, stderr } = await runCli([
-    "server",
-    "--tls-cert",
-    "missing.pem",
-    "--tls-key",
-    "missing-key.pem",
-  ]);
+  const { code, stderr } = await runCli(
+    argv("server --tls-cert missing.pem --tls-key missing-key.pem"),
+  );
   assert.equal(code, 1);
   assert.match(
     stderr,
@@ -197,12 +192,9 @@ Deno.test({
   name: "tcpecho server exits 130 on a second signal during shutdown",
   ignore: !posix,
   async fn() {
-    await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--shutdown-timeout",
-      "60",
-    ]);
+    await using server = await ServerProcess.start(
+      argv("--port 0 --shutdown-timeout 60"),
+    );
     using conn = await Deno.connect({ port: server.port });
     await server.waitFor(/online/);
     server.child.kill("SIGTERM");
@@ -228,15 +220,9 @@ Deno.test("tcpecho server logs online and offline with exact byte counts", async
 });
 
 Deno.test("tcpecho server -v logs each line escaped; --log-format json parses", async () => {
-  await using server = await ServerProcess.start([
-    "--port",
-    "0",
-    "--mode",
-    "line",
-    "-v",
-    "--log-format",
-    "json",
-  ]);
+  await using server = await ServerProcess.start(
+    argv("--port 0 --mode line -v --log-format json"),
+  );
   using conn = await Deno.connect({ port: server.port });
   const forged = "a\r\n\x1b[2J2026-01-01 INF [9.9.9.9:9] offline\n";
   assert.deepEqual(await echoAll(conn, bytes(forged)), bytes(forged));
@@ -261,9 +247,6 @@ Deno.test("tcpecho server -v logs each line escaped; --log-format json parses", 
 
 // ---- transports -----------------------------------------------------------
 
-const testdata = (name: string) =>
-  new URL(`./testdata/${name}`, import.meta.url).pathname;
-
 Deno.test("tcpecho server exits 1 on a file that holds no certificate", async () => {
   const { code, stderr } = await runCli([
     "server",
@@ -283,13 +266,8 @@ Deno.test("tcpecho server exits 1 on a file that holds no certificate", async ()
 
 Deno.test("tcpecho server --unix with TLS is a usage error", async () => {
   const { code, stderr } = await runCli([
-    "server",
-    "--unix",
-    "/tmp/x.sock",
-    "--tls-cert",
-    testdata("server.pem"),
-    "--tls-key",
-    testdata("server-key.pem"),
+    ...argv("server --unix /tmp/x.sock"),
+    ...TLS_ARGS,
   ]);
   assert.equal(code, 2);
   assert.match(
@@ -347,18 +325,11 @@ Deno.test({
 });
 
 Deno.test("tcpecho server --tls-cert/--tls-key serves TLS", async () => {
-  await using server = await ServerProcess.start([
-    "--port",
-    "0",
-    "--tls-cert",
-    testdata("server.pem"),
-    "--tls-key",
-    testdata("server-key.pem"),
-  ]);
+  await using server = await ServerProcess.start(["--port", "0", ...TLS_ARGS]);
   using conn = await Deno.connectTls({
     hostname: "localhost",
     port: server.port,
-    caCerts: [Deno.readTextFileSync(testdata("ca.pem"))],
+    caCerts: [CA],
   });
   assert.deepEqual(await echoAll(conn, bytes("secret")), bytes("secret"));
   await server.waitFor(/offline \(.*6 bytes in, 6 bytes out\)/);
@@ -367,41 +338,21 @@ Deno.test("tcpecho server --tls-cert/--tls-key serves TLS", async () => {
 // ---- bench ----------------------------------------------------------------
 
 Deno.test("tcpecho bench --spawn-server --json prints the spec's object", async () => {
-  const { result } = await benchClean([
-    "--spawn-server",
-    "-c",
-    "4",
-    "-d",
-    "0.3",
-  ]);
+  const { result } = await benchClean(argv("--spawn-server -c 4 -d 0.3"));
   assert.deepEqual(Object.keys(result), RESULT_KEYS);
   assert.deepEqual(Object.keys(result.latency_us), LATENCY_KEYS);
 });
 
 Deno.test("tcpecho bench --lines --spawn-server measures a line-mode server", async () => {
-  await benchClean([
-    "--spawn-server",
-    "--lines",
-    "-c",
-    "2",
-    "-d",
-    "0.3",
-  ]);
+  await benchClean(argv("--spawn-server --lines -c 2 -d 0.3"));
 });
 
 Deno.test("tcpecho bench exits 1 when a server corrupts an echo", async () => {
   // An echo server that flips one bit of the 1000th byte it echoes.
   await using server = echoServer({ mangle: flipBitAt(1000) });
-  const { code, stdout, stderr } = await runCli([
-    "bench",
-    "-p",
-    `${server.port}`,
-    "-c",
-    "1",
-    "-d",
-    "0.2",
-    "--json",
-  ]);
+  const { code, stdout, stderr } = await runCli(
+    argv(`bench -p ${server.port} -c 1 -d 0.2 --json`),
+  );
   assert.equal(code, 1, stderr);
   assert.ok(JSON.parse(stdout).errors >= 1);
   assert.match(stderr, /^warning: .*mismatch/m);
@@ -436,16 +387,8 @@ Deno.test({
     await using logs = await captureLogs();
     await using server = serve({ port: 0 });
     const online = logs.next(/online/);
-    const child = cli([
-      "bench",
-      "-p",
-      `${server.addr.port}`,
-      "-c",
-      "1",
-      "-d",
-      "60",
-      "--json",
-    ]).spawn();
+    const child = cli(argv(`bench -p ${server.addr.port} -c 1 -d 60 --json`))
+      .spawn();
     await online; // the run has started
     child.kill("SIGINT");
     const { code, stdout } = await child.output();
@@ -458,16 +401,9 @@ Deno.test({
 
 Deno.test("tcpecho bench --interval prints one line per interval on stderr, kept", async () => {
   await using server = serve({ port: 0 });
-  const { result, stderr } = await benchJson([
-    "-p",
-    `${server.addr.port}`,
-    "-c",
-    "2",
-    "-d",
-    "1",
-    "--interval",
-    "0.25",
-  ]);
+  const { result, stderr } = await benchJson(
+    argv(`-p ${server.addr.port} -c 2 -d 1 --interval 0.25`),
+  );
   const lines = stderr.trimEnd().split("\n");
   assert.ok(lines.length >= 4 && lines.length <= 5, stderr);
   for (const line of lines) {
@@ -482,17 +418,9 @@ Deno.test("tcpecho bench --interval prints one line per interval on stderr, kept
 
 Deno.test("tcpecho bench --threads 2: one result over both workers", async () => {
   await using server = serve({ port: 0 });
-  const { code, stdout, stderr } = await runCli([
-    "bench",
-    "-p",
-    `${server.addr.port}`,
-    "-c",
-    "6",
-    "-d",
-    "0.5",
-    "--threads",
-    "2",
-  ]);
+  const { code, stdout, stderr } = await runCli(
+    argv(`bench -p ${server.addr.port} -c 6 -d 0.5 --threads 2`),
+  );
   assert.equal(code, 0, stderr);
   assert.match(
     stdout,
@@ -514,15 +442,9 @@ Deno.test("tcpecho bench --threads 2: one result over both workers", async () =>
 
 Deno.test("tcpecho bench groups errors by cause and hints at --lines", async () => {
   await using server = serve({ port: 0, mode: "line" });
-  const { code, stdout, stderr } = await runCli([
-    "bench",
-    "-p",
-    `${server.addr.port}`,
-    "-c",
-    "2",
-    "-d",
-    "0.2",
-  ]);
+  const { code, stdout, stderr } = await runCli(
+    argv(`bench -p ${server.addr.port} -c 2 -d 0.2`),
+  );
   assert.equal(code, 1, stderr);
   assert.match(
     stdout,
@@ -535,17 +457,9 @@ Deno.test("tcpecho bench --rate says when the server did not keep up", async () 
   // One connection, one message in flight, each echo held 100 ms: at most
   // 10 msg/s of the 200 asked.
   await using server = serve({ port: 0, delayMs: 100 });
-  const { code, stdout, stderr } = await runCli([
-    "bench",
-    "-p",
-    `${server.addr.port}`,
-    "-c",
-    "1",
-    "-d",
-    "0.5",
-    "--rate",
-    "200",
-  ]);
+  const { code, stdout, stderr } = await runCli(
+    argv(`bench -p ${server.addr.port} -c 1 -d 0.5 --rate 200`),
+  );
   assert.equal(code, 0, stderr);
   const match =
     /^rate {7}the server did not keep up: ([\d,.]+) msg\/s of the 200 asked \(latency counts the wait\)$/m
@@ -557,32 +471,17 @@ Deno.test("tcpecho bench --rate says when the server did not keep up", async () 
 Deno.test("tcpecho bench --spawn-server --lines -s 70000 gives the server a --max-line that fits", async () => {
   // Over the server's default 65,536-byte line limit: without the matching
   // --max-line every message would be cut, an error.
-  const { result } = await benchClean([
-    "--spawn-server",
-    "--lines",
-    "-s",
-    "70000",
-    "-c",
-    "1",
-    "-d",
-    "0.2",
-  ]);
+  const { result } = await benchClean(
+    argv("--spawn-server --lines -s 70000 -c 1 -d 0.2"),
+  );
   assert.equal(result.size, 70_000);
 });
 
 Deno.test("tcpecho bench --pattern connect reports connections a second", async () => {
   await using server = serve({ port: 0 });
-  const { code, stdout, stderr } = await runCli([
-    "bench",
-    "-p",
-    `${server.addr.port}`,
-    "--pattern",
-    "connect",
-    "-c",
-    "2",
-    "-d",
-    "0.2",
-  ]);
+  const { code, stdout, stderr } = await runCli(
+    argv(`bench -p ${server.addr.port} --pattern connect -c 2 -d 0.2`),
+  );
   assert.equal(code, 0, stderr);
   assert.match(stdout, /^bench 127\.0\.0\.1:\d+: connect, 2 connections/m);
   assert.match(stdout, /^connects {3}[1-9][\d,.]* conn\/s$/m);
@@ -615,11 +514,7 @@ Deno.test("tcpecho bench HOST PORT and HOST:PORT measure where --host and --port
     await t.step(target.join(" "), async () => {
       const served = server.stats.served;
       const { code, stdout, stderr } = await runCli([
-        "bench",
-        "-c",
-        "1",
-        "-d",
-        "0.1",
+        ...argv("bench -c 1 -d 0.1"),
         ...target,
       ]);
       assert.equal(code, 0, stderr);
@@ -630,26 +525,10 @@ Deno.test("tcpecho bench HOST PORT and HOST:PORT measure where --host and --port
 });
 
 Deno.test("tcpecho bench --tls without --ca hints at --ca for a self-signed server", async () => {
-  await using server = await ServerProcess.start([
-    "--port",
-    "0",
-    "--tls-cert",
-    testdata("server.pem"),
-    "--tls-key",
-    testdata("server-key.pem"),
-  ]);
-  const { code, stdout, stderr } = await runCli([
-    "bench",
-    "--tls",
-    "--host",
-    "localhost",
-    "-p",
-    `${server.port}`,
-    "-c",
-    "1",
-    "-d",
-    "0.1",
-  ]);
+  await using server = await ServerProcess.start(["--port", "0", ...TLS_ARGS]);
+  const { code, stdout, stderr } = await runCli(
+    argv(`bench --tls --host localhost -p ${server.port} -c 1 -d 0.1`),
+  );
   // The first connection fails: no run, one error line with the way out.
   assert.equal(code, 1, stderr);
   assert.equal(stdout, "");
@@ -662,16 +541,9 @@ Deno.test("tcpecho bench --tls without --ca hints at --ca for a self-signed serv
 
 Deno.test("tcpecho bench -s 16M completes 16 MiB messages with no error", async () => {
   await using server = serve({ port: 0 });
-  const { result } = await benchClean([
-    "-p",
-    `${server.addr.port}`,
-    "-s",
-    "16M",
-    "-c",
-    "1",
-    "-d",
-    "0.2",
-  ]);
+  const { result } = await benchClean(
+    argv(`-p ${server.addr.port} -s 16M -c 1 -d 0.2`),
+  );
   assert.equal(result.size, 16 << 20);
   assert.equal(result.bytes, result.messages * (16 << 20));
 });

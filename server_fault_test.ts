@@ -7,10 +7,12 @@ import assert from "node:assert/strict";
 import { serve } from "./server.ts";
 import { isDisconnect } from "./io.ts";
 import {
+  bytes,
   closeQuietly,
   connectFrom,
   ConnEvents,
   openFilesLimit,
+  posix,
   randomBytes,
   RandomStream,
   readExactly,
@@ -19,9 +21,6 @@ import {
   writeAll,
 } from "./testing.ts";
 import { ServerProcess } from "./testing_cli.ts";
-
-const posix = Deno.build.os !== "windows";
-const bytes = (text: string) => new TextEncoder().encode(text);
 
 /** A command that runs another with at most `n` open descriptors, if any. */
 function lowFdLimit(n: number): string[] | undefined {

@@ -6,13 +6,18 @@
 import assert from "node:assert/strict";
 import { serverCommand } from "./_server_command.ts";
 import { ServerChild } from "./spawn.ts";
-import { closeQuietly, echoAll, openFilesLimit, roundTrip } from "./testing.ts";
+import {
+  bytes,
+  closeQuietly,
+  echoAll,
+  openFilesLimit,
+  posix,
+  roundTrip,
+} from "./testing.ts";
 import { isDisconnect } from "./io.ts";
 
 const MAIN = new URL("./main.ts", import.meta.url).pathname;
 const linux = Deno.build.os === "linux";
-const posix = Deno.build.os !== "windows";
-const bytes = (text: string) => new TextEncoder().encode(text);
 
 /** `deno run -A main.ts server ARGS` with `env` added; SIGKILL on disposal. */
 class Server extends ServerChild {

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { formatProxyHeader } from "./_proxy_protocol.ts";
 import { isDisconnect } from "./io.ts";
 import {
+  bytes,
   CA,
   captureLogs,
   ConnEvents,
@@ -16,9 +17,8 @@ import {
   watchdog,
   writeAll,
 } from "./testing.ts";
-import { ServerProcess, TLS_ARGS } from "./testing_cli.ts";
+import { argv, ServerProcess, TLS_ARGS } from "./testing_cli.ts";
 
-const bytes = (text: string) => new TextEncoder().encode(text);
 const linux = Deno.build.os === "linux";
 
 /** Bad clients in a burst: how many, and how many at a time. */
@@ -49,6 +49,26 @@ async function burst(
     }
   };
   await Promise.all(Array.from({ length: AT_ONCE }, one));
+}
+
+/**
+ * A TLS client on `port` that completes its handshake, then a
+ * {@linkcode burst} of {@linkcode BURST} plaintext clients that each send
+ * `first` (not a TLS hello): the good client, when the burst began, and the
+ * burst.
+ */
+async function tlsThenPlaintext(port: number, first: string) {
+  const good = await Deno.connectTls({
+    hostname: "localhost",
+    port,
+    caCerts: [CA],
+  });
+  const started = performance.now();
+  const flood = burst(BURST, async () => ({
+    conn: await Deno.connect({ port }),
+    first: bytes(first),
+  }));
+  return { good, started, flood };
 }
 
 /**
@@ -106,16 +126,11 @@ Deno.test("serve() summarises a burst of failed TLS handshakes, and serves good 
   await using logs = await captureLogs();
   const server = events.serve({ ...TLS });
   const { port } = server.addr;
-  using good = await Deno.connectTls({
-    hostname: "localhost",
+  const { good: tls, started, flood } = await tlsThenPlaintext(
     port,
-    caCerts: [CA],
-  });
-  const started = performance.now();
-  const flood = burst(BURST, async () => ({
-    conn: await Deno.connect({ port }),
-    first: bytes("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), // plaintext
-  }));
+    "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+  );
+  using good = tls;
   assert.ok(await served(good, flood) >= 1);
   await events.count(
     "closed",
@@ -230,23 +245,15 @@ Deno.test({
   ignore: !linux,
   async fn() {
     await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--workers",
-      "2",
+      ...argv("--port 0 --workers 2"),
       ...TLS_ARGS,
     ]);
     const { port } = server;
-    using good = await Deno.connectTls({
-      hostname: "localhost",
+    const { good: tls, started, flood } = await tlsThenPlaintext(
       port,
-      caCerts: [CA],
-    });
-    const started = performance.now();
-    const flood = burst(BURST, async () => ({
-      conn: await Deno.connect({ port }),
-      first: bytes("GET / HTTP/1.1\r\n\r\n"),
-    }));
+      "GET / HTTP/1.1\r\n\r\n",
+    );
+    using good = tls;
     assert.ok(await served(good, flood) >= 1);
     good.close();
     assert.equal(await server.stop(), 0);
@@ -270,18 +277,11 @@ Deno.test({
     "tcpecho server --workers 2 summarises bad PROXY headers, denied and per-address refusals apart, each with its exact count",
   ignore: !linux,
   async fn() {
-    await using server = await ServerProcess.start([
-      "--port",
-      "0",
-      "--workers",
-      "2",
-      "--proxy-protocol",
-      "v1",
-      "--deny",
-      "10.0.0.0/8",
-      "--max-conns-per-ip",
-      "1",
-    ]);
+    await using server = await ServerProcess.start(
+      argv(
+        "--port 0 --workers 2 --proxy-protocol v1 --deny 10.0.0.0/8 --max-conns-per-ip 1",
+      ),
+    );
     const { port } = server;
     using good = await Deno.connect({ port });
     await writeAll(good, from("192.0.2.1")); // 192.0.2.1's one connection

@@ -24,6 +24,13 @@ import {
 
 export { readAll, writeAll };
 
+/** `text` as UTF-8 bytes. */
+export const bytes = (text: string): Uint8Array =>
+  new TextEncoder().encode(text);
+
+/** Whether this is a POSIX system (signals, Unix sockets), not Windows. */
+export const posix = Deno.build.os !== "windows";
+
 /** Captures LogTape records (all levels) until disposed. */
 export async function captureLogs(): Promise<
   AsyncDisposable & {

@@ -24,6 +24,16 @@ export function cli(args: string[], stdin: "piped" | "null" = "null") {
   });
 }
 
+/**
+ * A command line's arguments, split at white space as a shell would split
+ * them unquoted: `argv("--port 0 --workers 2")` is
+ * `["--port", "0", "--workers", "2"]`. For arguments without spaces; put a
+ * path that may hold one in its own array element.
+ */
+export function argv(line: string): string[] {
+  return line.split(/\s+/).filter((word) => word !== "");
+}
+
 /** `tcpecho server`'s TLS options with the test certificate and key. */
 export const TLS_ARGS = [
   "--tls-cert",

@@ -16,6 +16,7 @@ import {
   tlsReleaseUnavailable,
 } from "./_tls_release.ts";
 import {
+  bytes,
   CA,
   CA_FILE,
   captureLogs,
@@ -33,7 +34,6 @@ import { ServerChild } from "./spawn.ts";
 import { PERMISSIONS } from "./tools/compile.ts";
 
 const linux = Deno.build.os === "linux";
-const bytes = (text: string) => new TextEncoder().encode(text);
 
 // Made now, not in the first test: the releaser keeps one descriptor spare
 // for itself, which must be in every baseline below. Without it (no

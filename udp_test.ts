@@ -11,8 +11,16 @@ import {
   UdpConn,
   type UdpServeOptions,
 } from "./udp.ts";
-import { captureLogs, hasIpv6, randomBytes, render } from "./testing.ts";
 import {
+  bytes,
+  captureLogs,
+  hasIpv6,
+  posix,
+  randomBytes,
+  render,
+} from "./testing.ts";
+import {
+  argv,
   assertUsageError,
   benchJson,
   hasScript,
@@ -23,9 +31,7 @@ import {
   underPty,
 } from "./testing_cli.ts";
 
-const bytes = (text: string) => new TextEncoder().encode(text);
 const text = (data: Uint8Array) => new TextDecoder().decode(data);
-const posix = Deno.build.os !== "windows";
 
 /** A bare UDP socket on 127.0.0.1, closed by scope (for misbehaving servers). */
 function rawSocket(): Deno.DatagramConn & Disposable {
@@ -639,17 +645,9 @@ Deno.test("tcpecho bench --udp --spawn-server measures its own UDP server", asyn
 
 Deno.test("tcpecho bench --udp --threads 2 splits the sockets over two workers", async () => {
   await using server = serveUdp({ port: 0 });
-  const { result } = await benchJson([
-    "--udp",
-    "-p",
-    `${server.addr.port}`,
-    "-c",
-    "3",
-    "-d",
-    "0.3",
-    "--threads",
-    "2",
-  ]);
+  const { result } = await benchJson(
+    argv(`--udp -p ${server.addr.port} -c 3 -d 0.3 --threads 2`),
+  );
   const shown = JSON.stringify(result);
   assert.equal(result.connections, 3);
   assert.equal(result.errors, 0);
@@ -805,17 +803,9 @@ Deno.test({
     "tcpecho server --udp stops on SIGTERM with datagram, peer and byte counts",
   ignore: !posix,
   async fn() {
-    await using server = await ServerProcess.start([
-      "--udp",
-      "--port",
-      "0",
-      "--drop",
-      "0",
-      "--jitter",
-      "1",
-      "--seed",
-      "7",
-    ]);
+    await using server = await ServerProcess.start(
+      argv("--udp --port 0 --drop 0 --jitter 1 --seed 7"),
+    );
     // As over TCP: `faults:` first, `listening on` last.
     assert.match(server.lines[0], /INF faults: jitter 1 ms, seed 7$/);
     assert.match(server.lines[1], /INF listening on udp:127\.0\.0\.1:\d+$/);
@@ -837,13 +827,9 @@ Deno.test({
     "tcpecho server --udp --workers auto: one server; SIGUSR1 counts, SIGHUP stops",
   ignore: !posix,
   async fn() {
-    await using server = await ServerProcess.start([
-      "--udp",
-      "--port",
-      "0",
-      "--workers",
-      "auto",
-    ]);
+    await using server = await ServerProcess.start(
+      argv("--udp --port 0 --workers auto"),
+    );
     using a = await connectUdp({ port: server.port });
     using b = await connectUdp({ port: server.port });
     await echo(a, bytes("hello"));
@@ -863,17 +849,9 @@ Deno.test({
 });
 
 Deno.test("tcpecho server --udp takes --delay and --jitter up to a day, as over TCP, and says so before listening on", async () => {
-  await using server = await ServerProcess.start([
-    "--udp",
-    "--port",
-    "0",
-    "--delay",
-    "86400000",
-    "--jitter",
-    "86400000",
-    "--seed",
-    "3",
-  ]);
+  await using server = await ServerProcess.start(
+    argv("--udp --port 0 --delay 86400000 --jitter 86400000 --seed 3"),
+  );
   assert.deepEqual(
     server.lines.map((line) => line.replace(/^.* INF /, "")),
     [
@@ -885,12 +863,7 @@ Deno.test("tcpecho server --udp takes --delay and --jitter up to a day, as over 
 });
 
 Deno.test("tcpecho server --udp -q prints listening on udp: and nothing else", async () => {
-  await using server = await ServerProcess.start([
-    "--udp",
-    "--port",
-    "0",
-    "-q",
-  ]);
+  await using server = await ServerProcess.start(argv("--udp --port 0 -q"));
   using conn = await connectUdp({ port: server.port });
   await echo(conn, bytes("q"));
   assert.equal(await server.stop(), 0);
