@@ -302,19 +302,10 @@ events per turn (128 unless set), so every connection gets its turn. With
   check: checkBench,
   async run(values, positionals, ctx) {
     const { lines, udp, json, hlog, "spawn-server": spawn } = values;
-    const {
-      connections,
-      sizeBytes,
-      durationMs,
-      pattern,
-      rate,
-      threads,
-      intervalMs,
-      sendProxy,
-    } = checkBench(values, positionals);
+    const bench = checkBench(values, positionals);
     // Checked again, the CA file read this time.
     const target = await connectOptions(values, positionals);
-    target.sendProxy = sendProxy;
+    target.sendProxy = bench.sendProxy;
     const stop = new AbortController();
     using _signals = ctx.onStopSignals(() => stop.abort());
     // The spawned server speaks what we send: lines get a line-mode server
@@ -322,13 +313,13 @@ events per turn (128 unless set), so every connection gets its turn. With
     await using server = spawn
       ? await spawnServer([
         ...(lines ? ["--mode", "line"] : []),
-        ...(sendProxy ? ["--proxy-protocol", sendProxy] : []),
-        ...(lines && sizeBytes - 1 > SERVE_DEFAULTS.maxLineBytes
-          ? ["--max-line", `${sizeBytes - 1}`]
+        ...(bench.sendProxy ? ["--proxy-protocol", bench.sendProxy] : []),
+        ...(lines && bench.sizeBytes - 1 > SERVE_DEFAULTS.maxLineBytes
+          ? ["--max-line", `${bench.sizeBytes - 1}`]
           : []),
         ...(udp ? ["--udp"] : []),
-        ...(!udp && connections > SERVE_DEFAULTS.maxConns
-          ? ["--max-conns", `${connections}`]
+        ...(!udp && bench.connections > SERVE_DEFAULTS.maxConns
+          ? ["--max-conns", `${bench.connections}`]
           : []),
       ])
       : undefined;
@@ -339,29 +330,32 @@ events per turn (128 unless set), so every connection gets its turn. With
     const name = targetName(target);
     using log = hlog === undefined ? undefined : new HlogWriter(hlog, {
       target: name,
-      pattern,
-      connections,
-      size: sizeBytes,
-      rate: rate ?? null,
+      pattern: bench.pattern,
+      connections: bench.connections,
+      size: bench.sizeBytes,
+      rate: bench.rate ?? null,
       ...(udp ? { udp: true as const } : {}),
     });
     const progress = Deno.stderr.isTerminal();
     const encoder = new TextEncoder();
     const clear = progress ? "\r\x1b[K" : "";
-    const groups = new ErrorGroups({ lines: lines ?? false, sizeBytes });
+    const groups = new ErrorGroups({
+      lines: lines ?? false,
+      sizeBytes: bench.sizeBytes,
+    });
     let errorsShown = 0;
     const intervals: BenchIntervalListener[] = [];
-    if (intervalMs !== undefined) {
+    if (bench.intervalMs !== undefined) {
       intervals.push({
-        everyMs: intervalMs,
+        everyMs: bench.intervalMs,
         onInterval: (i) => console.error(`${clear}${formatInterval(i)}`),
       });
     }
     if (log) intervals.push(log.listener());
     const common = {
-      connections,
-      sizeBytes,
-      durationMs,
+      connections: bench.connections,
+      sizeBytes: bench.sizeBytes,
+      durationMs: bench.durationMs,
       signal: stop.signal,
       intervals,
       onProgress: progress
@@ -381,7 +375,13 @@ events per turn (128 unless set), so every connection gets its turn. With
         port: target.port,
         ...common,
       })
-      : checkBenchOptions({ ...target, ...common, pattern, rate, lines });
+      : checkBenchOptions({
+        ...target,
+        ...common,
+        pattern: bench.pattern,
+        rate: bench.rate,
+        lines,
+      });
     boundIoTick(); // before the workers start: their runtimes read it
     const workers: WorkerShard[] = [];
     let outcome: BenchOutcome;
@@ -389,7 +389,7 @@ events per turn (128 unless set), so every connection gets its turn. With
       outcome = await drive(
         settings,
         (events) =>
-          split(connections, threads).map((share, i) => {
+          split(bench.connections, bench.threads).map((share, i) => {
             const worker = new WorkerShard(
               i,
               { ...settings.shard, ...share },
@@ -421,7 +421,7 @@ events per turn (128 unless set), so every connection gets its turn. With
     } else {
       console.log(formatReport(result, {
         target: name,
-        threads,
+        threads: bench.threads,
         warmupMs: BENCH_DEFAULTS.warmupMs,
         histogram,
         errors: errorGroups,
