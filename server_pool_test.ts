@@ -258,27 +258,49 @@ Deno.test({
   },
 });
 
+/** Runs `fn` with a fresh folder for socket files, and removes it after. */
+async function inSocketDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir();
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/**
+ * The server `exit` awaits ended with 0 and `stopped: N connections` (`served`
+ * of them), and its socket file at `path` is gone.
+ */
+async function stoppedClean(
+  server: Server,
+  exit: Promise<number>,
+  path: string,
+  served: number,
+): Promise<void> {
+  assert.equal(await exit, 0, server.lines.join("\n"));
+  assert.match(
+    server.lines.at(-1)!,
+    new RegExp(`INF stopped: ${served} connections`),
+  );
+  await assert.rejects(Deno.lstat(path), Deno.errors.NotFound);
+}
+
 for (const signal of ["SIGTERM", "SIGHUP", "SIGQUIT"] as const) {
   Deno.test({
     name:
       `tcpecho server on ${signal} right at listening on stops, exits 0, removes its socket (20 runs)`,
     ignore: !posix,
-    async fn() {
-      const dir = await Deno.makeTempDir();
-      try {
+    fn: () =>
+      inSocketDir(async (dir) => {
         for (let run = 0; run < 20; run++) {
           const path = `${dir}/s${run}.sock`;
           await using server = new Server(["--unix", path]);
           await server.ready;
           server.child.kill(signal);
-          assert.equal(await server.exited(), 0, server.lines.join("\n"));
-          assert.match(server.lines.at(-1)!, /INF stopped: 0 connections/);
-          await assert.rejects(Deno.lstat(path), Deno.errors.NotFound);
+          await stoppedClean(server, server.exited(), path, 0);
         }
-      } finally {
-        await Deno.remove(dir, { recursive: true });
-      }
-    },
+      }),
   });
 }
 
@@ -286,9 +308,8 @@ Deno.test({
   name:
     "tcpecho server ignores SIGUSR2: it keeps serving, keeps its socket file, stops at SIGTERM",
   ignore: !posix,
-  async fn() {
-    const dir = await Deno.makeTempDir();
-    try {
+  fn: () =>
+    inSocketDir(async (dir) => {
       const path = `${dir}/s.sock`;
       await using server = new Server(["--unix", path]);
       await server.ready;
@@ -298,13 +319,8 @@ Deno.test({
       using conn = await Deno.connect({ transport: "unix", path });
       assert.deepEqual(await roundTrip(conn, bytes("still")), bytes("still"));
       conn.close();
-      assert.equal(await server.stop(), 0, server.lines.join("\n"));
-      assert.match(server.lines.at(-1)!, /INF stopped: 1 connections/);
-      await assert.rejects(Deno.lstat(path), Deno.errors.NotFound);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+      await stoppedClean(server, server.stop(), path, 1);
+    }),
 });
 
 Deno.test({
