@@ -425,12 +425,7 @@ Deno.test("tcpecho server --admin: /readyz is 503 while draining, /metrics total
   // Two workers where there can be: one drains the connection, the other,
   // with none, stops at once, and /metrics still counts what it served.
   await using server = await ServerProcess.start([
-    "--port",
-    "0",
-    "--admin",
-    "127.0.0.1:0",
-    "--shutdown-timeout",
-    "30",
+    ...argv("--port 0 --admin 127.0.0.1:0 --shutdown-timeout 30"),
     ...(Deno.build.os === "linux" ? ["--workers", "2"] : []),
   ]);
   const adminLine = await server.waitFor(/ INF admin on 127\.0\.0\.1:\d+$/);
@@ -624,15 +619,9 @@ Deno.test({
 
 Deno.test("tcpecho server --udp --admin: /healthz, and /readyz is 503 from the first stop signal", async () => {
   await using server = await ServerProcess.start([
-    "--udp",
-    "--port",
-    "0",
-    "--admin",
-    "127.0.0.1:0",
-    "--delay",
-    "60000",
-    "--shutdown-timeout",
-    "30",
+    ...argv(
+      "--udp --port 0 --admin 127.0.0.1:0 --delay 60000 --shutdown-timeout 30",
+    ),
     "-v", // a debug line says the datagram is in
   ]);
   const port = await adminPort(server);

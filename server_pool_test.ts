@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { serverCommand } from "./_server_command.ts";
 import { ServerChild } from "./spawn.ts";
+import { argv } from "./testing_cli.ts";
 import {
   bytes,
   closeQuietly,
@@ -406,14 +407,9 @@ Deno.test({
     "tcpecho server --workers 2: refusal warnings summarised once a second over all workers",
   ignore: !linux,
   async fn() {
-    await using server = await Server.start([
-      "--port",
-      "0",
-      "--workers",
-      "2",
-      "--max-conns",
-      "1",
-    ]);
+    await using server = await Server.start(
+      argv("--port 0 --workers 2 --max-conns 1"),
+    );
     using held = await Deno.connect({ port: server.port });
     assert.ok(await admitted(held));
     // At once: the kernel spreads them over both workers, each refuses some.
@@ -440,14 +436,9 @@ Deno.test({
     "tcpecho server --idle-timeout closes silent connections on every worker",
   ignore: !linux,
   async fn() {
-    await using server = await Server.start([
-      "--port",
-      "0",
-      "--workers",
-      "2",
-      "--idle-timeout",
-      "0.05",
-    ]);
+    await using server = await Server.start(
+      argv("--port 0 --workers 2 --idle-timeout 0.05"),
+    );
     const conns = await Promise.all(
       Array.from({ length: 6 }, () => Deno.connect({ port: server.port })),
     );
