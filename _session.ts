@@ -311,8 +311,7 @@ export class Session {
       } else if (err instanceof HandshakeError) {
         this.#closeWith("tls-handshake", err.message);
       } else if (err instanceof LimitError) {
-        this.closeReason = err.message;
-        this.log.warn("[{peer}] closing: {reason}", { reason: err.message });
+        this.#closeWith("max-line", err.message);
         await this.#linger();
       } else if (isPeerError(err)) {
         this.log.debug("[{peer}] {err}", { err: String(err) });

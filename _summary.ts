@@ -18,9 +18,13 @@ export type RefusalCode = "max-conns" | "max-conns-per-ip" | "not-allowed";
 /**
  * Why the server closed a connection it had accepted, for the warnings a
  * peer can cause at will: a failed TLS handshake, a bad PROXY header, none in
- * time.
+ * time, a line over `--max-line`.
  */
-export type ClosingCode = "tls-handshake" | "proxy-header" | "proxy-timeout";
+export type ClosingCode =
+  | "tls-handshake"
+  | "proxy-header"
+  | "proxy-timeout"
+  | "max-line";
 
 /** A warning summarised per kind: {@linkcode WarningLog}. */
 export type WarningCode = RefusalCode | ClosingCode;
@@ -35,6 +39,7 @@ const CLOSINGS: readonly string[] = [
   "tls-handshake",
   "proxy-header",
   "proxy-timeout",
+  "max-line",
 ] satisfies ClosingCode[];
 
 /** How long after a line of a kind more of the same are only counted. */

@@ -182,6 +182,37 @@ Deno.test("serve() summarises a burst of bad PROXY headers, and serves good clie
   assertFew(bad.lines, started);
 });
 
+Deno.test("serve() summarises a burst of lines over maxLineBytes, and serves good clients meanwhile", async () => {
+  using events = new ConnEvents();
+  await using logs = await captureLogs();
+  const server = events.serve({ mode: "line", maxLineBytes: 10 });
+  const { port } = server.addr;
+  using good = await Deno.connect({ port });
+  const started = performance.now();
+  let done = false;
+  const flood = burst(BURST, async () => ({
+    conn: await Deno.connect({ port }),
+    first: bytes("x".repeat(11) + "\n"),
+  })).finally(() => done = true);
+  let pings = 0;
+  do {
+    const line = bytes("ping\n");
+    assert.deepEqual(await roundTrip(good, line), line);
+    pings++;
+  } while (!done);
+  await flood;
+  assert.ok(pings >= 1);
+  const reason = "line longer than 10 bytes (max-line)";
+  await events.count("closed", BURST, (e) => e.reason === reason);
+  good.close();
+  await server.close();
+  const lines = logs.lines("warning");
+  const long = summarised(lines, "closing", reason.replace(/[()]/g, "\\$&"));
+  assert.equal(long.total, BURST, lines.join("\n"));
+  assert.equal(long.lines, lines.length, lines.join("\n"));
+  assertFew(long.lines, started);
+});
+
 /** A PROXY v1 header naming `ip` as the client. */
 function from(ip: string): Uint8Array {
   return formatProxyHeader({
