@@ -399,6 +399,7 @@ class FaultyOutput implements Disposable {
   async #hangUp(): Promise<void> {
     const session = this.#session;
     const reason = `echoed ${this.#faults.closeAfterBytes} bytes (close-after)`;
+    session.halfClosed = true;
     await session.conn.closeWrite();
     this.hungUp = reason;
     session.holding = true; // the linger is ours too

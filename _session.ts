@@ -104,6 +104,10 @@ export class Session {
    * the session.
    */
   holding = false;
+  /** Whether the server has half-closed the conn (`--close-after` does). */
+  halfClosed = false;
+  /** Ends the linger after a limit early, while there is one. */
+  #endLinger?: () => void;
   readonly #totals: ByteTotals;
   /** The server's logger, for {@linkcode Template.log}. */
   readonly #serverLog: Logger;
@@ -181,10 +185,14 @@ export class Session {
   /**
    * Ends the connection from outside (idle sweep, handshake timer, shutdown):
    * the task's pending read or write rejects and it logs `reason`. Only the
-   * first reason counts, and the conn is closed only once.
+   * first reason counts, and the conn is closed only once; a connection
+   * already ending (lingering after a limit) stops lingering.
    */
   interrupt(reason: string): void {
-    if (this.closeReason !== undefined) return;
+    if (this.closeReason !== undefined) {
+      this.#endLinger?.(); // a linger ends now; the task closes the conn
+      return;
+    }
     this.closeReason = reason;
     try {
       this.conn.close();
@@ -195,29 +203,37 @@ export class Session {
   }
 
   /**
-   * Half-closes, so the client gets the echoes written so far and then our
-   * FIN rather than a reset, and drops its input until its EOF, at most
-   * {@linkcode LINGER_MS}.
+   * Half-closes (unless a fault did already), so the client gets the echoes
+   * written so far and then our FIN rather than a reset, and drops its input
+   * until its EOF: at most {@linkcode LINGER_MS}, or until
+   * {@linkcode Session.interrupt} (shutdown, the idle sweep). Returns then
+   * even if a TLS close_notify is still stuck behind a client that does not
+   * read: the caller releases and closes the conn, which ends it.
    */
   async #linger(): Promise<void> {
     const { conn } = this;
-    const timer = setTimeout(() => {
-      try {
-        conn.close(); // the read below ends
-      } catch {
-        // closed already
+    const drain = (async () => {
+      if (!this.halfClosed) {
+        this.halfClosed = true;
+        await conn.closeWrite();
       }
-    }, LINGER_MS);
-    try {
-      await conn.closeWrite();
       const buf = new Uint8Array(16 * 1024);
       for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
         this.received(n); // read, counted, dropped
       }
-    } catch {
-      // closed at the bound, by shutdown, or reset by the client: done
+    })().catch(() => {
+      // closed at the bound or by shutdown, or reset by the client: done
+    });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const bound = new Promise<void>((resolve) => {
+      this.#endLinger = resolve;
+      timer = setTimeout(resolve, LINGER_MS);
+    });
+    try {
+      await Promise.race([drain, bound]);
     } finally {
       clearTimeout(timer);
+      this.#endLinger = undefined;
     }
   }
 

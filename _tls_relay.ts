@@ -13,7 +13,7 @@
  * @module
  */
 import { isDisconnect, writeAll } from "./io.ts";
-import type { Session } from "./_session.ts";
+import { LINGER_MS, type Session } from "./_session.ts";
 import type { ReleaseTls } from "./_tls_release.ts";
 
 /** Relay buffer per direction. */
@@ -157,8 +157,8 @@ export class TlsRelay {
 /**
  * Copies both ways between the client (`outer`) and the private TLS
  * listener (`inner`), half-closes passing on, until the server's side has
- * ended; then closes both (the server has nothing more to say). Never
- * rejects.
+ * ended and the client's too (or {@linkcode LINGER_MS} after the server's);
+ * then closes both. Never rejects.
  */
 async function relay(outer: Deno.Conn, inner: Deno.Conn): Promise<void> {
   const copy = async (from: Deno.Conn, to: Deno.Conn) => {
@@ -172,6 +172,15 @@ async function relay(outer: Deno.Conn, inner: Deno.Conn): Promise<void> {
   const upstream = copy(outer, inner).catch(() => closeBoth(outer, inner));
   try {
     await copy(inner, outer);
+    // The server half-closed. It may still be reading (lingering after a
+    // limit), so the client gets to finish sending, at most LINGER_MS:
+    // closing now, with its input unread, would reset the client.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      upstream,
+      new Promise((resolve) => timer = setTimeout(resolve, LINGER_MS)),
+    ]);
+    clearTimeout(timer);
   } catch {
     // reset or closed: the session hears of it from its own connection
   } finally {
