@@ -242,6 +242,10 @@ export async function pipe(
     if (sending) await settled(upload, INPUT_GRACE_MS);
     closedFirst = sending && sent === 0 && received === 0;
     if (sending) input.close();
+    // A write still blocked then (a server that half-closed and reads no
+    // more) can never finish: closing the conn ends it, as a lost send.
+    if (sending) await settled(upload, INPUT_GRACE_MS);
+    if (sending) closeQuietly(conn);
   }
   const inputError = await upload;
   if (silence.expired) {

@@ -627,3 +627,33 @@ Deno.test({
     assert.deepEqual(out.stdout, data);
   },
 });
+
+Deno.test("tcpecho client exits 1, not hangs, when the server half-closes and stops reading", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = listener.accept().then(async (conn) => {
+    held.push(conn);
+    await conn.closeWrite(); // then reads nothing, closes nothing
+  });
+  const child = cli(["client", "-p", `${listener.addr.port}`], "piped")
+    .spawn();
+  using _ = watchdog(20_000, () => child.kill()); // a hang fails the test
+  const writer = child.stdin.getWriter();
+  // More than the socket buffers hold: the client's write must block.
+  const writing = writer.write(new Uint8Array(32 << 20)).catch(() => {});
+  const [status, stdout, stderr] = await Promise.all([
+    child.status,
+    new Response(child.stdout).bytes(),
+    new Response(child.stderr).bytes(),
+  ]);
+  await writing;
+  await writer.close().catch(() => {}); // the child has gone
+  await accepting;
+  held.forEach((conn) => conn.close());
+  assert.equal(status.code, 1, new TextDecoder().decode(stderr));
+  assert.equal(stdout.length, 0);
+  assert.match(
+    new TextDecoder().decode(stderr),
+    /^error: connection lost after 0 of \d+ bytes came back: /,
+  );
+});
