@@ -97,14 +97,16 @@ or with --udp each datagram to its sender.`,
     notes:
       "Logs go to stderr; `listening on` and `admin on` are printed at any log level.\n" +
       "SIGINT/SIGTERM/SIGHUP/SIGQUIT stop gracefully, a second one exits 130;\n" +
-      "SIGUSR1 logs the counters; SIGUSR2 is ignored. Workers take at most\n" +
-      `${IO_EVENTS_ENV} (${IO_EVENTS_PER_TICK} unless set) I/O events per tick:\n` +
-      "that keeps busy connections even. --udp serves from one socket in the\n" +
-      "main isolate (Deno cannot share a UDP port between workers): --workers N\n" +
-      "over 1 with --udp is refused, auto means 1. With --udp, --allow/--deny\n" +
-      "apply per datagram and --admin serves the datagram counters; the\n" +
-      "options about connections (--unix, TLS, --max-*, --idle-timeout,\n" +
-      "--slice*, --bandwidth, --close-after, --faulty, --proxy-protocol) do not.",
+      "SIGUSR1 logs the counters (under deno run, Deno also opens its debugger\n" +
+      "on 127.0.0.1:9229 then: see the README); SIGUSR2 is ignored. Workers\n" +
+      `take at most ${IO_EVENTS_ENV} (${IO_EVENTS_PER_TICK} unless set) I/O\n` +
+      "events per tick: that keeps busy connections even. --udp serves from\n" +
+      "one socket in the main isolate (Deno cannot share a UDP port between\n" +
+      "workers): --workers N over 1 with --udp is refused, auto means 1. With\n" +
+      "--udp, --allow/--deny apply per datagram and --admin serves the datagram\n" +
+      "counters; the options about connections (--unix, TLS, --max-*,\n" +
+      "--idle-timeout, --slice*, --bandwidth, --close-after, --faulty,\n" +
+      "--proxy-protocol) do not.",
   }),
   options: OPTIONS,
   check: checkServer,
