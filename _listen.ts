@@ -151,6 +151,22 @@ export async function acceptLoop(
       continue;
     }
     backoffMs = 0;
+    noDelay(conn);
     admit(conn);
+  }
+}
+
+/**
+ * Turns Nagle's algorithm off on a TCP connection (Deno leaves it on): else
+ * an echo written while an earlier one is unacknowledged waits for the
+ * client's delayed ACK, up to 40 ms on Linux, as it does for a client that
+ * writes twice, then reads. Deno's TLS connections cannot set it (2.9.6).
+ */
+export function noDelay(conn: Deno.Conn): void {
+  if (!("setNoDelay" in conn)) return; // a Unix socket, TLS
+  try {
+    (conn as Deno.TcpConn).setNoDelay(true);
+  } catch {
+    // the client is already gone: its task will find out
   }
 }

@@ -105,6 +105,7 @@ export class TlsRelay {
       hostname: "127.0.0.1",
       port: this.#port,
     });
+    inner.setNoDelay(true); // the relay must not add Nagle's waits
     const tls = await this.#claim((inner.localAddr as Deno.NetAddr).port);
     session.conn = tls;
     const relaying = relay(outer, inner);
