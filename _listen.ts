@@ -162,7 +162,7 @@ export async function acceptLoop(
  * client's delayed ACK, up to 40 ms on Linux, as it does for a client that
  * writes twice, then reads. Deno's TLS connections cannot set it (2.9.6).
  */
-export function noDelay(conn: Deno.Conn): void {
+function noDelay(conn: Deno.Conn): void {
   if (!("setNoDelay" in conn)) return; // a Unix socket, TLS
   try {
     (conn as Deno.TcpConn).setNoDelay(true);
