@@ -15,6 +15,7 @@ import {
   EchoError,
   MEASURE,
   openConnection,
+  type Phase,
   pingpong,
   Run,
   stream,
@@ -77,7 +78,7 @@ export interface WindowCounts {
 }
 
 /** `counts` as a {@linkcode ShardDelta}; they count afresh from zero. */
-export function takeDelta(counts: WindowCounts): ShardDelta {
+function takeDelta(counts: WindowCounts): ShardDelta {
   const delta: ShardDelta = {
     messages: counts.messages,
     bytes: counts.bytes,
@@ -95,6 +96,44 @@ export function takeDelta(counts: WindowCounts): ShardDelta {
   return delta;
 }
 
+/** A run as the window of its shard sees it: the counts, the phase, the stop. */
+export interface WindowRun extends WindowCounts {
+  /** Where the run is; the window moves it from warm-up to measure. */
+  phase: Phase;
+  /** Ends the phase of sending. */
+  stop(): void;
+}
+
+/**
+ * The measuring window of a shard, the same for TCP connections
+ * ({@linkcode LocalShard}) and UDP sockets (`_udp_bench.ts`): open it, take
+ * what was counted since the last look, close it.
+ */
+export class ShardWindow {
+  readonly #run: WindowRun;
+
+  /** The window over `run`'s counts. */
+  constructor(run: WindowRun) {
+    this.#run = run;
+  }
+
+  /** Opens the measuring window: from now on, what the run does counts. */
+  measure(): void {
+    this.#run.phase = MEASURE;
+  }
+
+  /** What was measured since the last call, and starts counting afresh. */
+  take(): ShardDelta {
+    return takeDelta(this.#run);
+  }
+
+  /** Closes the window (no more sends) and takes the last delta. */
+  endWindow(): ShardDelta {
+    this.#run.stop();
+    return this.take();
+  }
+}
+
 /** What a shard tells as it runs. Must not throw. */
 export interface ShardEvents {
   /** Each error counted (failed connect, reset, mismatch, drain timeout). */
@@ -104,7 +143,7 @@ export interface ShardEvents {
 }
 
 /** One isolate's connections of a run. */
-export class LocalShard {
+export class LocalShard extends ShardWindow {
   readonly #options: ShardOptions;
   readonly #run: Run;
   #next: number;
@@ -114,10 +153,8 @@ export class LocalShard {
 
   /** The connections `options.first…` of a run, not opened yet. */
   constructor(options: ShardOptions, events: ShardEvents) {
-    this.#options = options;
-    this.#next = options.first;
     const { pattern, sizeBytes, lines, connections, rate, target } = options;
-    this.#run = new Run({
+    const run = new Run({
       payload: new Payload(sizeBytes, { lines }),
       loop: pattern === "pingpong"
         ? pingpong
@@ -130,6 +167,10 @@ export class LocalShard {
       open: (signal) => openConnection({ ...target, signal }),
       onError: events.onError,
     });
+    super(run);
+    this.#options = options;
+    this.#next = options.first;
+    this.#run = run;
     this.#run.onAllGone = () => {
       if (!this.#opened || this.#gone) return;
       this.#gone = true;
@@ -188,22 +229,6 @@ export class LocalShard {
       run.checkAllGone();
     });
     return this.#opening;
-  }
-
-  /** Opens the measuring window: from now on, messages count. */
-  measure(): void {
-    this.#run.phase = MEASURE;
-  }
-
-  /** What was measured since the last call, and starts counting afresh. */
-  take(): ShardDelta {
-    return takeDelta(this.#run);
-  }
-
-  /** Closes the window (connections stop sending) and takes the last delta. */
-  endWindow(): ShardDelta {
-    this.#run.stop();
-    return this.take();
   }
 
   /**

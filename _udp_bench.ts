@@ -16,12 +16,14 @@ import {
   driveSettings,
   type Shard,
 } from "./_bench_driver.ts";
-import { EchoError } from "./_bench_connection.ts";
 import {
-  type ShardDelta,
-  type ShardEvents,
-  takeDelta,
-} from "./_bench_shard.ts";
+  EchoError,
+  MEASURE,
+  type Phase,
+  STOP,
+  WARMUP,
+} from "./_bench_connection.ts";
+import { type ShardEvents, ShardWindow } from "./_bench_shard.ts";
 import { LatencyHistogram } from "./_histogram.ts";
 import { Payload } from "./_payload.ts";
 import type {
@@ -77,11 +79,6 @@ export interface UdpShardOptions {
   lossTimeoutMs: number;
 }
 
-const WARMUP = 0;
-const MEASURE = 1;
-const STOP = 2;
-type Phase = typeof WARMUP | typeof MEASURE | typeof STOP;
-
 /** Lost messages a socket remembers, so that their late replies are not errors. */
 const LATE_KEPT = 8;
 
@@ -106,6 +103,11 @@ class Run {
   /** Whether the window has closed: no more sends. */
   get stopped(): boolean {
     return this.phase === STOP;
+  }
+
+  /** Closes the window: no more sends. */
+  stop(): void {
+    this.phase = STOP;
   }
 
   /** Reports one error (the driver counts it). */
@@ -137,7 +139,7 @@ class Flow {
  * One isolate's sockets of a UDP run, as the driver sees a shard. The first
  * socket resolves the host; the others reuse its address.
  */
-export class UdpShard implements Shard {
+export class UdpShard extends ShardWindow implements Shard {
   readonly #options: UdpShardOptions;
   readonly #events: ShardEvents;
   readonly #run: Run;
@@ -153,14 +155,16 @@ export class UdpShard implements Shard {
 
   /** The sockets `options.first…` of a run, not opened yet. */
   constructor(options: UdpShardOptions, events: ShardEvents) {
-    this.#options = options;
-    this.#events = events;
-    this.#next = options.first;
-    this.#run = new Run(
+    const run = new Run(
       new Payload(options.sizeBytes),
       options.lossTimeoutMs,
       events.onError,
     );
+    super(run);
+    this.#options = options;
+    this.#events = events;
+    this.#next = options.first;
+    this.#run = run;
   }
 
   /**
@@ -194,22 +198,6 @@ export class UdpShard implements Shard {
     return this.#opening;
   }
 
-  /** Opens the measuring window: from now on, replies and losses count. */
-  measure(): void {
-    this.#run.phase = MEASURE;
-  }
-
-  /** What was measured since the last call, and starts counting afresh. */
-  take(): ShardDelta {
-    return takeDelta(this.#run);
-  }
-
-  /** Closes the window (no more sends) and takes the last delta. */
-  endWindow(): ShardDelta {
-    this.#run.phase = STOP;
-    return this.take();
-  }
-
   /**
    * Ends the run: closes every socket at once, whatever is still in flight
    * counting neither way, and waits for every loop and send.
@@ -218,7 +206,7 @@ export class UdpShard implements Shard {
    *   for one that never opened.
    */
   async drain(_aborted: boolean): Promise<number[]> {
-    this.#run.phase = STOP;
+    this.#run.stop();
     await this.#opening;
     clearInterval(this.#sweep);
     for (const flow of this.#flows) flow.conn[Symbol.dispose](); // ends each receive
