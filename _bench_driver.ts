@@ -20,7 +20,7 @@ import type {
   BenchProgress,
   BenchResult,
 } from "./_bench_types.ts";
-import { delay } from "./io.ts";
+import { delay, withDefaults } from "./io.ts";
 
 /** How often the progress callback is called. */
 const PROGRESS_INTERVAL_MS = 250;
@@ -84,15 +84,15 @@ export function driveSettings(
   rate: number,
 ): DriveSettings {
   const {
-    connections = BENCH_DEFAULTS.connections,
-    sizeBytes = BENCH_DEFAULTS.sizeBytes,
-    durationMs = BENCH_DEFAULTS.durationMs,
-    warmupMs = BENCH_DEFAULTS.warmupMs,
+    connections,
+    sizeBytes,
+    durationMs,
+    warmupMs,
     signal,
     onProgress,
     onError,
     intervals,
-  } = options;
+  } = withDefaults(options, BENCH_DEFAULTS);
   return {
     pattern,
     connections,

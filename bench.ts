@@ -17,6 +17,7 @@ import {
 } from "./_bench_driver.ts";
 import { LocalShard } from "./_bench_shard.ts";
 import { Payload } from "./_payload.ts";
+import { withDefaults } from "./io.ts";
 import {
   BENCH_DEFAULTS,
   type BenchOptions,
@@ -73,11 +74,11 @@ export async function runBench(
 /** The options of a run, checked and defaulted, for the driver and its shards. */
 export function checkBenchOptions(options: BenchOptions) {
   const {
-    pattern = BENCH_DEFAULTS.pattern,
-    lines = BENCH_DEFAULTS.lines,
-    drainTimeoutMs = BENCH_DEFAULTS.drainTimeoutMs,
+    pattern,
+    lines,
+    drainTimeoutMs,
     rate,
-  } = options;
+  } = withDefaults(options, BENCH_DEFAULTS);
   const settings = driveSettings(options, pattern, rate ?? 0);
   const { connections, sizeBytes } = settings;
   checkConnections(connections);

@@ -1,5 +1,6 @@
 /**
- * Byte plumbing shared by the server, the client and the load generator.
+ * Byte plumbing shared by the server, the client and the load generator, and
+ * {@linkcode withDefaults} for their options.
  *
  * @module
  */
@@ -170,6 +171,34 @@ export function delay(ms: number, signal: AbortSignal): Promise<void> {
     const timer = setTimeout(done, ms);
     signal.addEventListener("abort", done, { once: true });
   });
+}
+
+/**
+ * `options` over `defaults`: each key of `defaults` that `options` leaves out
+ * or sets to `undefined` takes its default, as a destructuring default would;
+ * the other keys of `options` pass through. One table of defaults (e.g.
+ * `SERVE_DEFAULTS`) is then the only place a default is written.
+ *
+ * @example
+ * ```ts ignore
+ * const { port, mode } = withDefaults(options, SERVE_DEFAULTS);
+ * ```
+ */
+export function withDefaults<
+  O extends object,
+  D extends {
+    readonly [K in keyof D]: K extends keyof O ? Exclude<O[K], undefined>
+      : unknown;
+  },
+>(
+  options: O,
+  defaults: D,
+): O & { [K in keyof D & keyof O]-?: Exclude<O[K], undefined> } {
+  const out = { ...options } as Record<string, unknown>;
+  for (const [key, value] of Object.entries(defaults)) {
+    if (out[key] === undefined) out[key] = value;
+  }
+  return out as O & { [K in keyof D & keyof O]-?: Exclude<O[K], undefined> };
 }
 
 /** Options for {@linkcode LineSplitter} and {@linkcode readLines}. */

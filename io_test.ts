@@ -8,6 +8,7 @@ import {
   quote,
   readAll,
   type Reader,
+  withDefaults,
   writeAll,
 } from "./io.ts";
 
@@ -331,4 +332,32 @@ Deno.test("delay() removes its abort listener when the time is up", async () => 
   assert.equal(listeners.size, 1);
   await waiting;
   assert.equal(listeners.size, 0);
+});
+
+Deno.test("withDefaults() fills what options leave out or set to undefined, as destructuring defaults do", () => {
+  interface Options {
+    port?: number;
+    mode?: "raw" | "line";
+    path?: string;
+    onEvent?: () => void;
+    label?: string | null;
+  }
+  const defaults = { port: 8080, mode: "raw", label: "x", extra: 1 } as const;
+  const onEvent = () => {};
+  const options: Options = { port: 0, mode: undefined, onEvent, label: null };
+  const got = withDefaults(options, defaults);
+  // 0 and null are values, not absence; undefined and a missing key are not.
+  assert.deepEqual(got, {
+    port: 0,
+    mode: "raw",
+    onEvent,
+    label: null,
+    extra: 1,
+  });
+  const { port = 8080, mode = "raw", label = "x" } = options;
+  assert.deepEqual([got.port, got.mode, got.label], [port, mode, label]);
+  assert.equal(got.onEvent, onEvent);
+  assert.equal("path" in got, false);
+  assert.deepEqual(options, { port: 0, mode: undefined, onEvent, label: null });
+  assert.deepEqual(withDefaults({} as Options, defaults), defaults);
 });

@@ -40,7 +40,7 @@ import {
   tlsReleaser,
   tlsReleaseUnavailable,
 } from "./_tls_release.ts";
-import { formatAddr } from "./io.ts";
+import { formatAddr, withDefaults } from "./io.ts";
 import { Seconds } from "./log.ts";
 
 export { removeStaleSocket } from "./_listen.ts";
@@ -156,25 +156,25 @@ class EchoServer implements Server {
 
   constructor(options: ServeOptions, member?: PoolMember) {
     const {
-      hostname = SERVE_DEFAULTS.hostname,
-      port = SERVE_DEFAULTS.port,
+      hostname,
+      port,
       path,
       cert,
       key,
-      mode = SERVE_DEFAULTS.mode,
-      maxLineBytes = SERVE_DEFAULTS.maxLineBytes,
-      maxConns = SERVE_DEFAULTS.maxConns,
-      maxConnsPerIp = SERVE_DEFAULTS.maxConnsPerIp,
-      idleTimeoutMs = SERVE_DEFAULTS.idleTimeoutMs,
-      shutdownTimeoutMs = SERVE_DEFAULTS.shutdownTimeoutMs,
-      handshakeTimeoutMs = SERVE_DEFAULTS.handshakeTimeoutMs,
+      mode,
+      maxLineBytes,
+      maxConns,
+      maxConnsPerIp,
+      idleTimeoutMs,
+      shutdownTimeoutMs,
+      handshakeTimeoutMs,
       tcpBacklog,
       reusePort,
-      allow = SERVE_DEFAULTS.allow,
-      deny = SERVE_DEFAULTS.deny,
-      proxyProtocol = SERVE_DEFAULTS.proxyProtocol,
+      allow,
+      deny,
+      proxyProtocol,
       onConnState,
-    } = options;
+    } = withDefaults(options, SERVE_DEFAULTS);
     const plan = FaultPlan.from(options, member?.faultStream); // throws on a bad value
     const faults = mode === "discard" ? undefined : plan; // nothing to delay
     // Check the rules before listening: a bad one throws with nothing open.

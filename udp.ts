@@ -13,7 +13,13 @@
 import { getLogger, type Logger } from "@logtape/logtape";
 import { WarningLog } from "./_summary.ts";
 import { AccessList } from "./_cidr.ts";
-import { delay, escapePreview, formatAddr, isDisconnect } from "./io.ts";
+import {
+  delay,
+  escapePreview,
+  formatAddr,
+  isDisconnect,
+  withDefaults,
+} from "./io.ts";
 import { SERVE_DEFAULTS } from "./server.ts";
 import { randomSeed, seededRandom } from "./_random.ts";
 import { checkUnstableNet, MAX_UDP_PAYLOAD } from "./_udp_client.ts";
@@ -174,20 +180,20 @@ interface Delayed {
  */
 export function serveUdp(options: UdpServeOptions = {}): UdpServer {
   const {
-    hostname = UDP_SERVE_DEFAULTS.hostname,
-    port = UDP_SERVE_DEFAULTS.port,
-    drop = UDP_SERVE_DEFAULTS.drop,
-    delayMs = UDP_SERVE_DEFAULTS.delayMs,
-    jitterMs = UDP_SERVE_DEFAULTS.jitterMs,
+    hostname,
+    port,
+    drop,
+    delayMs,
+    jitterMs,
     seed = randomSeed(),
-    shutdownTimeoutMs = UDP_SERVE_DEFAULTS.shutdownTimeoutMs,
-    maxDatagramBytes = UDP_SERVE_DEFAULTS.maxDatagramBytes,
-    maxPendingBytes = UDP_SERVE_DEFAULTS.maxPendingBytes,
-    maxPeers = UDP_SERVE_DEFAULTS.maxPeers,
+    shutdownTimeoutMs,
+    maxDatagramBytes,
+    maxPendingBytes,
+    maxPeers,
     allow = [],
     deny = [],
     onDatagram,
-  } = options;
+  } = withDefaults(options, UDP_SERVE_DEFAULTS);
   if (!(drop >= 0 && drop <= 1)) {
     throw new RangeError(`invalid drop ${drop}: expected 0 to 1`);
   }
