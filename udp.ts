@@ -48,13 +48,8 @@ export {
   type UdpBenchOptions,
 } from "./_udp_bench.ts";
 
-export {
-  type DatagramEvent,
-  UDP_SERVE_DEFAULTS,
-  type UdpServeOptions,
-  type UdpServer,
-  type UdpServerStats,
-} from "./_udp_types.ts";
+// Its options, defaults, stats and events: everything _udp_types.ts has.
+export * from "./_udp_types.ts";
 
 /** How much of a datagram a debug line shows. */
 const PREVIEW_CHARS = 80;
