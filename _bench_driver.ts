@@ -11,7 +11,7 @@
 import { LatencyHistogram } from "./_histogram.ts";
 import type { ShardDelta, ShardEvents } from "./_bench_shard.ts";
 import { benchResult, fairness } from "./_bench_report.ts";
-import { BENCH_DEFAULTS } from "./_bench_types.ts";
+import { RUN_DEFAULTS } from "./_bench_types.ts";
 import type {
   BenchInterval,
   BenchIntervalListener,
@@ -72,7 +72,7 @@ export type RunOptions = Pick<
 >;
 
 /**
- * The driver's settings: `options` with {@linkcode BENCH_DEFAULTS} for what
+ * The driver's settings: `options` with {@linkcode RUN_DEFAULTS} for what
  * they leave out, and the run's `pattern` and `rate` (0: closed loop).
  * Nothing is checked here: each run checks its options, in its own order,
  * with {@linkcode checkConnections}, {@linkcode checkMs} and
@@ -92,7 +92,7 @@ export function driveSettings(
     onProgress,
     onError,
     intervals,
-  } = withDefaults(options, BENCH_DEFAULTS);
+  } = withDefaults(options, RUN_DEFAULTS);
   return {
     pattern,
     connections,

@@ -67,12 +67,17 @@ export interface BenchOptions extends ConnectOptions {
 /** Load patterns of {@linkcode BenchOptions.pattern}. */
 export type BenchPattern = "pingpong" | "stream" | "connect";
 
-/** Defaults of {@linkcode BenchOptions}; also printed by `--help`. */
-export const BENCH_DEFAULTS = {
+/** Defaults of what every run takes, over TCP or UDP: its size and length. */
+export const RUN_DEFAULTS = {
   connections: 50,
   sizeBytes: 64,
   durationMs: 10_000,
   warmupMs: 1_000,
+} as const;
+
+/** Defaults of {@linkcode BenchOptions}; also printed by `--help`. */
+export const BENCH_DEFAULTS = {
+  ...RUN_DEFAULTS,
   pattern: "pingpong",
   lines: false,
   drainTimeoutMs: 2_000,

@@ -2,9 +2,9 @@
  * The UDP server's public types: {@linkcode UdpServeOptions} and
  * {@linkcode UDP_SERVE_DEFAULTS}, a running {@linkcode UdpServer}, its live
  * {@linkcode UdpServerStats}, and the {@linkcode DatagramEvent}s that
- * `onDatagram` hears. Private to `udp.ts`, which exports them (kept apart,
- * as `_server_types.ts` is from `server.ts`, so that `udp.ts` holds the
- * server itself).
+ * `onDatagram` hears. Private to `udp.ts`, which re-exports all of it (kept
+ * apart, as `_server_types.ts` is from `server.ts`, so that `udp.ts` holds
+ * the server itself): whatever is exported here is public.
  *
  * @module
  */
@@ -62,6 +62,8 @@ export const UDP_SERVE_DEFAULTS = {
   maxDatagramBytes: MAX_UDP_PAYLOAD,
   maxPendingBytes: 16 * 1024 * 1024,
   maxPeers: 10_000,
+  allow: [],
+  deny: [],
 } as const;
 
 /** What became of one datagram, for {@linkcode UdpServeOptions.onDatagram}. */

@@ -177,7 +177,9 @@ export function delay(ms: number, signal: AbortSignal): Promise<void> {
  * `options` over `defaults`: each key of `defaults` that `options` leaves out
  * or sets to `undefined` takes its default, as a destructuring default would;
  * the other keys of `options` pass through. One table of defaults (e.g.
- * `SERVE_DEFAULTS`) is then the only place a default is written.
+ * `SERVE_DEFAULTS`) is then the only place a default is written, and a key
+ * the options do not have is a type error. Options are plain data: their own
+ * enumerable properties are read (not inherited ones or getters).
  *
  * @example
  * ```ts ignore
@@ -188,7 +190,7 @@ export function withDefaults<
   O extends object,
   D extends {
     readonly [K in keyof D]: K extends keyof O ? Exclude<O[K], undefined>
-      : unknown;
+      : never;
   },
 >(
   options: O,

@@ -342,7 +342,7 @@ Deno.test("withDefaults() fills what options leave out or set to undefined, as d
     onEvent?: () => void;
     label?: string | null;
   }
-  const defaults = { port: 8080, mode: "raw", label: "x", extra: 1 } as const;
+  const defaults = { port: 8080, mode: "raw", label: "x" } as const;
   const onEvent = () => {};
   const options: Options = { port: 0, mode: undefined, onEvent, label: null };
   const got = withDefaults(options, defaults);
@@ -352,7 +352,6 @@ Deno.test("withDefaults() fills what options leave out or set to undefined, as d
     mode: "raw",
     onEvent,
     label: null,
-    extra: 1,
   });
   const { port = 8080, mode = "raw", label = "x" } = options;
   assert.deepEqual([got.port, got.mode, got.label], [port, mode, label]);
@@ -360,4 +359,9 @@ Deno.test("withDefaults() fills what options leave out or set to undefined, as d
   assert.equal("path" in got, false);
   assert.deepEqual(options, { port: 0, mode: undefined, onEvent, label: null });
   assert.deepEqual(withDefaults({} as Options, defaults), defaults);
+  // A table's key the options lack, or a default of the wrong type, does not compile.
+  // @ts-expect-error: no such option
+  withDefaults(options, { prot: 1 });
+  // @ts-expect-error: not one of the option's values
+  withDefaults(options, { mode: "stream" } as const);
 });

@@ -89,8 +89,8 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
     maxDatagramBytes,
     maxPendingBytes,
     maxPeers,
-    allow = [],
-    deny = [],
+    allow,
+    deny,
     onDatagram,
   } = withDefaults(options, UDP_SERVE_DEFAULTS);
   if (!(drop >= 0 && drop <= 1)) {
