@@ -16,7 +16,7 @@ const PREVIEW_CHARS = 80;
 
 /** Raw mode (RFC 862): every byte back as it arrives. */
 export async function echoRaw(session: Session): Promise<void> {
-  await readChunks(session);
+  await readChunks(session, "echo");
   await session.conn.closeWrite(); // the client sent EOF and has everything back
 }
 
@@ -103,14 +103,14 @@ export async function echoDiscard(session: Session): Promise<void> {
 
 /**
  * Reads the client up to EOF. Each chunk read, valid until `take` returns,
- * goes to `take`; without `take`, straight back to the client (raw echo).
+ * goes to `take`; `"echo"` sends it straight back to the client (raw mode).
  * The echo is written here, not by a `take`: the callback's extra await per
  * message cost 3.6% more CPU a message at c=50 (5.74 vs 5.54 core-µs, five
  * rounds).
  */
 export async function readChunks(
   session: Session,
-  take?: (chunk: Uint8Array) => Promise<void> | void,
+  take: ((chunk: Uint8Array) => Promise<void> | void) | "echo",
 ): Promise<void> {
   const { conn } = session;
   const debug = session.debugging;
@@ -123,7 +123,7 @@ export async function readChunks(
     session.received(n);
     const buf = rb.bytes;
     const chunk = n === buf.length ? buf : buf.subarray(0, n);
-    if (take !== undefined) {
+    if (take !== "echo") {
       await take(chunk);
     } else {
       // One write takes it all almost always; writeAll only for the rest.
