@@ -3,7 +3,8 @@
  * `bench.ts`): {@linkcode LocalShard} opens them, runs their loops, hands
  * out what they measured since the last look, and drains them. `runBench()`
  * runs one in the caller's isolate; `bench --threads N` runs one in each of
- * N workers (`_bench_worker.ts`), driven by the same driver.
+ * N workers (`_bench_worker.ts`), driven by the same driver. Its measuring
+ * window, {@linkcode ShardWindow}, is the UDP shard's too (`_udp_bench.ts`).
  *
  * @module
  */
