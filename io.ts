@@ -179,7 +179,7 @@ export function delay(ms: number, signal: AbortSignal): Promise<void> {
  * the other keys of `options` pass through. One table of defaults (e.g.
  * `SERVE_DEFAULTS`) is then the only place a default is written, and a key
  * the options do not have is a type error. Options are plain data: their own
- * enumerable properties are read (not inherited ones or getters).
+ * enumerable properties are read (not inherited ones, such as a class's getters).
  *
  * @example
  * ```ts ignore
