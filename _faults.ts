@@ -14,7 +14,7 @@
  * @module
  */
 import { createRandom, randomSeed, seededRandom } from "./_random.ts";
-import { LINGER_MS, type Send, type Session } from "./_session.ts";
+import { dropInput, LINGER_MS, type Send, type Session } from "./_session.ts";
 import { delay, isPeerError, writeAll } from "./io.ts";
 import type { ServeOptions } from "./_server_types.ts";
 
@@ -199,17 +199,24 @@ export async function echoWithFaults(
   try {
     await read(out.push);
   } catch (err) {
-    // A broken connection stops the writer too (closing the conn ends a
-    // write blocked on a client that does not read). The server's own limit
-    // (a line too long) does not: what was answered before it still goes
-    // out, as it does without faults.
-    if (isPeerError(err)) {
-      out.stop(err);
-      closeQuietly(session.conn);
+    if (out.hungUp !== undefined && !isPeerError(err)) {
+      // Hung up (close-after): the rest is input to drop, not lines to
+      // frame (a long one is no max-line), until the client's EOF or the
+      // end of the linger.
+      await dropInput(session);
+    } else {
+      // A broken connection stops the writer too (closing the conn ends a
+      // write blocked on a client that does not read). The server's own
+      // limit (a line too long) does not: what was answered before it still
+      // goes out, as it does without faults.
+      if (isPeerError(err)) {
+        out.stop(err);
+        closeQuietly(session.conn);
+      }
+      out.close();
+      await writing;
+      throw isPeerError(err) ? out.error ?? err : err;
     }
-    out.close();
-    await writing;
-    throw isPeerError(err) ? out.error ?? err : err;
   }
   out.close();
   await writing;
@@ -227,6 +234,11 @@ function closeQuietly(conn: Deno.Conn): void {
   } catch {
     // closed already
   }
+}
+
+/** From `push` once the connection has hung up: the reader stops framing. */
+class HungUp extends Error {
+  override name = "HungUp";
 }
 
 /** An echo waiting in a {@linkcode FaultyOutput}, and when it may go. */
@@ -280,6 +292,7 @@ class FaultyOutput implements Disposable {
    */
   readonly push: Send = async (bytes) => {
     if (this.error !== undefined) throw this.error;
+    if (this.hungUp !== undefined) throw new HungUp(this.hungUp);
     const n = Math.min(bytes.length, this.#budget);
     if (n > 0) {
       this.#budget -= n;

@@ -217,10 +217,7 @@ export class Session {
         this.halfClosed = true;
         await conn.closeWrite();
       }
-      const buf = new Uint8Array(16 * 1024);
-      for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
-        this.received(n); // read, counted, dropped
-      }
+      await dropInput(this);
     })().catch(() => {
       // closed at the bound or by shutdown, or reset by the client: done
     });
@@ -390,7 +387,20 @@ async function handshake(session: Session, timeoutMs: number): Promise<void> {
   }
 }
 
-/** `1.23 s`, as the offline line shows durations. */
+/** `1.23 s`: a duration as the offline line shows it. */
 export function seconds(ms: number): string {
-  return `${(ms / 1000).toFixed(2)} s`;
+  return `${new Seconds(ms)} s`;
+}
+
+/**
+ * Reads and drops the client's input up to its EOF, counting it: what a
+ * connection that is done answering does while it lingers. Rejects once the
+ * conn is closed or reset.
+ */
+export async function dropInput(session: Session): Promise<void> {
+  const { conn } = session;
+  const buf = new Uint8Array(16 * 1024);
+  for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+    session.received(n);
+  }
 }

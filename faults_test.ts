@@ -270,6 +270,37 @@ Deno.test("serve() with closeAfterBytes echoes exactly that many bytes, then clo
   }
 });
 
+Deno.test("serve() with closeAfterBytes drops what comes after the hang-up unframed: no max-line, one close reason", async () => {
+  using events = new ConnEvents();
+  await using logs = await captureLogs();
+  await using server = events.serve({
+    mode: "line",
+    closeAfterBytes: 4,
+    maxLineBytes: 16,
+  });
+  using conn = await Deno.connect({ port: server.addr.port });
+  using _dog = watchdog(20_000, () => closeQuietly(conn));
+  await writeAll(conn, bytes("abcd\n"));
+  const back = new Uint8Array(8);
+  let got = 0;
+  for (let n = await conn.read(back); n !== null; n = await conn.read(back)) {
+    got += n; // up to the server's FIN: it has hung up
+  }
+  assert.equal(got, 4);
+  // A line over max-line after the hang-up is input to drop, not a line.
+  await writeAll(conn, new Uint8Array(100).fill(0x78));
+  await writeAll(conn, bytes("\n"));
+  await conn.closeWrite();
+  const closed = await events.find("closed");
+  assert.equal(closed.reason, "echoed 4 bytes (close-after)");
+  assert.equal(closed.bytesIn, 106);
+  assert.equal(closed.bytesOut, 4);
+  assert.ok(
+    !logs.lines().some((m) => m.includes("max-line")),
+    logs.lines().join("\n"),
+  );
+});
+
 Deno.test("serve() with closeAfterBytes hangs up with a FIN: a client still sending is not reset", async () => {
   using events = new ConnEvents();
   await using server = events.serve({ closeAfterBytes: 1000 });
