@@ -124,7 +124,8 @@ export async function readChunks(
     const buf = rb.bytes;
     const chunk = n === buf.length ? buf : buf.subarray(0, n);
     if (take !== "echo") {
-      await take(chunk);
+      const taking = take(chunk); // discard's take is synchronous: no await
+      if (taking !== undefined) await taking;
     } else {
       // One write takes it all almost always; writeAll only for the rest.
       const written = await conn.write(chunk);

@@ -205,7 +205,7 @@ class EchoServer implements Server {
         const connFaults = faults.next();
         if (connFaults === undefined) return this.#echo;
         return (s) => {
-          s.log.debug("[{peer}] faults apply");
+          if (s.debugging) s.log.debug("[{peer}] faults apply");
           return echoWithFaults(s, connFaults, (send) => read(s, send));
         };
       };
