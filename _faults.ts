@@ -15,8 +15,8 @@
  */
 import { createRandom, randomSeed, seededRandom } from "./_random.ts";
 import { dropInput, LINGER_MS, type Send, type Session } from "./_session.ts";
-import { delay, isPeerError, writeAll } from "./io.ts";
-import type { ServeOptions } from "./_server_types.ts";
+import { delay, isPeerError, withDefaults, writeAll } from "./io.ts";
+import { FAULT_DEFAULTS, type ServeOptions } from "./_server_types.ts";
 
 /**
  * Bytes a faulty connection may hold back (read, not yet echoed) before its
@@ -92,15 +92,15 @@ export class FaultPlan {
    */
   static from(options: FaultOptions, stream = 0): FaultPlan | undefined {
     const {
-      delayMs = 0,
-      jitterMs = 0,
-      sliceBytes = 0,
-      sliceDelayMs = 0,
-      bandwidthKiBps = 0,
-      closeAfterBytes = 0,
-      faulty = 1,
+      delayMs,
+      jitterMs,
+      sliceBytes,
+      sliceDelayMs,
+      bandwidthKiBps,
+      closeAfterBytes,
+      faulty,
       seed,
-    } = options;
+    } = withDefaults(options, FAULT_DEFAULTS);
     const check = (name: string, value: number, max: number) => {
       if (!(value >= 0 && value <= max)) {
         throw new RangeError(`${name} must be from 0 to ${max}, not ${value}`);
@@ -322,8 +322,8 @@ class FaultyOutput implements Disposable {
 
   /** The writer loop: resolves when done or stopped, never rejects. */
   async run(): Promise<void> {
-    const { log } = this.#session;
-    const debug = log.isEnabledFor("debug");
+    const session = this.#session;
+    const debug = session.debugging;
     try {
       for (;;) {
         const item = this.#queue.shift();
@@ -335,7 +335,9 @@ class FaultyOutput implements Disposable {
         await this.#pause(item.due);
         await this.#write(item.bytes);
         if (debug) {
-          log.debug("[{peer}] echoed {n} bytes", { n: item.bytes.length });
+          session.log.debug("[{peer}] echoed {n} bytes", {
+            n: item.bytes.length,
+          });
         }
         if (this.#budget === 0 && this.#held === 0) return await this.#hangUp();
       }

@@ -114,6 +114,17 @@ export interface ServeOptions {
   onConnState?: (event: ConnEvent) => void;
 }
 
+/** Defaults of the fault options of {@linkcode ServeOptions}: all off. */
+export const FAULT_DEFAULTS = {
+  delayMs: 0,
+  jitterMs: 0,
+  sliceBytes: 0,
+  sliceDelayMs: 0,
+  bandwidthKiBps: 0,
+  closeAfterBytes: 0,
+  faulty: 1,
+} as const;
+
 /** Defaults of {@linkcode ServeOptions}; also printed by `--help`. */
 export const SERVE_DEFAULTS = {
   hostname: "127.0.0.1",
@@ -126,13 +137,7 @@ export const SERVE_DEFAULTS = {
   shutdownTimeoutMs: 5000,
   handshakeTimeoutMs: 10000,
   reusePort: false,
-  delayMs: 0,
-  jitterMs: 0,
-  sliceBytes: 0,
-  sliceDelayMs: 0,
-  bandwidthKiBps: 0,
-  closeAfterBytes: 0,
-  faulty: 1,
+  ...FAULT_DEFAULTS,
   allow: [],
   deny: [],
   proxyProtocol: "off",
