@@ -17,6 +17,8 @@ export class Prompt implements Disposable {
   /** Resolves once readline has closed: Ctrl+D, Ctrl+C or {@linkcode close}. */
   readonly closed: Promise<void>;
   readonly #rl: Interface;
+  /** The cursor is at the start of a line, not after the prompt. */
+  #atLineStart = false;
 
   /** Shows `prompt`; each line typed goes to `onLine`, then the prompt again. */
   constructor(prompt: string, onLine: (line: string) => void) {
@@ -49,6 +51,7 @@ export class Prompt implements Disposable {
   show(text: string): void {
     process.stdout.write(`\r\x1b[K${text}\n`);
     this.redraw();
+    this.#atLineStart = !this.reading;
   }
 
   /** Draws the prompt and what was typed again, while readline is open. */
@@ -59,6 +62,19 @@ export class Prompt implements Disposable {
   /** Closes readline; again does nothing. */
   close(): void {
     this.#rl.close();
+  }
+
+  /**
+   * Closes readline and leaves the cursor at the start of a line, so the
+   * shell's prompt starts on its own: what was typed stays and its line is
+   * ended (Ctrl+C, Ctrl+D); with `clear`, the prompt's line is wiped
+   * instead, for a message that follows.
+   */
+  finish(clear = false): void {
+    this.close();
+    if (clear) process.stdout.write("\r\x1b[K");
+    else if (!this.#atLineStart) process.stdout.write("\n");
+    this.#atLineStart = true;
   }
 
   /** Same as {@linkcode close}. */

@@ -367,7 +367,7 @@ export async function udpInteractive(
     }
     return end;
   } finally {
-    terminal.close();
+    terminal.finish(); // Ctrl+C/Ctrl+D: what was typed stays, its line ended
     for (const item of [...due]) settle(item);
     conn.close(); // ends the pending receive
     await receiving.catch((err) => {

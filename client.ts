@@ -363,17 +363,12 @@ export async function interactive(
   let sent = 0;
   let received = 0;
   let halfClosed = false;
-  let atLineStart = false; // the cursor is not after a prompt
   const terminal = new Prompt(prompt, (line) => {
     const bytes = encoder.encode(line + "\n");
     sent += bytes.length;
     silence.waiting();
     sending = sending.then(() => writeAll(conn, bytes));
   });
-  const show = (text: string) => {
-    terminal.show(text);
-    atLineStart = !terminal.reading;
-  };
 
   const receiving = (async () => {
     const splitter = new LineSplitter(); // a "\r" stays, shown as "\\r"
@@ -382,11 +377,11 @@ export async function interactive(
       received += n;
       silence.heard(received < sent || halfClosed);
       for (const line of splitter.push(buf.subarray(0, n))) {
-        show(`server say# ${forTerminal(line)}`);
+        terminal.show(`server say# ${forTerminal(line)}`);
       }
     }
     const last = splitter.end();
-    if (last !== undefined) show(`server say# ${forTerminal(last)}`);
+    if (last !== undefined) terminal.show(`server say# ${forTerminal(last)}`);
   })();
   const closed = receiving.then(() => "closed" as const);
 
@@ -414,11 +409,9 @@ export async function interactive(
     }
     throw err;
   } finally {
-    terminal.close();
     // Ctrl+C/Ctrl+D leave what was typed and end its line; otherwise the
     // prompt makes way for the message that follows.
-    if (end === "server-closed") process.stdout.write("\r\x1b[K");
-    else if (!atLineStart) process.stdout.write("\n");
+    terminal.finish(end === "server-closed");
     if (end !== "eof") closeQuietly(conn); // interrupt the read still pending
     await receiving.catch((err) => {
       if (!isDisconnect(err)) throw err;

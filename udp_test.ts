@@ -498,6 +498,8 @@ Deno.test({
     await pty.type("\x04"); // Ctrl+D
     assert.equal(await pty.exit(), 0, pty.screen);
     assert.equal(server.stats.bytesIn, "hello\n".length);
+    // The prompt's line is ended: the shell's prompt starts on its own.
+    assert.ok(pty.screen.endsWith("\r\n"), JSON.stringify(pty.screen));
   },
 });
 
@@ -532,6 +534,7 @@ Deno.test({
     await pty.see("> "); // the prompt: readline has the terminal
     await pty.type("\x03"); // Ctrl+C, as a key, not a SIGINT
     assert.equal(await pty.exit(), 130, pty.screen);
+    assert.ok(pty.screen.endsWith("\r\n"), JSON.stringify(pty.screen));
   },
 });
 
