@@ -21,12 +21,8 @@ import {
 } from "./_cli.ts";
 import { parseCidr } from "./_cidr.ts";
 import { runPool, runUdp } from "./_server_run.ts";
-import {
-  MAX_FAULT_MS,
-  OPTIONS,
-  USAGE,
-  WORKERS_DEFAULT,
-} from "./_server_options.ts";
+import { MAX_FAULT_MS } from "./_faults.ts";
+import { OPTIONS, USAGE, WORKERS_DEFAULT } from "./_server_options.ts";
 import { IO_EVENTS_ENV, IO_EVENTS_PER_TICK } from "./_tick.ts";
 import { LOG_DEFAULTS, type LogFormat, type LogLevelName } from "./log.ts";
 import {

@@ -9,9 +9,6 @@ import { LOG_DEFAULTS, LOG_FORMATS, LOG_LEVEL_NAMES } from "./log.ts";
 import { SERVE_DEFAULTS } from "./server.ts";
 import { UDP_SERVE_DEFAULTS } from "./udp.ts";
 
-/** The longest `--delay`, `--jitter` or `--slice-delay`: a day. */
-export const MAX_FAULT_MS = 86_400_000;
-
 /** `--workers` when not given. */
 export const WORKERS_DEFAULT = 1;
 

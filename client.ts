@@ -263,7 +263,7 @@ export async function pipe(
       `the server closed the connection after echoing ${received} of ${sent} bytes`,
     );
   }
-  if (closedFirst && sent === 0) {
+  if (closedFirst) {
     throw new Error(
       "the server closed the connection before anything was sent",
     );
