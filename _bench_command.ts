@@ -127,7 +127,8 @@ const USAGE = "usage: tcpecho bench [--host ADDR] [--port N | --unix PATH] " +
   "[--tls [--ca FILE | --insecure]] [--connect-timeout SECONDS] " +
   "[-c N] [-s BYTES] [-d SECONDS] [--pattern pingpong|stream|connect] " +
   "[--rate N] [--lines] [--udp] [--threads N] [--interval SECONDS] [--hlog FILE] " +
-  "[--json] [--spawn-server] [HOST [PORT] | HOST:PORT]  (tcpecho bench --help)";
+  "[--json] [--send-proxy v1|v2] [--spawn-server] [HOST [PORT] | HOST:PORT]" +
+  "  (tcpecho bench --help)";
 
 /** How many error lines `bench` prints as they happen; the report groups them all. */
 const ERRORS_SHOWN = 5;

@@ -474,3 +474,31 @@ Deno.test("tcpecho usage lines name TLS and the timeouts", async () => {
     ]
   ) assert.ok(client.includes(part), `client usage: missing ${part}`);
 });
+
+Deno.test("README's synopsis of each command is its --help usage line", async () => {
+  const readme = await Deno.readTextFile(new URL("README.md", import.meta.url));
+  // Synopsis lines in code blocks; an indented line continues the one above.
+  const synopses = new Map<string, string>();
+  let last: string | undefined;
+  for (const line of readme.split("\n")) {
+    if (/^tcpecho (server|client|bench)\b/.test(line)) {
+      last = line.split(" [")[0].replace(/ FILE.*$/, "");
+      synopses.set(last, line.trim());
+    } else if (last !== undefined && /^ +\[/.test(line)) {
+      synopses.set(last, `${synopses.get(last)} ${line.trim()}`);
+    } else last = undefined;
+  }
+  const commands = ["server", "client", "bench", "bench merge"];
+  assert.deepEqual(
+    [...synopses.keys()].sort(),
+    commands.map((c) => `tcpecho ${c}`).sort(),
+  );
+  for (const command of commands) {
+    const { code, stdout } = await runCli([...command.split(" "), "--help"]);
+    assert.equal(code, 0);
+    const usage = stdout.split("\n")[0]
+      .replace(/^usage: /, "")
+      .replace(/ +\(tcpecho [a-z ]+--help\)$/, "");
+    assert.equal(synopses.get(`tcpecho ${command}`), usage, command);
+  }
+});
