@@ -429,9 +429,12 @@ events per turn (128 unless set), so every connection gets its turn. With
         udp,
       }));
     }
-    if (udp && result.messages === 0 && result.lost > 0) {
-      console.error(
-        "warning: no reply came back: is a UDP echo server listening there?",
+    if (
+      udp && result.messages === 0 && result.lost > 0 && !stop.signal.aborted
+    ) {
+      // Nothing measured: a failed run, as a dead TCP target is.
+      throw new Error(
+        "no reply came back: is a UDP echo server listening there?",
       );
     }
     if (result.errors > 0) {

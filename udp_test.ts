@@ -620,18 +620,30 @@ Deno.test("runUdpBench() counts an altered reply as an error", async () => {
   assert.equal(result.lost, 0);
 });
 
-Deno.test("tcpecho bench --udp ends on time against a server that drops all", async () => {
+Deno.test("tcpecho bench --udp ends on time against a server that drops all, and exits 1", async () => {
   await using server = serveUdp({ port: 0, drop: 1 });
-  const { result, stderr } = await benchJson(
-    ["--udp", "-p", `${server.addr.port}`, "-c", "2", "-d", "1.6"],
+  const { code, stdout, stderr } = await runCli(
+    [
+      "bench",
+      "--udp",
+      "-p",
+      `${server.addr.port}`,
+      "-c",
+      "2",
+      "-d",
+      "1.6",
+      "--json",
+    ],
   );
+  assert.equal(code, 1, stderr); // nothing measured: a failed run
+  const result = JSON.parse(stdout); // the report is still whole
   const shown = JSON.stringify(result);
   assert.deepEqual(Object.keys(result), RESULT_KEYS);
   assert.equal(result.messages, 0);
   assert.equal(result.errors, 0);
   assert.ok(result.lost >= 2, shown); // a second each, per socket
   assert.ok(result.duration_s < 1.7, shown);
-  assert.match(stderr, /^warning: no reply came back/);
+  assert.match(stderr, /^error: no reply came back/);
 });
 
 Deno.test("tcpecho bench --udp --spawn-server measures its own UDP server", async () => {
