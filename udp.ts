@@ -145,6 +145,19 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
     fate: DatagramEvent["fate"],
   ) => onDatagram?.({ peer, bytes, fate });
 
+  // allow/deny's verdict per sender address: a datagram costs a lookup, not
+  // an address parse. Bounded as the peer count is: cleared when full.
+  const verdicts = new Map<string, boolean>();
+  function allowed(access: AccessList, hostname: string): boolean {
+    let verdict = verdicts.get(hostname);
+    if (verdict === undefined) {
+      verdict = access.allows(hostname);
+      if (verdicts.size >= maxPeers) verdicts.clear();
+      verdicts.set(hostname, verdict);
+    }
+    return verdict;
+  }
+
   function countPeer(from: Deno.NetAddr): void {
     if (stats.peersCapped) return;
     const key = `${from.hostname} ${from.port}`;
@@ -214,7 +227,7 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
     stats.datagrams++;
     stats.bytesIn += n;
     countPeer(from);
-    if (access !== undefined && !access.allows(from.hostname)) {
+    if (access !== undefined && !allowed(access, from.hostname)) {
       stats.refused++;
       refusals.warn(formatAddr(from), "not-allowed", "not allowed");
       report(from, n, "refused");

@@ -296,6 +296,41 @@ function connectFrom(hostname: string, port: number): UdpConn {
 }
 
 Deno.test({
+  name:
+    "serveUdp() keeps each sender's allow/deny verdict, also past maxPeers addresses",
+  ignore: !posix, // 127.0.0.2 is a loopback address on Linux
+  async fn() {
+    // maxPeers 1: every other address clears what is kept.
+    const { server, next } = eventServer({
+      port: 0,
+      allow: ["127.0.0.1"],
+      maxPeers: 1,
+    });
+    await using _server = server;
+    using one = connectFrom("127.0.0.1", server.addr.port);
+    using two = connectFrom("127.0.0.2", server.addr.port);
+    const fates: string[] = [];
+    for (const conn of [one, one, two, two, one, two, one]) {
+      if (conn === one) {
+        assert.deepEqual(await echo(conn, bytes("hi")), bytes("hi"));
+      } else await conn.send(bytes("hi"));
+      const event = await next();
+      fates.push(`${event.peer.hostname} ${event.fate}`);
+    }
+    assert.deepEqual(fates, [
+      "127.0.0.1 echoed",
+      "127.0.0.1 echoed",
+      "127.0.0.2 refused",
+      "127.0.0.2 refused",
+      "127.0.0.1 echoed",
+      "127.0.0.2 refused",
+      "127.0.0.1 echoed",
+    ]);
+    assert.equal(server.stats.refused, 3);
+  },
+});
+
+Deno.test({
   name: "serveUdp() answers only the senders allow/deny let through; deny wins",
   ignore: !posix, // 127.0.0.2 is a loopback address on Linux
   async fn(t) {
