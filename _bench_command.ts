@@ -12,7 +12,6 @@ import {
   checkConnect,
   type Command,
   CONNECT_OPTIONS,
-  connectOptions,
   formatHelp,
   groupOptions,
   integer,
@@ -21,6 +20,7 @@ import {
   secondsMs,
   UsageError,
   type Values,
+  withCa,
 } from "./_cli.ts";
 import { type BenchOutcome, drive } from "./_bench_driver.ts";
 import { ErrorGroups } from "./_bench_report.ts";
@@ -304,8 +304,7 @@ events per turn (128 unless set), so every connection gets its turn. With
   async run(values, positionals, ctx) {
     const { lines, udp, json, hlog, "spawn-server": spawn } = values;
     const bench = checkBench(values, positionals);
-    // Checked again, the CA file read this time.
-    const target = await connectOptions(values, positionals);
+    const target = await withCa(bench.target); // the CA file read now
     target.sendProxy = bench.sendProxy;
     const stop = new AbortController();
     using _signals = ctx.onStopSignals(() => stop.abort());

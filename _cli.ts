@@ -457,7 +457,19 @@ export async function connectOptions(
   values: Values<typeof CONNECT_OPTIONS>,
   positionals: readonly string[] = [],
 ): Promise<ConnectOptions> {
-  const { ca, ...options } = checkConnect(values, positionals);
+  return await withCa(checkConnect(values, positionals));
+}
+
+/**
+ * Options {@linkcode checkConnect} returned, with their CA file read.
+ * `--insecure` is said on stderr.
+ *
+ * @throws {Error} when the CA file cannot be read
+ */
+export async function withCa(
+  checked: ConnectOptions & { ca?: string },
+): Promise<ConnectOptions> {
+  const { ca, ...options } = checked;
   if (ca !== undefined) {
     options.caCerts = [await readPem(ca, "CA certificate", "CERTIFICATE")];
   }
