@@ -101,9 +101,8 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
       throw new RangeError(`invalid ${name} ${ms}: expected 0 or more`);
     }
   }
-  const access = allow.length + deny.length > 0
-    ? new AccessList(allow, deny) // throws RangeError before binding
-    : undefined;
+  const rules = new AccessList(allow, deny); // throws RangeError before binding
+  const access = rules.empty ? undefined : rules;
   const log = getLogger(["tcpecho", "server"]);
   const socket = listenUdp(hostname, port);
   const addr = socket.addr as Deno.NetAddr;
