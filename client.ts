@@ -5,7 +5,6 @@
  *
  * @module
  */
-import process from "node:process";
 import { type ProxyVersion, sendProxyHeader } from "./_proxy_protocol.ts";
 
 export type { ProxyVersion } from "./_proxy_protocol.ts";
