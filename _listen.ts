@@ -8,6 +8,7 @@
  */
 import type { Logger } from "@logtape/logtape";
 import { delay, formatAddr, isDisconnect } from "./io.ts";
+import { WarningThrottle } from "./_summary.ts";
 
 /** Accept-error backoff (EMFILE and the like): first and longest wait. */
 const ACCEPT_BACKOFF_MS = [5, 1000] as const;
@@ -120,8 +121,7 @@ export async function acceptLoop(
   admit: (conn: Deno.Conn) => void,
 ): Promise<void> {
   let backoffMs = 0;
-  let failures = 0; // since the last warning
-  let warnedAt = -Infinity;
+  const throttle = new WarningThrottle();
   while (!signal.aborted) {
     let conn: Deno.Conn;
     try {
@@ -138,14 +138,12 @@ export async function acceptLoop(
         ACCEPT_BACKOFF_MS[1],
         Math.max(ACCEPT_BACKOFF_MS[0], backoffMs * 2),
       );
-      failures++;
-      if (performance.now() - warnedAt >= 1000) {
-        warnedAt = performance.now();
+      const failures = throttle.count("accept");
+      if (failures !== undefined) {
         log.warn(
           "cannot accept a connection: {err}; retrying ({failures} failed since the last warning)",
           { err: String(err), failures },
         );
-        failures = 0;
       }
       await delay(backoffMs, signal);
       continue;

@@ -1,9 +1,11 @@
 /**
  * The warnings a flood of hostile clients repeats, one per connection:
  * refusals (limits, `allow`/`deny`), failed TLS handshakes and bad or missing
- * PROXY headers. Each kind is summarised the way accept errors are: the first
- * with its detail, then at most one line a second with a count. Private to
- * `server.ts`, `udp.ts` and the CLI's worker pool.
+ * PROXY headers. Each kind is summarised: the first with its detail, then
+ * at most one line a second with a count. And {@linkcode WarningThrottle}
+ * for warnings that carry their own detail (accept errors, oversized
+ * datagrams). Private to `server.ts`, `_listen.ts`, `udp.ts` and the CLI's
+ * worker pool.
  *
  * @module
  */
@@ -138,5 +140,30 @@ export class WarningLog implements WarningReporter {
       if (window.count > 0) this.#summary(code, window);
     }
     this.#windows.clear();
+  }
+}
+
+/**
+ * For warnings that carry their own detail (an accept error, an oversized
+ * datagram): at most one line a second per kind, each saying how many there
+ * were since the last. Counted as they come, no timer: a line is due at the
+ * first of a kind after the second is over.
+ */
+export class WarningThrottle {
+  readonly #last = new Map<string, { at: number; held: number }>();
+
+  /**
+   * Counts one warning of `kind`. Returns how many came since the last line
+   * (this one included) when a line is due now, else `undefined`.
+   */
+  count(kind: string): number | undefined {
+    const now = performance.now();
+    const last = this.#last.get(kind);
+    if (last !== undefined && now - last.at < SUMMARY_MS) {
+      last.held++;
+      return undefined;
+    }
+    this.#last.set(kind, { at: now, held: 0 });
+    return (last?.held ?? 0) + 1;
   }
 }

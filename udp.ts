@@ -11,7 +11,7 @@
  * @module
  */
 import { getLogger, type Logger } from "@logtape/logtape";
-import { WarningLog } from "./_summary.ts";
+import { WarningLog, WarningThrottle } from "./_summary.ts";
 import { AccessList } from "./_cidr.ts";
 import {
   delay,
@@ -379,19 +379,14 @@ function logDatagram(
  * one line a second per kind, saying how many were held back.
  */
 class Warnings {
-  #last = new Map<string, { at: number; held: number }>();
+  readonly #throttle = new WarningThrottle();
 
   constructor(readonly log: Logger) {}
 
   warn(kind: string, message: string, props: Record<string, unknown>): void {
-    const now = performance.now();
-    const last = this.#last.get(kind);
-    if (last !== undefined && now - last.at < 1000) {
-      last.held++;
-      return;
-    }
-    const held = last?.held ?? 0;
-    this.#last.set(kind, { at: now, held: 0 });
+    const count = this.#throttle.count(kind);
+    if (count === undefined) return;
+    const held = count - 1;
     this.log.warn(
       held > 0 ? `${message} ({held} more since the last warning)` : message,
       { ...props, held },
