@@ -64,7 +64,8 @@ export async function runPool(
   const running: { pool?: ServerPool; draining?: boolean } = {};
   using _stop = ctx.onStopSignals(() => {
     running.draining = true;
-    void running.pool?.close();
+    // A worker that dies meanwhile fails close() too: finished says why.
+    running.pool?.close().catch(() => {});
   });
   using _stats = ctx.onStatsSignal(() => {
     running.pool?.stats().then(
@@ -128,7 +129,7 @@ export async function runPool(
   if (faults !== undefined) {
     log.info("faults: {faults}", { faults: faults.describe() });
   }
-  if (running.draining) void pool.close();
+  if (running.draining) pool.close().catch(() => {}); // finished says why
   else log.info("listening on {where}", { where: formatAddr(pool.addr) });
   const { served, bytesOut } = await pool.finished;
   warnings[Symbol.dispose](); // the counts still open come before the end

@@ -535,6 +535,30 @@ for (const workers of linux ? [1, 2] : [1]) {
 
 Deno.test({
   name:
+    "tcpecho server: a worker that dies while it drains ends with exit 1 and one error line",
+  ignore: !posix,
+  async fn() {
+    await using server = await Server.start(
+      argv("--port 0 --shutdown-timeout 60"),
+      { TCPECHO_TEST_CRASH: "stats" },
+    );
+    using conn = await Deno.connect({ port: server.port });
+    await roundTrip(conn, bytes("hi"));
+    server.child.kill("SIGTERM");
+    await server.waitFor(/stopping: waiting up to 60\.00 s for 1 connections/);
+    server.child.kill("SIGUSR1"); // worker 1 dies while it waits for conn
+    assert.equal(await server.exited(), 1);
+    const errors = server.lines.filter((l) => l.startsWith("error: "));
+    assert.deepEqual(errors, [
+      "error: worker 1 of 1 failed: Uncaught Error: test crash on stats",
+    ]);
+    assert.equal(server.lines.at(-1), errors[0], server.lines.join("\n"));
+    assert.deepEqual(server.matching(/Uncaught \(in promise\)|^\s+at /), []);
+  },
+});
+
+Deno.test({
+  name:
     "tcpecho server: a worker that dies with clients on the others lets them finish",
   ignore: !linux,
   async fn() {
