@@ -258,6 +258,15 @@ export class ServerPool implements AsyncDisposable {
   }
 
   /**
+   * Whether every worker accepts clients: false from {@linkcode
+   * ServerPool.close} on, and from the moment a worker died or stopped (the
+   * others are then told to stop).
+   */
+  get accepting(): boolean {
+    return this.#closing === undefined && this.#members.every((m) => m.alive);
+  }
+
+  /**
    * The workers' counters now, summed (each worker answers a request).
    *
    * @throws {Error} when a worker stops or dies before it answers: the

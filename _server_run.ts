@@ -45,7 +45,9 @@ export interface RunOptions {
  * Runs the server's worker pool until a stop signal: signal handlers first,
  * then the admin endpoint, then the workers; then, once, the TLS warning,
  * the `faults:` line and `listening on`; at the end `stopped:` with the
- * totals. A worker's death ends it with that error.
+ * totals. A worker's death ends it with that error. `/readyz` (`admin`) is
+ * 200 while every worker accepts: not before they listen, nor after a stop
+ * signal or a worker's death.
  *
  * Faults: the seed is drawn here when not given, so that every worker has
  * it and `faults:` names it; worker `i` draws from sequence `i` of it (see
@@ -101,7 +103,7 @@ export async function runPool(
       running.pool
         ? sumSnapshots(await running.pool.snapshots())
         : emptySnapshot(),
-    ready: () => running.pool !== undefined && !running.draining,
+    ready: () => running.pool?.accepting ?? false,
   });
   const pool = await ServerPool.start({
     workers,

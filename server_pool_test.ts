@@ -14,6 +14,7 @@ import {
   openFilesLimit,
   posix,
   roundTrip,
+  watchdog,
 } from "./testing.ts";
 import { isDisconnect } from "./io.ts";
 
@@ -586,6 +587,51 @@ Deno.test({
     }
     assert.ok(served < 16, "the dead worker's connections were not closed");
     assert.ok(served > 0, "the other worker's connections were not served");
+    assert.equal(await server.exited(), 1);
+    assert.match(server.lines.at(-1)!, /^error: worker 1 of 2 failed: /);
+  },
+});
+
+Deno.test({
+  name: "tcpecho server --workers 2 --admin: /readyz is 503 once a worker died",
+  ignore: !linux,
+  async fn() {
+    await using server = await Server.start(
+      argv("--port 0 --workers 2 --admin 127.0.0.1:0 --shutdown-timeout 60"),
+      { TCPECHO_TEST_CRASH: "stats" },
+    );
+    const adminLine = await server.waitFor(/ INF admin on 127\.0\.0\.1:\d+$/);
+    const adminPort = Number(/:(\d+)$/.exec(adminLine)![1]);
+    const readyz = async () => {
+      const response = await fetch(`http://127.0.0.1:${adminPort}/readyz`, {
+        signal: AbortSignal.timeout(10_000),
+      });
+      return [response.status, await response.text()] as const;
+    };
+    assert.deepEqual(await readyz(), [200, "ready\n"]);
+    // The kernel spreads them over both workers (all on one: a chance in
+    // 32,768); those on the survivor keep the server up while they drain.
+    const conns = await Promise.all(
+      Array.from({ length: 16 }, () => Deno.connect({ port: server.port })),
+    );
+    using _ = { [Symbol.dispose]: () => conns.forEach(closeQuietly) };
+    for (const conn of conns) await roundTrip(conn, bytes("a"));
+    const ends = conns.map((conn) =>
+      conn.read(new Uint8Array(1)).catch((err) => {
+        if (isDisconnect(err)) return null;
+        throw err;
+      })
+    );
+    {
+      using dog = watchdog(20_000, () => conns.forEach(closeQuietly));
+      server.child.kill("SIGUSR1");
+      // The pool gives the dead worker up before it ends its connections.
+      await Promise.race(ends);
+      assert.ok(!dog.fired, "no connection of the dead worker ended");
+    }
+    assert.deepEqual(await readyz(), [503, "draining\n"]);
+    conns.forEach(closeQuietly);
+    await Promise.all(ends);
     assert.equal(await server.exited(), 1);
     assert.match(server.lines.at(-1)!, /^error: worker 1 of 2 failed: /);
   },
