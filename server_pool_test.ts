@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { serverCommand } from "./_server_command.ts";
+import { ServerPool } from "./_server_pool.ts";
 import { ServerChild } from "./spawn.ts";
 import { argv } from "./testing_cli.ts";
 import {
@@ -635,6 +636,97 @@ Deno.test({
     assert.equal(await server.exited(), 1);
     assert.match(server.lines.at(-1)!, /^error: worker 1 of 2 failed: /);
   },
+});
+
+/** `promise`, or a rejection after `ms`: a broken pool fails, not hangs. */
+async function within<T>(ms: number, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`not settled in ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A pool of one worker on 127.0.0.1, port 0, recording metrics, logs dropped. */
+function onePool(): Promise<ServerPool> {
+  return ServerPool.start({
+    workers: 1,
+    serve: { port: 0 },
+    level: "error",
+    format: "text",
+    metrics: true,
+    onLog: () => {},
+  });
+}
+
+Deno.test("ServerPool.stats() and snapshots() leave no listener behind per call", async () => {
+  await using pool = await onePool();
+  // Every then() on each promise while we ask: a promise that collects one
+  // per call (one that settles only when a worker exits, say) holds every
+  // call's closures until then.
+  const thens = new Map<Promise<unknown>, number>();
+  const then = Promise.prototype.then;
+  Promise.prototype.then = function (this: Promise<unknown>, ...args) {
+    thens.set(this, (thens.get(this) ?? 0) + 1);
+    return then.apply(this, args);
+  } as typeof then;
+  const calls = 200;
+  try {
+    await within(
+      20_000,
+      (async () => {
+        for (let i = 0; i < calls; i++) {
+          await pool.stats();
+          await pool.snapshots();
+        }
+      })(),
+    );
+  } finally {
+    Promise.prototype.then = then;
+  }
+  const most = Math.max(...thens.values());
+  assert.ok(most < 4, `a promise got ${most} listeners in ${2 * calls} calls`);
+  const { served } = await within(5000, pool.stats());
+  assert.equal(served, 0);
+});
+
+Deno.test("ServerPool.stats() answers with the last counters once the workers stopped", async () => {
+  await using pool = await onePool();
+  using conn = await Deno.connect({
+    port: (pool.addr as Deno.NetAddr).port,
+  });
+  assert.deepEqual(await echoAll(conn, bytes("hi")), bytes("hi"));
+  const waiting = pool.stats(); // asked before close(), answered either way
+  const total = await within(10_000, pool.close());
+  assert.deepEqual(await within(5000, waiting), total);
+  assert.deepEqual(await within(5000, pool.stats()), total);
+  assert.equal(total.served, 1);
+  assert.equal(total.bytesOut, 2);
+  assert.equal((await within(5000, pool.snapshots())).length, 1);
+});
+
+Deno.test("ServerPool.stats() fails, and does not hang, when a worker dies", async () => {
+  // Read by the worker as it starts (see _server_worker.ts).
+  Deno.env.set("TCPECHO_TEST_CRASH", "stats");
+  let pool: ServerPool;
+  try {
+    pool = await onePool();
+  } finally {
+    Deno.env.delete("TCPECHO_TEST_CRASH");
+  }
+  await using _pool = pool;
+  // Asked while it lives: it dies of the request instead of answering.
+  const gone = /^Error: worker 1 is gone$/;
+  await assert.rejects(within(5000, pool.stats()), gone);
+  await assert.rejects(within(10_000, pool.finished), /worker 1 of 1 failed: /);
+  assert.equal(pool.accepting, false);
+  // Asked once it is gone: no request is sent, the answer comes at once.
+  await assert.rejects(within(5000, pool.stats()), gone);
+  await assert.rejects(within(5000, pool.snapshots()), gone);
 });
 
 Deno.test("tcpecho server: DENO_TOKIO_MAX_IO_EVENTS_PER_TICK from the environment wins", async () => {
