@@ -241,6 +241,7 @@ export class ServerPool implements AsyncDisposable {
   readonly finished: Promise<ServerStats>;
   readonly #members: Member[];
   readonly #onDraining: ((connections: number) => void) | undefined;
+  readonly #metrics: boolean;
   #closing: Promise<ServerStats> | undefined;
   #failure: Error | undefined;
 
@@ -248,11 +249,13 @@ export class ServerPool implements AsyncDisposable {
     members: Member[],
     listening: Extract<FromWorker, { type: "listening" }>[],
     onDraining: ((connections: number) => void) | undefined,
+    metrics: boolean,
   ) {
     this.#members = members;
     this.addr = listening[0].addr;
     this.tlsLinger = listening.find((l) => l.tlsLinger)?.tlsLinger;
     this.#onDraining = onDraining;
+    this.#metrics = metrics;
     this.finished = this.#watch();
     this.finished.catch(() => {});
   }
@@ -303,7 +306,12 @@ export class ServerPool implements AsyncDisposable {
     const listening = (started as PromiseFulfilledResult<
       Extract<FromWorker, { type: "listening" }>
     >[]).map((s) => s.value);
-    return new ServerPool(members, listening, options.onDraining);
+    return new ServerPool(
+      members,
+      listening,
+      options.onDraining,
+      options.metrics ?? false,
+    );
   }
 
   /**
@@ -330,9 +338,15 @@ export class ServerPool implements AsyncDisposable {
    * Each worker's metrics now (started with `metrics`): add them up with
    * `sumSnapshots`.
    *
-   * @throws {Error} when a worker dies before it answers
+   * @throws {Error} when a worker dies before it answers; or, asking no
+   *   worker, when the pool was started without `metrics`
    */
   snapshots(): Promise<MetricsSnapshot[]> {
+    if (!this.#metrics) {
+      return Promise.reject(
+        new Error("no metrics: the pool was started without them"),
+      );
+    }
     return this.#ask("metrics", (m) => m.metricsReplies);
   }
 

@@ -709,6 +709,21 @@ Deno.test("ServerPool.stats() answers with the last counters once the workers st
   assert.equal((await within(5000, pool.snapshots())).length, 1);
 });
 
+Deno.test("ServerPool.snapshots() is an error when started without metrics", async () => {
+  await using pool = await ServerPool.start({
+    workers: 1,
+    serve: { port: 0 },
+    level: "error",
+    format: "text",
+    onLog: () => {},
+  });
+  await assert.rejects(
+    within(5000, pool.snapshots()),
+    /^Error: no metrics: the pool was started without them$/,
+  );
+  assert.equal(pool.accepting, true); // no worker was asked
+});
+
 Deno.test("ServerPool.stats() fails, and does not hang, when a worker dies", async () => {
   // Read by the worker as it starts (see _server_worker.ts).
   Deno.env.set("TCPECHO_TEST_CRASH", "stats");
