@@ -74,13 +74,20 @@ function about(conn: Deno.Conn, what: string): RegExp {
   return new RegExp(`\\[${peer(conn).replaceAll(".", "\\.")}\\] ${what}`);
 }
 
-/** Whether the server admitted `conn` (it echoes) or refused it (closed at once). */
+/**
+ * Whether the server admitted `conn` (it echoes) or refused it (closed at
+ * once); an error if it does neither in 10 s.
+ */
 async function admitted(conn: Deno.Conn): Promise<boolean> {
+  using dog = watchdog(10_000, () => closeQuietly(conn));
   try {
     await conn.write(bytes("?"));
     const buf = new Uint8Array(1);
     return await conn.read(buf) === 1;
   } catch (err) {
+    if (dog.fired) {
+      throw new Error("neither echoed nor closed in 10 s", { cause: err });
+    }
     if (isDisconnect(err)) return false;
     throw err;
   }
@@ -445,10 +452,13 @@ Deno.test({
       Array.from({ length: 6 }, () => Deno.connect({ port: server.port })),
     );
     using _ = { [Symbol.dispose]: () => conns.forEach(closeQuietly) };
+    // A connection it does not close fails the test, after 20 s.
+    using dog = watchdog(20_000, () => conns.forEach(closeQuietly));
     for (const conn of conns) {
       assert.equal(await conn.read(new Uint8Array(1)), null); // closed by it
       await server.waitFor(about(conn, "closing: idle for 0\\.05 s$"));
     }
+    assert.ok(!dog.fired, "a connection was not closed in 20 s");
   },
 });
 
@@ -578,13 +588,18 @@ Deno.test({
     // Those on the survivor are still served until they leave; the others
     // are gone with their worker.
     let served = 0;
-    for (const conn of conns) {
-      try {
-        const back = await echoAll(conn, bytes("bye"));
-        if (back.length === 3) served++;
-      } catch (err) {
-        if (!isDisconnect(err)) throw err;
+    {
+      // A connection neither served nor closed fails the test, after 20 s.
+      using dog = watchdog(20_000, () => conns.forEach(closeQuietly));
+      for (const conn of conns) {
+        try {
+          const back = await echoAll(conn, bytes("bye"));
+          if (back.length === 3) served++;
+        } catch (err) {
+          if (!isDisconnect(err)) throw err;
+        }
       }
+      assert.ok(!dog.fired, "a connection was neither served nor closed");
     }
     assert.ok(served < 16, "the dead worker's connections were not closed");
     assert.ok(served > 0, "the other worker's connections were not served");
