@@ -136,6 +136,47 @@ export interface PoolOptions {
  */
 const YOUNG_GENERATION_MB = 16;
 
+/**
+ * One worker's answers to one kind of request, which it gives in order.
+ * Nothing is kept per request once answered, and nothing waits on a promise
+ * that outlives the requests: {@linkcode Replies.end} settles those still
+ * waiting, and answers those to come at once.
+ */
+class Replies<T> {
+  readonly #waiting: PromiseWithResolvers<T>[] = [];
+  #end: { last: T } | { error: Error } | undefined;
+
+  /** The answer to a request just sent (or, once it ended, the last word). */
+  wait(): Promise<T> {
+    const end = this.#end;
+    if (end !== undefined) {
+      return "error" in end
+        ? Promise.reject(end.error)
+        : Promise.resolve(end.last);
+    }
+    const waiter = Promise.withResolvers<T>();
+    this.#waiting.push(waiter);
+    return waiter.promise;
+  }
+
+  /** Its next answer, to the oldest request (none after the end). */
+  answer(value: T): void {
+    this.#waiting.shift()?.resolve(value);
+  }
+
+  /**
+   * It answers no more: every request, waiting or to come, gets `last`, or
+   * fails with `error` when there is none.
+   */
+  end(last: T | undefined, error: Error): void {
+    this.#end ??= last === undefined ? { error } : { last };
+    for (const waiter of this.#waiting.splice(0)) {
+      if (last === undefined) waiter.reject(error);
+      else waiter.resolve(last);
+    }
+  }
+}
+
 /** The main isolate's view of one worker. */
 class Member {
   readonly worker: Worker;
@@ -148,14 +189,10 @@ class Member {
   readonly draining = Promise.withResolvers<number>();
   /** Resolves with its final counters; rejects if it died. */
   readonly stopped = Promise.withResolvers<ServerStats>();
-  /** Answers to `stats` requests, in order. */
-  readonly statsReplies: ((stats: ServerStats) => void)[] = [];
-  /** Answers to `metrics` requests, in order. */
-  readonly metricsReplies: ((snapshot: MetricsSnapshot) => void)[] = [];
-  /** Once it stopped: its final counters. */
-  finalStats: ServerStats | undefined;
-  /** Once it stopped: its final metrics (if it records them). */
-  finalSnapshot: MetricsSnapshot | undefined;
+  /** Answers to `stats` requests; once it stopped, its final counters. */
+  readonly statsReplies = new Replies<ServerStats>();
+  /** Answers to `metrics` requests; once it stopped, its final metrics. */
+  readonly metricsReplies = new Replies<MetricsSnapshot>();
   /** Settles when it can send nothing more (stopped, failed or dead). */
   readonly gone = Promise.withResolvers<void>();
   alive = true;
@@ -169,6 +206,18 @@ class Member {
 
   post(message: ToWorker): void {
     if (this.alive) this.worker.postMessage(message);
+  }
+
+  /**
+   * It can send nothing more: requests still waiting, and those to come, get
+   * its final counters and metrics (when it stopped and said them) or fail.
+   */
+  end(stats?: ServerStats, snapshot?: MetricsSnapshot): void {
+    this.alive = false;
+    const error = new Error(`worker ${this.index + 1} is gone`);
+    this.statsReplies.end(stats, error);
+    this.metricsReplies.end(snapshot, error);
+    this.gone.resolve();
   }
 }
 
@@ -192,6 +241,7 @@ export class ServerPool implements AsyncDisposable {
   readonly finished: Promise<ServerStats>;
   readonly #members: Member[];
   readonly #onDraining: ((connections: number) => void) | undefined;
+  readonly #metrics: boolean;
   #closing: Promise<ServerStats> | undefined;
   #failure: Error | undefined;
 
@@ -199,11 +249,13 @@ export class ServerPool implements AsyncDisposable {
     members: Member[],
     listening: Extract<FromWorker, { type: "listening" }>[],
     onDraining: ((connections: number) => void) | undefined,
+    metrics: boolean,
   ) {
     this.#members = members;
     this.addr = listening[0].addr;
     this.tlsLinger = listening.find((l) => l.tlsLinger)?.tlsLinger;
     this.#onDraining = onDraining;
+    this.#metrics = metrics;
     this.finished = this.#watch();
     this.finished.catch(() => {});
   }
@@ -254,56 +306,61 @@ export class ServerPool implements AsyncDisposable {
     const listening = (started as PromiseFulfilledResult<
       Extract<FromWorker, { type: "listening" }>
     >[]).map((s) => s.value);
-    return new ServerPool(members, listening, options.onDraining);
+    return new ServerPool(
+      members,
+      listening,
+      options.onDraining,
+      options.metrics ?? false,
+    );
   }
 
   /**
-   * The workers' counters now, summed (each worker answers a request).
+   * Whether every worker accepts clients: false from {@linkcode
+   * ServerPool.close} on, and from the moment a worker died or stopped (the
+   * others are then told to stop).
+   */
+  get accepting(): boolean {
+    return this.#closing === undefined && this.#members.every((m) => m.alive);
+  }
+
+  /**
+   * The workers' counters now, summed (each worker answers a request; one
+   * that stopped, with its final counters).
    *
-   * @throws {Error} when a worker stops or dies before it answers: the
-   *   totals would be partial
+   * @throws {Error} when a worker died, before it answered or before the
+   *   call: the totals would be partial
    */
   async stats(): Promise<ServerStats> {
-    return sumStats(
-      await this.#ask("stats", (m) => m.statsReplies, (m) => m.finalStats),
-    );
+    return sumStats(await this.#ask("stats", (m) => m.statsReplies));
   }
 
   /**
    * Each worker's metrics now (started with `metrics`): add them up with
    * `sumSnapshots`.
    *
-   * @throws {Error} when a worker dies before it answers
+   * @throws {Error} when a worker dies before it answers; or, asking no
+   *   worker, when the pool was started without `metrics`
    */
   snapshots(): Promise<MetricsSnapshot[]> {
-    return this.#ask(
-      "metrics",
-      (m) => m.metricsReplies,
-      (m) => m.finalSnapshot,
-    );
+    if (!this.#metrics) {
+      return Promise.reject(
+        new Error("no metrics: the pool was started without them"),
+      );
+    }
+    return this.#ask("metrics", (m) => m.metricsReplies);
   }
 
   /**
    * Asks every worker, and waits for all the answers; a worker that stopped
-   * (drained) answers with what it said last, `final`.
+   * (drained) answers with what it said last, one that died fails the lot.
    */
   #ask<T>(
     type: "stats" | "metrics",
-    replies: (m: Member) => ((answer: T) => void)[],
-    final: (m: Member) => T | undefined,
+    replies: (m: Member) => Replies<T>,
   ): Promise<T[]> {
     return Promise.all(this.#members.map((m) => {
-      const { promise, resolve } = Promise.withResolvers<T>();
-      replies(m).push(resolve);
-      m.post({ type });
-      const gone = m.gone.promise.then(() => {
-        const last = final(m);
-        if (last === undefined) {
-          throw new Error(`worker ${m.index + 1} is gone`);
-        }
-        return last;
-      });
-      return Promise.race([promise, gone]);
+      m.post({ type }); // not once it is gone: then its replies answer
+      return replies(m).wait();
     }));
   }
 
@@ -391,7 +448,7 @@ function spawn(index: number, options: PoolOptions): Member {
     void worker.terminate();
     m.listening.reject(err);
     m.stopped.reject(err);
-    m.gone.resolve();
+    m.end();
   };
   worker.on("message", (data: FromWorker) => {
     switch (data.type) {
@@ -402,9 +459,9 @@ function spawn(index: number, options: PoolOptions): Member {
       case "log":
         return options.onLog(data.text);
       case "stats":
-        return m.statsReplies.shift()?.(data.stats);
+        return m.statsReplies.answer(data.stats);
       case "metrics":
-        return m.metricsReplies.shift()?.(data.snapshot);
+        return m.metricsReplies.answer(data.snapshot);
       case "warning":
         return options.onWarning?.(
           data.peer,
@@ -415,11 +472,8 @@ function spawn(index: number, options: PoolOptions): Member {
       case "draining":
         return m.draining.resolve(data.connections);
       case "stopped":
-        m.alive = false;
-        m.finalStats = data.stats;
-        m.finalSnapshot = data.snapshot;
         m.stopped.resolve(data.stats);
-        return m.gone.resolve();
+        return m.end(data.stats, data.snapshot);
       case "crashed": {
         const err = new Error(`${name} failed: ${data.message}`);
         if (data.stack !== undefined) err.stack = data.stack;

@@ -45,7 +45,9 @@ export interface RunOptions {
  * Runs the server's worker pool until a stop signal: signal handlers first,
  * then the admin endpoint, then the workers; then, once, the TLS warning,
  * the `faults:` line and `listening on`; at the end `stopped:` with the
- * totals. A worker's death ends it with that error.
+ * totals. A worker's death ends it with that error. `/readyz` (`admin`) is
+ * 200 while every worker accepts: not before they listen, nor after a stop
+ * signal or a worker's death.
  *
  * Faults: the seed is drawn here when not given, so that every worker has
  * it and `faults:` names it; worker `i` draws from sequence `i` of it (see
@@ -64,7 +66,8 @@ export async function runPool(
   const running: { pool?: ServerPool; draining?: boolean } = {};
   using _stop = ctx.onStopSignals(() => {
     running.draining = true;
-    void running.pool?.close();
+    // A worker that dies meanwhile fails close() too: finished says why.
+    running.pool?.close().catch(() => {});
   });
   using _stats = ctx.onStatsSignal(() => {
     running.pool?.stats().then(
@@ -100,7 +103,7 @@ export async function runPool(
       running.pool
         ? sumSnapshots(await running.pool.snapshots())
         : emptySnapshot(),
-    ready: () => running.pool !== undefined && !running.draining,
+    ready: () => running.pool?.accepting ?? false,
   });
   const pool = await ServerPool.start({
     workers,
@@ -128,7 +131,7 @@ export async function runPool(
   if (faults !== undefined) {
     log.info("faults: {faults}", { faults: faults.describe() });
   }
-  if (running.draining) void pool.close();
+  if (running.draining) pool.close().catch(() => {}); // finished says why
   else log.info("listening on {where}", { where: formatAddr(pool.addr) });
   const { served, bytesOut } = await pool.finished;
   warnings[Symbol.dispose](); // the counts still open come before the end

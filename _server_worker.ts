@@ -176,9 +176,12 @@ parentPort!.on("message", (data: ToWorker) => {
       }
       return;
     case "metrics":
+      // ServerPool.snapshots() asks only workers started with `metrics`.
+      if (recorder === undefined) {
+        throw new Error("asked for metrics, but started without them");
+      }
       if (server !== undefined) {
-        const metrics = recorder ?? new MetricsRecorder(); // counters only
-        post({ type: "metrics", snapshot: metrics.snapshot(server.stats) });
+        post({ type: "metrics", snapshot: recorder.snapshot(server.stats) });
       }
       return;
     case "stop":

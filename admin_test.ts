@@ -487,8 +487,10 @@ Deno.test({
         new RegExp(`\\[127\\.0\\.0\\.1:${port}\\] offline `),
       );
     }
-    const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`))
-      .text();
+    const response = await fetch(`http://127.0.0.1:${adminPort}/metrics`, {
+      signal: AbortSignal.timeout(10_000),
+    });
+    const text = await response.text();
     const m = parseMetrics(text);
     const value = (name: string, labels: Record<string, string> = {}) =>
       Number(

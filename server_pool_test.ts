@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { serverCommand } from "./_server_command.ts";
+import { ServerPool } from "./_server_pool.ts";
 import { ServerChild } from "./spawn.ts";
 import { argv } from "./testing_cli.ts";
 import {
@@ -14,6 +15,7 @@ import {
   openFilesLimit,
   posix,
   roundTrip,
+  watchdog,
 } from "./testing.ts";
 import { isDisconnect } from "./io.ts";
 
@@ -72,13 +74,20 @@ function about(conn: Deno.Conn, what: string): RegExp {
   return new RegExp(`\\[${peer(conn).replaceAll(".", "\\.")}\\] ${what}`);
 }
 
-/** Whether the server admitted `conn` (it echoes) or refused it (closed at once). */
+/**
+ * Whether the server admitted `conn` (it echoes) or refused it (closed at
+ * once); an error if it does neither in 10 s.
+ */
 async function admitted(conn: Deno.Conn): Promise<boolean> {
+  using dog = watchdog(10_000, () => closeQuietly(conn));
   try {
     await conn.write(bytes("?"));
     const buf = new Uint8Array(1);
     return await conn.read(buf) === 1;
   } catch (err) {
+    if (dog.fired) {
+      throw new Error("neither echoed nor closed in 10 s", { cause: err });
+    }
     if (isDisconnect(err)) return false;
     throw err;
   }
@@ -443,10 +452,13 @@ Deno.test({
       Array.from({ length: 6 }, () => Deno.connect({ port: server.port })),
     );
     using _ = { [Symbol.dispose]: () => conns.forEach(closeQuietly) };
+    // A connection it does not close fails the test, after 20 s.
+    using dog = watchdog(20_000, () => conns.forEach(closeQuietly));
     for (const conn of conns) {
       assert.equal(await conn.read(new Uint8Array(1)), null); // closed by it
       await server.waitFor(about(conn, "closing: idle for 0\\.05 s$"));
     }
+    assert.ok(!dog.fired, "a connection was not closed in 20 s");
   },
 });
 
@@ -535,6 +547,30 @@ for (const workers of linux ? [1, 2] : [1]) {
 
 Deno.test({
   name:
+    "tcpecho server: a worker that dies while it drains ends with exit 1 and one error line",
+  ignore: !posix,
+  async fn() {
+    await using server = await Server.start(
+      argv("--port 0 --shutdown-timeout 60"),
+      { TCPECHO_TEST_CRASH: "stats" },
+    );
+    using conn = await Deno.connect({ port: server.port });
+    await roundTrip(conn, bytes("hi"));
+    server.child.kill("SIGTERM");
+    await server.waitFor(/stopping: waiting up to 60\.00 s for 1 connections/);
+    server.child.kill("SIGUSR1"); // worker 1 dies while it waits for conn
+    assert.equal(await server.exited(), 1);
+    const errors = server.lines.filter((l) => l.startsWith("error: "));
+    assert.deepEqual(errors, [
+      "error: worker 1 of 1 failed: Uncaught Error: test crash on stats",
+    ]);
+    assert.equal(server.lines.at(-1), errors[0], server.lines.join("\n"));
+    assert.deepEqual(server.matching(/Uncaught \(in promise\)|^\s+at /), []);
+  },
+});
+
+Deno.test({
+  name:
     "tcpecho server: a worker that dies with clients on the others lets them finish",
   ignore: !linux,
   async fn() {
@@ -552,19 +588,175 @@ Deno.test({
     // Those on the survivor are still served until they leave; the others
     // are gone with their worker.
     let served = 0;
-    for (const conn of conns) {
-      try {
-        const back = await echoAll(conn, bytes("bye"));
-        if (back.length === 3) served++;
-      } catch (err) {
-        if (!isDisconnect(err)) throw err;
+    {
+      // A connection neither served nor closed fails the test, after 20 s.
+      using dog = watchdog(20_000, () => conns.forEach(closeQuietly));
+      for (const conn of conns) {
+        try {
+          const back = await echoAll(conn, bytes("bye"));
+          if (back.length === 3) served++;
+        } catch (err) {
+          if (!isDisconnect(err)) throw err;
+        }
       }
+      assert.ok(!dog.fired, "a connection was neither served nor closed");
     }
     assert.ok(served < 16, "the dead worker's connections were not closed");
     assert.ok(served > 0, "the other worker's connections were not served");
     assert.equal(await server.exited(), 1);
     assert.match(server.lines.at(-1)!, /^error: worker 1 of 2 failed: /);
   },
+});
+
+Deno.test({
+  name: "tcpecho server --workers 2 --admin: /readyz is 503 once a worker died",
+  ignore: !linux,
+  async fn() {
+    await using server = await Server.start(
+      argv("--port 0 --workers 2 --admin 127.0.0.1:0 --shutdown-timeout 60"),
+      { TCPECHO_TEST_CRASH: "stats" },
+    );
+    const adminLine = await server.waitFor(/ INF admin on 127\.0\.0\.1:\d+$/);
+    const adminPort = Number(/:(\d+)$/.exec(adminLine)![1]);
+    const readyz = async () => {
+      const response = await fetch(`http://127.0.0.1:${adminPort}/readyz`, {
+        signal: AbortSignal.timeout(10_000),
+      });
+      return [response.status, await response.text()] as const;
+    };
+    assert.deepEqual(await readyz(), [200, "ready\n"]);
+    // The kernel spreads them over both workers (all on one: a chance in
+    // 32,768); those on the survivor keep the server up while they drain.
+    const conns = await Promise.all(
+      Array.from({ length: 16 }, () => Deno.connect({ port: server.port })),
+    );
+    using _ = { [Symbol.dispose]: () => conns.forEach(closeQuietly) };
+    for (const conn of conns) await roundTrip(conn, bytes("a"));
+    const ends = conns.map((conn) =>
+      conn.read(new Uint8Array(1)).catch((err) => {
+        if (isDisconnect(err)) return null;
+        throw err;
+      })
+    );
+    {
+      using dog = watchdog(20_000, () => conns.forEach(closeQuietly));
+      server.child.kill("SIGUSR1");
+      // The pool gives the dead worker up before it ends its connections.
+      await Promise.race(ends);
+      assert.ok(!dog.fired, "no connection of the dead worker ended");
+    }
+    assert.deepEqual(await readyz(), [503, "draining\n"]);
+    conns.forEach(closeQuietly);
+    await Promise.all(ends);
+    assert.equal(await server.exited(), 1);
+    assert.match(server.lines.at(-1)!, /^error: worker 1 of 2 failed: /);
+  },
+});
+
+/** `promise`, or a rejection after `ms`: a broken pool fails, not hangs. */
+async function within<T>(ms: number, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`not settled in ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A pool of one worker on 127.0.0.1, port 0, recording metrics, logs dropped. */
+function onePool(): Promise<ServerPool> {
+  return ServerPool.start({
+    workers: 1,
+    serve: { port: 0 },
+    level: "error",
+    format: "text",
+    metrics: true,
+    onLog: () => {},
+  });
+}
+
+Deno.test("ServerPool.stats() and snapshots() leave no listener behind per call", async () => {
+  await using pool = await onePool();
+  // Every then() on each promise while we ask: a promise that collects one
+  // per call (one that settles only when a worker exits, say) holds every
+  // call's closures until then.
+  const thens = new Map<Promise<unknown>, number>();
+  const then = Promise.prototype.then;
+  Promise.prototype.then = function (this: Promise<unknown>, ...args) {
+    thens.set(this, (thens.get(this) ?? 0) + 1);
+    return then.apply(this, args);
+  } as typeof then;
+  const calls = 200;
+  try {
+    await within(
+      20_000,
+      (async () => {
+        for (let i = 0; i < calls; i++) {
+          await pool.stats();
+          await pool.snapshots();
+        }
+      })(),
+    );
+  } finally {
+    Promise.prototype.then = then;
+  }
+  const most = Math.max(...thens.values());
+  assert.ok(most < 4, `a promise got ${most} listeners in ${2 * calls} calls`);
+  const { served } = await within(5000, pool.stats());
+  assert.equal(served, 0);
+});
+
+Deno.test("ServerPool.stats() answers with the last counters once the workers stopped", async () => {
+  await using pool = await onePool();
+  using conn = await Deno.connect({
+    port: (pool.addr as Deno.NetAddr).port,
+  });
+  assert.deepEqual(await echoAll(conn, bytes("hi")), bytes("hi"));
+  const waiting = pool.stats(); // asked before close(), answered either way
+  const total = await within(10_000, pool.close());
+  assert.deepEqual(await within(5000, waiting), total);
+  assert.deepEqual(await within(5000, pool.stats()), total);
+  assert.equal(total.served, 1);
+  assert.equal(total.bytesOut, 2);
+  assert.equal((await within(5000, pool.snapshots())).length, 1);
+});
+
+Deno.test("ServerPool.snapshots() is an error when started without metrics", async () => {
+  await using pool = await ServerPool.start({
+    workers: 1,
+    serve: { port: 0 },
+    level: "error",
+    format: "text",
+    onLog: () => {},
+  });
+  await assert.rejects(
+    within(5000, pool.snapshots()),
+    /^Error: no metrics: the pool was started without them$/,
+  );
+  assert.equal(pool.accepting, true); // no worker was asked
+});
+
+Deno.test("ServerPool.stats() fails, and does not hang, when a worker dies", async () => {
+  // Read by the worker as it starts (see _server_worker.ts).
+  Deno.env.set("TCPECHO_TEST_CRASH", "stats");
+  let pool: ServerPool;
+  try {
+    pool = await onePool();
+  } finally {
+    Deno.env.delete("TCPECHO_TEST_CRASH");
+  }
+  await using _pool = pool;
+  // Asked while it lives: it dies of the request instead of answering.
+  const gone = /^Error: worker 1 is gone$/;
+  await assert.rejects(within(5000, pool.stats()), gone);
+  await assert.rejects(within(10_000, pool.finished), /worker 1 of 1 failed: /);
+  assert.equal(pool.accepting, false);
+  // Asked once it is gone: no request is sent, the answer comes at once.
+  await assert.rejects(within(5000, pool.stats()), gone);
+  await assert.rejects(within(5000, pool.snapshots()), gone);
 });
 
 Deno.test("tcpecho server: DENO_TOKIO_MAX_IO_EVENTS_PER_TICK from the environment wins", async () => {
