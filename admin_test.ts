@@ -34,6 +34,11 @@ interface Family {
   }[];
 }
 
+/** `fetch`, bounded: an endpoint that never answers fails the test, not hangs it. */
+function fetchBounded(url: string, init: RequestInit = {}): Promise<Response> {
+  return fetch(url, { signal: AbortSignal.timeout(10_000), ...init });
+}
+
 /** A recorder that saw a connection close after each of `durationsMs`, then one refusal. */
 function recorded(
   durationsMs: number[],
@@ -135,7 +140,9 @@ Deno.test("GET /metrics counts known traffic; a real parser reads it", async () 
   await events.count("refused", Deno.build.os === "linux" ? 2 : 1);
   await events.count("open", 6);
 
-  const response = await fetch(`http://127.0.0.1:${admin.addr.port}/metrics`);
+  const response = await fetchBounded(
+    `http://127.0.0.1:${admin.addr.port}/metrics`,
+  );
   assert.equal(response.status, 200);
   assert.equal(
     response.headers.get("content-type"),
@@ -380,7 +387,7 @@ Deno.test("serveAdmin() answers /healthz, /readyz, 404 and 405", async () => {
   });
   const url = (path: string) => `http://127.0.0.1:${admin.addr.port}${path}`;
   const get = async (path: string, init?: RequestInit) => {
-    const response = await fetch(url(path), init);
+    const response = await fetchBounded(url(path), init);
     return [response.status, await response.text(), response.headers] as const;
   };
   assert.deepEqual((await get("/healthz")).slice(0, 2), [200, "ok\n"]);
@@ -397,7 +404,7 @@ Deno.test("serveAdmin() answers /healthz, /readyz, 404 and 405", async () => {
   assert.equal(status, 405);
   assert.equal(headers.get("allow"), "GET, HEAD");
   assert.equal((await get("/healthz", { method: "DELETE" }))[0], 405);
-  const head = await fetch(url("/metrics"), { method: "HEAD" });
+  const head = await fetchBounded(url("/metrics"), { method: "HEAD" });
   assert.equal(head.status, 200);
   await head.body?.cancel();
 });
@@ -436,7 +443,7 @@ Deno.test("tcpecho server --admin: /readyz is 503 while draining, /metrics total
       server.lines.findIndex((l) => l.includes("listening on")),
   );
   const get = async (path: string) => {
-    const response = await fetch(`http://127.0.0.1:${adminPort}${path}`);
+    const response = await fetchBounded(`http://127.0.0.1:${adminPort}${path}`);
     return [response.status, await response.text()] as const;
   };
   assert.deepEqual(await get("/readyz"), [200, "ready\n"]);
@@ -453,7 +460,7 @@ Deno.test("tcpecho server --admin: /readyz is 503 while draining, /metrics total
   await conn.closeWrite();
   assert.equal(await conn.read(new Uint8Array(1)), null);
   assert.equal(await server.exited(), 0);
-  await assert.rejects(fetch(`http://127.0.0.1:${adminPort}/healthz`));
+  await assert.rejects(fetchBounded(`http://127.0.0.1:${adminPort}/healthz`));
 });
 
 Deno.test({
@@ -487,9 +494,9 @@ Deno.test({
         new RegExp(`\\[127\\.0\\.0\\.1:${port}\\] offline `),
       );
     }
-    const response = await fetch(`http://127.0.0.1:${adminPort}/metrics`, {
-      signal: AbortSignal.timeout(10_000),
-    });
+    const response = await fetchBounded(
+      `http://127.0.0.1:${adminPort}/metrics`,
+    );
     const text = await response.text();
     const m = parseMetrics(text);
     const value = (name: string, labels: Record<string, string> = {}) =>
@@ -579,7 +586,7 @@ Deno.test({
       await conn.send(bytes(word));
       assert.deepEqual((await conn.receive(5_000))?.slice(), bytes(word));
     }
-    const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+    const response = await fetchBounded(`http://127.0.0.1:${port}/metrics`);
     assert.equal(
       response.headers.get("content-type"),
       "text/plain; version=0.0.4; charset=utf-8",
@@ -628,7 +635,7 @@ Deno.test("tcpecho server --udp --admin: /healthz, and /readyz is 503 from the f
   ]);
   const port = await adminPort(server);
   const get = async (path: string) => {
-    const response = await fetch(`http://127.0.0.1:${port}${path}`);
+    const response = await fetchBounded(`http://127.0.0.1:${port}${path}`);
     return [response.status, await response.text()] as const;
   };
   assert.deepEqual(await get("/readyz"), [200, "ready\n"]);
@@ -648,5 +655,5 @@ Deno.test("tcpecho server --udp --admin: /healthz, and /readyz is 503 from the f
   // A second signal ends it at once.
   server.child.kill("SIGTERM");
   assert.equal(await server.exited(), 130);
-  await assert.rejects(fetch(`http://127.0.0.1:${port}/healthz`));
+  await assert.rejects(fetchBounded(`http://127.0.0.1:${port}/healthz`));
 });
