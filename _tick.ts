@@ -14,11 +14,14 @@ export const IO_EVENTS_ENV = "DENO_TOKIO_MAX_IO_EVENTS_PER_TICK";
 /** The bound we set: measured fair at c=500 (see the README). */
 export const IO_EVENTS_PER_TICK = 128;
 
+/** What Deno's runtime takes when the variable is not set. */
+const DENO_EVENTS_PER_TICK = 1024;
+
 /** What {@linkcode boundIoTick} found or did. */
 export interface IoTick {
   /** Events per tick the next worker runtime will use (1024: Deno's default). */
   value: number;
-  /** `environment`: already set (it wins); `set`: we set it; `default`: no permission to set it. */
+  /** `environment`: already set (it wins); `set`: we set it; `default`: not set (no permission to set it). */
   source: "environment" | "set" | "default";
 }
 
@@ -36,7 +39,9 @@ export function boundIoTick(): IoTick {
     name: "env",
     variable: IO_EVENTS_ENV,
   });
-  if (permission.state !== "granted") return { value: 1024, source: "default" };
+  if (permission.state !== "granted") {
+    return { value: DENO_EVENTS_PER_TICK, source: "default" };
+  }
   const existing = Deno.env.get(IO_EVENTS_ENV);
   if (existing !== undefined) {
     const value = /^\d{1,9}$/.test(existing) ? Number(existing) : 0;
@@ -48,5 +53,10 @@ export function boundIoTick(): IoTick {
     return { value, source: "environment" };
   }
   Deno.env.set(IO_EVENTS_ENV, `${IO_EVENTS_PER_TICK}`);
-  return { value: IO_EVENTS_PER_TICK, source: "set" };
+  // Read back: what is reported is what the workers' runtimes will read.
+  const held = Deno.env.get(IO_EVENTS_ENV);
+  if (held === undefined) {
+    return { value: DENO_EVENTS_PER_TICK, source: "default" };
+  }
+  return { value: Number(held), source: "set" };
 }

@@ -11,6 +11,7 @@ import {
   SharedConnLimits,
   type SharedLimitsData,
 } from "./_limits.ts";
+import { watchdog } from "./testing.ts";
 
 /** Addresses that collide in a small table, IPv6 among them. */
 const IPS = [
@@ -153,6 +154,26 @@ Deno.test("SharedConnLimits refuses an address longer than its key", () => {
   assert.equal(limits.open, 1);
 });
 
+/**
+ * How long racing workers may take to be ready, and then to answer (they
+ * take a second or two): a worker stuck on the lock fails the test instead of
+ * hanging it.
+ */
+const RACE_MS = 30_000;
+
+/** `replies`, or an error saying what never came once `RACE_MS` pass. */
+async function answered<T>(replies: Promise<T>, what: string): Promise<T> {
+  const late = Promise.withResolvers<never>();
+  using _dog = watchdog(RACE_MS, () =>
+    late.reject(
+      new Error(
+        `no answer from the workers in ${RACE_MS / 1000} s (${what}): ` +
+          "one stuck on the lock?",
+      ),
+    ));
+  return await Promise.race([replies, late.promise]);
+}
+
 /** Starts `n` limits_worker.ts workers on `data`; all begin at `go()`. */
 function racers(n: number) {
   const flag = new SharedArrayBuffer(8); // [go, workers ready]
@@ -173,22 +194,29 @@ function racers(n: number) {
     });
   return {
     async start(data: SharedLimitsData, plans: unknown[]) {
-      const replies = workers.map(next);
+      const replies = Promise.all(workers.map(next));
       workers.forEach((w, i) =>
         w.postMessage({ data, go: flag, plan: plans[i] })
       );
       const go = new Int32Array(flag);
+      const deadline = performance.now() + RACE_MS;
       for (let ready = 0; ready < n; ready = Atomics.load(go, 1)) {
-        await Atomics.waitAsync(go, 1, ready, 10_000).value;
+        const left = deadline - performance.now();
+        if (left <= 0) {
+          throw new Error(
+            `${ready} of ${n} workers ready in ${RACE_MS / 1000} s`,
+          );
+        }
+        await Atomics.waitAsync(go, 1, ready, left).value;
       }
       Atomics.store(go, 0, 1);
       Atomics.notify(go, 0);
-      return await Promise.all(replies);
+      return await answered(replies, "permits taken");
     },
     release() {
-      const replies = workers.map(next);
+      const replies = Promise.all(workers.map(next));
       for (const w of workers) w.postMessage("release");
-      return Promise.all(replies);
+      return answered(replies, "permits given back");
     },
     [Symbol.dispose]() {
       for (const w of workers) w.terminate();
