@@ -151,13 +151,19 @@ export class WarningLog implements WarningReporter {
  */
 export class WarningThrottle {
   readonly #last = new Map<string, { at: number; held: number }>();
+  readonly #now: () => number;
+
+  /** `now`: the clock, in milliseconds (tests give their own). */
+  constructor(now: () => number = () => performance.now()) {
+    this.#now = now;
+  }
 
   /**
    * Counts one warning of `kind`. Returns how many came since the last line
    * (this one included) when a line is due now, else `undefined`.
    */
   count(kind: string): number | undefined {
-    const now = performance.now();
+    const now = this.#now();
     const last = this.#last.get(kind);
     if (last !== undefined && now - last.at < SUMMARY_MS) {
       last.held++;

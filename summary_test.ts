@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { formatProxyHeader } from "./_proxy_protocol.ts";
+import { WarningThrottle } from "./_summary.ts";
 import { isDisconnect } from "./io.ts";
 import {
   bytes,
@@ -381,4 +382,20 @@ Deno.test({
       shown,
     );
   },
+});
+
+Deno.test("WarningThrottle lets the first of a kind through, then holds the rest of its second", () => {
+  let now = 5_000;
+  const throttle = new WarningThrottle(() => now);
+  assert.equal(throttle.count("accept"), 1); // the first: a line, one warning
+  assert.equal(throttle.count("accept"), undefined); // held, counted
+  now += 999;
+  assert.equal(throttle.count("accept"), undefined);
+  assert.equal(throttle.count("oversized"), 1); // kinds are apart
+  now += 1;
+  assert.equal(throttle.count("accept"), 3); // the two held, and itself
+  assert.equal(throttle.count("accept"), undefined);
+  now += 60_000;
+  assert.equal(throttle.count("accept"), 2);
+  assert.equal(throttle.count("oversized"), 1);
 });
