@@ -29,6 +29,17 @@ const BURST_MS = 50;
 /** The longest delay a fault may ask for (a day; timers cap at ~24 days). */
 export const MAX_FAULT_MS = 86_400_000;
 
+/** Each fault option's largest value (the least is 0), in the order checked. */
+const FAULT_MAX: Record<keyof typeof FAULT_DEFAULTS, number> = {
+  delayMs: MAX_FAULT_MS,
+  jitterMs: MAX_FAULT_MS,
+  sliceDelayMs: MAX_FAULT_MS,
+  sliceBytes: Number.MAX_SAFE_INTEGER,
+  bandwidthKiBps: 2 ** 40,
+  closeAfterBytes: Number.MAX_SAFE_INTEGER,
+  faulty: 1,
+};
+
 /** The fault fields of {@linkcode ServeOptions}. */
 export type FaultOptions = Pick<
   ServeOptions,
@@ -91,45 +102,24 @@ export class FaultPlan {
    *   `faulty` outside 0–1
    */
   static from(options: FaultOptions, stream = 0): FaultPlan | undefined {
-    const {
-      delayMs,
-      jitterMs,
-      sliceBytes,
-      sliceDelayMs,
-      bandwidthKiBps,
-      closeAfterBytes,
-      faulty,
-      seed,
-    } = withDefaults(options, FAULT_DEFAULTS);
+    const given = withDefaults(options, FAULT_DEFAULTS);
     const check = (name: string, value: number, max: number) => {
       if (!(value >= 0 && value <= max)) {
         throw new RangeError(`${name} must be from 0 to ${max}, not ${value}`);
       }
     };
-    check("delayMs", delayMs, MAX_FAULT_MS);
-    check("jitterMs", jitterMs, MAX_FAULT_MS);
-    check("sliceDelayMs", sliceDelayMs, MAX_FAULT_MS);
-    check("sliceBytes", sliceBytes, Number.MAX_SAFE_INTEGER);
-    check("bandwidthKiBps", bandwidthKiBps, 2 ** 40);
-    check("closeAfterBytes", closeAfterBytes, Number.MAX_SAFE_INTEGER);
-    check("faulty", faulty, 1);
+    const faults = {} as Required<Omit<FaultOptions, "seed">>;
+    for (const name of Object.keys(FAULT_MAX) as (keyof typeof FAULT_MAX)[]) {
+      check(name, given[name], FAULT_MAX[name]);
+      faults[name] = given[name];
+    }
+    const { seed } = given;
     if (seed !== undefined) check("seed", seed, 2 ** 32 - 1);
-    const on = delayMs + jitterMs + sliceBytes + sliceDelayMs +
-        bandwidthKiBps + closeAfterBytes > 0;
-    if (!on) return undefined;
-    return new FaultPlan(
-      {
-        delayMs,
-        jitterMs,
-        sliceBytes,
-        sliceDelayMs,
-        bandwidthKiBps,
-        closeAfterBytes,
-        faulty,
-      },
-      seed ?? randomSeed(),
-      stream,
+    const on = Object.entries(faults).some(([name, value]) =>
+      name !== "faulty" && value > 0
     );
+    if (!on) return undefined;
+    return new FaultPlan(faults, seed ?? randomSeed(), stream);
   }
 
   /**
