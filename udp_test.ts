@@ -658,17 +658,7 @@ Deno.test("runUdpBench() counts an altered reply as an error", async () => {
 Deno.test("tcpecho bench --udp ends on time against a server that drops all, and exits 1", async () => {
   await using server = serveUdp({ port: 0, drop: 1 });
   const { code, stdout, stderr } = await runCli(
-    [
-      "bench",
-      "--udp",
-      "-p",
-      `${server.addr.port}`,
-      "-c",
-      "2",
-      "-d",
-      "1.6",
-      "--json",
-    ],
+    argv(`bench --udp -p ${server.addr.port} -c 2 -d 1.6 --json`),
   );
   assert.equal(code, 1, stderr); // nothing measured: a failed run
   const result = JSON.parse(stdout); // the report is still whole
