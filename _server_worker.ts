@@ -14,7 +14,7 @@ import { configureSync, getLogger } from "@logtape/logtape";
 import type { WarningCode, WarningReporter } from "./_summary.ts";
 import { SharedConnLimits } from "./_limits.ts";
 import { MetricsRecorder } from "./_metrics.ts";
-import type { FromWorker, ToWorker } from "./_server_pool.ts";
+import type { FromWorker, ToWorker } from "./_server_messages.ts";
 import { tlsReleaseUnavailable } from "./_tls_release.ts";
 import { BatchSink, LOG_LEVELS } from "./log.ts";
 import {
