@@ -447,20 +447,6 @@ export function checkConnect(
 }
 
 /**
- * {@linkcode checkConnect}'s options with the CA file read. `--insecure` is
- * said on stderr.
- *
- * @throws {UsageError} for bad or conflicting values
- * @throws {Error} when the CA file cannot be read
- */
-export async function connectOptions(
-  values: Values<typeof CONNECT_OPTIONS>,
-  positionals: readonly string[] = [],
-): Promise<ConnectOptions> {
-  return await withCa(checkConnect(values, positionals));
-}
-
-/**
  * Options {@linkcode checkConnect} returned, with their CA file read.
  * `--insecure` is said on stderr.
  *

@@ -4,9 +4,9 @@
  * @module
  */
 import {
+  checkConnect,
   type Command,
   CONNECT_OPTIONS,
-  connectOptions,
   formatHelp,
   integer,
   type Options,
@@ -14,6 +14,7 @@ import {
   targetFromPositionals,
   UsageError,
   type Values,
+  withCa,
 } from "./_cli.ts";
 import {
   connect,
@@ -92,7 +93,7 @@ for each reply before the next line and exits 1 if any was lost.`,
     if (values.timeout !== undefined) {
       throw new UsageError("--timeout needs --udp");
     }
-    const options = await connectOptions(values, positionals);
+    const options = await withCa(checkConnect(values, positionals));
     const idleTimeoutMs = secondsMs(values, "idle-timeout");
     using conn = await connect(options);
     if (!Deno.stdin.isTerminal()) {
