@@ -14,7 +14,13 @@
  * @module
  */
 import { createRandom, randomSeed, seededRandom } from "./_random.ts";
-import { dropInput, LINGER_MS, type Send, type Session } from "./_session.ts";
+import {
+  dropInput,
+  LimitError,
+  LINGER_MS,
+  type Send,
+  type Session,
+} from "./_session.ts";
 import { delay, isPeerError, withDefaults, writeAll } from "./io.ts";
 import { FAULT_DEFAULTS, type ServeOptions } from "./_server_types.ts";
 
@@ -189,11 +195,19 @@ export async function echoWithFaults(
   try {
     await read(out.push);
   } catch (err) {
-    if (out.hungUp !== undefined && !isPeerError(err)) {
-      // Hung up (close-after): the rest is input to drop, not lines to
-      // frame (a long one is no max-line), until the client's EOF or the
-      // end of the linger.
-      await dropInput(session);
+    if (out.spent && (err instanceof HungUp || err instanceof LimitError)) {
+      // close-after's bytes are all queued: the rest is input to drop, not
+      // lines to frame (a long one is no max-line), until the client's EOF
+      // or the end of the linger.
+      try {
+        await dropInput(session);
+      } catch (dropErr) {
+        out.stop(dropErr);
+        closeQuietly(session.conn);
+        out.close();
+        await writing;
+        throw out.error ?? dropErr;
+      }
     } else {
       // A broken connection stops the writer too (closing the conn ends a
       // write blocked on a client that does not read). The server's own
@@ -226,7 +240,7 @@ function closeQuietly(conn: Deno.Conn): void {
   }
 }
 
-/** From `push` once the connection has hung up: the reader stops framing. */
+/** From `push` once close-after's bytes are all queued: the reader stops framing. */
 class HungUp extends Error {
   override name = "HungUp";
 }
@@ -282,7 +296,7 @@ class FaultyOutput implements Disposable {
    */
   readonly push: Send = async (bytes) => {
     if (this.error !== undefined) throw this.error;
-    if (this.hungUp !== undefined) throw new HungUp(this.hungUp);
+    if (this.spent) throw new HungUp("close-after");
     const n = Math.min(bytes.length, this.#budget);
     if (n > 0) {
       this.#budget -= n;
@@ -296,6 +310,11 @@ class FaultyOutput implements Disposable {
     }
     if (this.error !== undefined) throw this.error;
   };
+
+  /** Every byte `closeAfterBytes` allows is queued: more input is dropped. */
+  get spent(): boolean {
+    return this.#budget === 0;
+  }
 
   /** No more echoes: the writer ends once the queue is written. */
   close(): void {

@@ -301,6 +301,50 @@ Deno.test("serve() with closeAfterBytes drops what comes after the hang-up unfra
   );
 });
 
+Deno.test("serve() with closeAfterBytes and a delay drops a long line that comes before the hang-up: no max-line", async () => {
+  using events = new ConnEvents();
+  await using logs = await captureLogs();
+  await using server = events.serve({
+    mode: "line",
+    closeAfterBytes: 4,
+    maxLineBytes: 16,
+    delayMs: 200, // the hang-up waits for the delayed echo
+  });
+  using conn = await Deno.connect({ port: server.addr.port });
+  using _dog = watchdog(20_000, () => closeQuietly(conn));
+  // The long line is in before the echo is out: close-after's 4 bytes are
+  // queued, so it is input to drop, not a line over max-line.
+  await writeAll(conn, bytes(`abcd\n${"x".repeat(100)}\n`));
+  await conn.closeWrite();
+  assert.deepEqual(await readAll(conn), bytes("abcd"));
+  const closed = await events.find("closed");
+  assert.equal(closed.reason, "echoed 4 bytes (close-after)");
+  assert.equal(closed.bytesIn, 106);
+  assert.ok(
+    !logs.lines().some((m) => m.includes("max-line")),
+    logs.lines().join("\n"),
+  );
+});
+
+Deno.test("serve() with closeAfterBytes frames no line once its bytes are queued", async () => {
+  using events = new ConnEvents();
+  await using logs = await captureLogs();
+  await using server = events.serve({ mode: "line", closeAfterBytes: 4 });
+  using conn = await Deno.connect({ port: server.addr.port });
+  using _dog = watchdog(20_000, () => closeQuietly(conn));
+  await writeAll(conn, bytes("abcd\n"));
+  await logs.next(/req: "abcd\\n"/);
+  await writeAll(conn, bytes("one\n")); // read alone: framed, then dropped
+  await logs.next(/req: "one\\n"/);
+  await writeAll(conn, bytes("two\n")); // dropped unframed
+  await conn.closeWrite();
+  assert.deepEqual(await readAll(conn), bytes("abcd"));
+  const closed = await events.find("closed");
+  assert.equal(closed.reason, "echoed 4 bytes (close-after)");
+  assert.equal(closed.bytesIn, 13);
+  assert.ok(!logs.lines().some((m) => m.includes('req: "two')), "framed");
+});
+
 Deno.test("serve() with closeAfterBytes hangs up with a FIN: a client still sending is not reset", async () => {
   using events = new ConnEvents();
   await using server = events.serve({ closeAfterBytes: 1000 });
