@@ -51,12 +51,16 @@ export class Prompt implements Disposable {
   show(text: string): void {
     process.stdout.write(`\r\x1b[K${text}\n`);
     this.redraw();
-    this.#atLineStart = !this.reading;
   }
 
-  /** Draws the prompt and what was typed again, while readline is open. */
+  /**
+   * After a whole line printed over the prompt's (by {@linkcode show}, or
+   * by the caller on stderr): draws the prompt and what was typed again,
+   * while readline is open.
+   */
   redraw(): void {
     if (this.reading) this.#rl.prompt(true);
+    this.#atLineStart = !this.reading;
   }
 
   /** Closes readline; again does nothing. */
