@@ -21,7 +21,7 @@ import {
   withDefaults,
 } from "./io.ts";
 import { randomSeed, seededRandom } from "./_random.ts";
-import { checkUnstableNet } from "./_udp_client.ts";
+import { checkUnstableNet, MAX_UDP_PAYLOAD } from "./_udp_client.ts";
 import {
   type DatagramEvent,
   UDP_SERVE_DEFAULTS,
@@ -99,6 +99,20 @@ export function serveUdp(options: UdpServeOptions = {}): UdpServer {
   for (const [name, ms] of [["delayMs", delayMs], ["jitterMs", jitterMs]]) {
     if (!(Number(ms) >= 0)) {
       throw new RangeError(`invalid ${name} ${ms}: expected 0 or more`);
+    }
+  }
+  // The bounds of memory a flood can take: whole numbers, or no bound at all.
+  for (
+    const [name, value, least, most] of [
+      ["maxDatagramBytes", maxDatagramBytes, 1, MAX_UDP_PAYLOAD],
+      ["maxPendingBytes", maxPendingBytes, 0, Number.MAX_SAFE_INTEGER],
+      ["maxPeers", maxPeers, 1, Number.MAX_SAFE_INTEGER],
+    ] as const
+  ) {
+    if (!(Number.isSafeInteger(value) && value >= least && value <= most)) {
+      throw new RangeError(
+        `invalid ${name} ${value}: expected a whole number from ${least} to ${most}`,
+      );
     }
   }
   const rules = new AccessList(allow, deny); // throws RangeError before binding

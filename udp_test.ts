@@ -403,6 +403,27 @@ Deno.test({
   },
 });
 
+Deno.test("serveUdp() refuses memory bounds that bound nothing, before binding", () => {
+  for (
+    const options of [
+      { maxPeers: NaN },
+      { maxPeers: 0 },
+      { maxPendingBytes: Infinity },
+      { maxPendingBytes: -1 },
+      { maxDatagramBytes: 65528 },
+      { maxDatagramBytes: 1.5 },
+    ]
+  ) {
+    const [name] = Object.keys(options);
+    assert.throws(
+      () => serveUdp({ port: 0, ...options }),
+      (err: unknown) =>
+        err instanceof RangeError && err.message.startsWith(`invalid ${name} `),
+      JSON.stringify(options),
+    );
+  }
+});
+
 Deno.test("serveUdp() refuses a bad allow or deny rule before binding", () => {
   assert.throws(
     () => serveUdp({ port: 0, allow: ["10.0.0.0/33"] }),
