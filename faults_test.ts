@@ -28,6 +28,9 @@ import {
 } from "./testing.ts";
 import { argv, cli, ServerProcess } from "./testing_cli.ts";
 
+/** What captureLogs() gives. */
+type Logs = Awaited<ReturnType<typeof captureLogs>>;
+
 /** What a client saw of one exchange. */
 interface Exchange {
   /** Everything echoed, up to the server's EOF. */
@@ -270,79 +273,83 @@ Deno.test("serve() with closeAfterBytes echoes exactly that many bytes, then clo
   }
 });
 
-Deno.test("serve() with closeAfterBytes drops what comes after the hang-up unframed: no max-line, one close reason", async () => {
-  using events = new ConnEvents();
-  await using logs = await captureLogs();
-  await using server = events.serve({
-    mode: "line",
-    closeAfterBytes: 4,
-    maxLineBytes: 16,
-  });
-  using conn = await Deno.connect({ port: server.addr.port });
-  using _dog = watchdog(20_000, () => closeQuietly(conn));
-  await writeAll(conn, bytes("abcd\n"));
-  const back = new Uint8Array(8);
-  let got = 0;
-  for (let n = await conn.read(back); n !== null; n = await conn.read(back)) {
-    got += n; // up to the server's FIN: it has hung up
-  }
-  assert.equal(got, 4);
-  // A line over max-line after the hang-up is input to drop, not a line.
-  await writeAll(conn, new Uint8Array(100).fill(0x78));
-  await writeAll(conn, bytes("\n"));
-  await conn.closeWrite();
-  const closed = await events.find("closed");
-  assert.equal(closed.reason, "echoed 4 bytes (close-after)");
-  assert.equal(closed.bytesIn, 106);
-  assert.equal(closed.bytesOut, 4);
-  assert.ok(
-    !logs.lines().some((m) => m.includes("max-line")),
-    logs.lines().join("\n"),
+Deno.test("serve() with closeAfterBytes drops what comes once its bytes are queued: no line framed, no max-line, one close reason", async (t) => {
+  /**
+   * A line-mode server that echoes 4 bytes and hangs up; `talk` is the
+   * client, and returns what came back. Then: closed for close-after alone,
+   * every byte counted in, and no log line matches `never`.
+   */
+  const step = (
+    name: string,
+    options: ServeOptions,
+    talk: (conn: Deno.Conn, logs: Logs) => Promise<Uint8Array>,
+    bytesIn: number,
+    never: RegExp,
+  ) =>
+    t.step(name, async () => {
+      using events = new ConnEvents();
+      await using logs = await captureLogs();
+      await using server = events.serve({
+        mode: "line",
+        closeAfterBytes: 4,
+        maxLineBytes: 16,
+        ...options,
+      });
+      using conn = await Deno.connect({ port: server.addr.port });
+      using _dog = watchdog(20_000, () => closeQuietly(conn));
+      assert.deepEqual(await talk(conn, logs), bytes("abcd"));
+      const closed = await events.find("closed");
+      assert.equal(closed.reason, "echoed 4 bytes (close-after)");
+      assert.equal(closed.bytesIn, bytesIn);
+      assert.equal(closed.bytesOut, 4);
+      const lines = logs.lines();
+      assert.ok(!lines.some((m) => never.test(m)), lines.join("\n"));
+    });
+  const long = `${"x".repeat(100)}\n`; // over max-line
+  await step(
+    "a long line after the hang-up",
+    {},
+    async (conn) => {
+      await writeAll(conn, bytes("abcd\n"));
+      const back = await readAll(conn); // up to the server's FIN
+      await writeAll(conn, bytes(long));
+      await conn.closeWrite();
+      return back;
+    },
+    106,
+    /max-line/,
   );
-});
-
-Deno.test("serve() with closeAfterBytes and a delay drops a long line that comes before the hang-up: no max-line", async () => {
-  using events = new ConnEvents();
-  await using logs = await captureLogs();
-  await using server = events.serve({
-    mode: "line",
-    closeAfterBytes: 4,
-    maxLineBytes: 16,
-    delayMs: 200, // the hang-up waits for the delayed echo
-  });
-  using conn = await Deno.connect({ port: server.addr.port });
-  using _dog = watchdog(20_000, () => closeQuietly(conn));
-  // The long line is in before the echo is out: close-after's 4 bytes are
-  // queued, so it is input to drop, not a line over max-line.
-  await writeAll(conn, bytes(`abcd\n${"x".repeat(100)}\n`));
-  await conn.closeWrite();
-  assert.deepEqual(await readAll(conn), bytes("abcd"));
-  const closed = await events.find("closed");
-  assert.equal(closed.reason, "echoed 4 bytes (close-after)");
-  assert.equal(closed.bytesIn, 106);
-  assert.ok(
-    !logs.lines().some((m) => m.includes("max-line")),
-    logs.lines().join("\n"),
+  // With a delay the long line is in before the echo is out and the FIN
+  // sent: close-after's 4 bytes are queued, so it is input to drop all the
+  // same.
+  await step(
+    "a long line before the delayed hang-up",
+    {
+      delayMs: 200,
+    },
+    async (conn) => {
+      await writeAll(conn, bytes(`abcd\n${long}`));
+      await conn.closeWrite();
+      return await readAll(conn);
+    },
+    106,
+    /max-line/,
   );
-});
-
-Deno.test("serve() with closeAfterBytes frames no line once its bytes are queued", async () => {
-  using events = new ConnEvents();
-  await using logs = await captureLogs();
-  await using server = events.serve({ mode: "line", closeAfterBytes: 4 });
-  using conn = await Deno.connect({ port: server.addr.port });
-  using _dog = watchdog(20_000, () => closeQuietly(conn));
-  await writeAll(conn, bytes("abcd\n"));
-  await logs.next(/req: "abcd\\n"/);
-  await writeAll(conn, bytes("one\n")); // read alone: framed, then dropped
-  await logs.next(/req: "one\\n"/);
-  await writeAll(conn, bytes("two\n")); // dropped unframed
-  await conn.closeWrite();
-  assert.deepEqual(await readAll(conn), bytes("abcd"));
-  const closed = await events.find("closed");
-  assert.equal(closed.reason, "echoed 4 bytes (close-after)");
-  assert.equal(closed.bytesIn, 13);
-  assert.ok(!logs.lines().some((m) => m.includes('req: "two')), "framed");
+  await step(
+    "short lines after the hang-up",
+    {},
+    async (conn, logs) => {
+      await writeAll(conn, bytes("abcd\n"));
+      await logs.next(/req: "abcd\\n"/);
+      await writeAll(conn, bytes("one\n")); // read alone: framed, then dropped
+      await logs.next(/req: "one\\n"/);
+      await writeAll(conn, bytes("two\n")); // dropped unframed
+      await conn.closeWrite();
+      return await readAll(conn);
+    },
+    13,
+    /req: "two/,
+  );
 });
 
 Deno.test("serve() with closeAfterBytes hangs up with a FIN: a client still sending is not reset", async () => {
